@@ -1,0 +1,61 @@
+"""Log-mel features [windows, 128, 3000], equal to WhisperFeatureExtractor(feature_size=128).
+
+The same steps as transformers' extractor: pad each window with zeros to 30 s, centred
+STFT (reflect padding, periodic Hann window of 400, hop 160), power spectrum without the
+last frame, Slaney mel filters (0-8 kHz), log10 clamped at 1e-10,
+floor at (max - 8) per window, then (x + 4) / 4. numpy only, batched over windows.
+Everything runs in float32, as the extractor's torch path does (the original has torch
+installed, so that is the path it takes); float64 would be further from it, not closer.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from .audio import SAMPLE_RATE, WINDOW_SAMPLES
+
+N_FFT = 400
+HOP = 160
+N_FRAMES = WINDOW_SAMPLES // HOP  # 3000
+
+
+@lru_cache(maxsize=4)
+def mel_filters(n_mels: int = 128) -> np.ndarray:
+    """[n_mels, 201] Slaney filters from librosa. The converter stores them in the model
+    (encoder/frontend.npz) so the runtime does not pay librosa's ~1 s import."""
+    import librosa
+    return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels, fmin=0.0,
+                               fmax=SAMPLE_RATE / 2, htk=False, norm="slaney").astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _hann() -> np.ndarray:
+    n = np.arange(N_FFT)
+    return (0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)).astype(np.float32)  # periodic
+
+
+def log_mel(windows: list[np.ndarray], filters: np.ndarray | None = None) -> np.ndarray:
+    """float32 [len(windows), n_mels, 3000] for windows of <= 480,000 samples at 16 kHz."""
+    filters = mel_filters(128) if filters is None else np.asarray(filters, dtype=np.float32)
+    n_mels = filters.shape[0]
+    out = np.empty((len(windows), n_mels, N_FRAMES), dtype=np.float32)
+    padded = np.zeros(WINDOW_SAMPLES + N_FFT, dtype=np.float32)  # reused for every window
+    half = N_FFT // 2
+    for i, w in enumerate(windows):
+        if len(w) > WINDOW_SAMPLES:
+            raise ValueError("a window holds at most 30 s of 16 kHz audio")
+        body = padded[half:half + WINDOW_SAMPLES]
+        body[:len(w)] = w
+        body[len(w):] = 0.0
+        # reflect padding of the centred STFT (without repeating the edge sample)
+        padded[:half] = body[half:0:-1]
+        padded[half + WINDOW_SAMPLES:] = body[-2:-half - 2:-1]
+        frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:N_FRAMES]
+        spec = np.fft.rfft(frames * _hann(), axis=-1)
+        power = np.abs(spec) ** 2                         # [3000, 201] float32
+        mel = filters @ power.T                           # [n_mels, 3000]
+        logm = np.log10(np.maximum(mel, 1e-10))
+        logm = np.maximum(logm, logm.max() - 8.0)
+        out[i] = (logm + 4.0) / 4.0
+    return out
