@@ -1,0 +1,241 @@
+"""Read an original MuFun checkpoint (a local directory or a hub id) tensor by tensor.
+
+The release stores bf16 tensors in sharded safetensors files. safetensors' numpy backend
+cannot represent bf16 and the converter must not need torch, so shards are read here
+from their documented layout (8-byte header length, JSON header, raw little-endian data)
+and bf16 is widened to float32 by a 16-bit shift, which is exact. Only the tensor being
+converted is ever in memory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mufun_local.errors import ModelError
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
+REQUIRED_FILES = ("config.json", "model.safetensors.index.json") + TOKENIZER_FILES
+OPTIONAL_FILES = ("added_tokens.json", "special_tokens_map.json", "generation_config.json")
+
+_DTYPES = {"BF16": (np.dtype("<u2"), 2), "F16": (np.dtype("<f2"), 2), "F32": (np.dtype("<f4"), 4)}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the file
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Every size the converter and runtime need, read from config.json."""
+
+    enc_d: int
+    enc_layers: int
+    enc_heads: int
+    enc_ffn: int
+    n_mels: int
+    enc_positions: int
+    enc_ln_eps: float
+    connector_in: int
+    connector_mid: int
+    hidden: int
+    llm_layers: int
+    llm_heads: int
+    llm_kv_heads: int
+    head_dim: int
+    llm_ffn: int
+    vocab_rows: int
+    rope_theta: float
+    rms_eps: float
+    max_positions: int
+    tokenizer_max_length: int | None
+
+
+def dims_from_config(cfg: dict) -> Dims:
+    try:
+        v, t = cfg["vision_config"], cfg["text_config"]
+        m = re.findall(r"(\d+)[ix]", cfg["connector_type"])
+        ix, hx = (int(m[0]), int(m[1])) if len(m) == 2 else (None, None)
+        if ix is None:
+            raise ModelError(f"config.json: unsupported connector_type {cfg['connector_type']!r}")
+        vdim = int(cfg.get("vision_hidden_size", v["d_model"])) * ix
+        return Dims(
+            enc_d=int(v["d_model"]), enc_layers=int(v["encoder_layers"]),
+            enc_heads=int(v["encoder_attention_heads"]), enc_ffn=int(v["encoder_ffn_dim"]),
+            n_mels=int(v.get("num_mel_bins", 128)), enc_positions=int(v.get("max_source_positions", 1500)),
+            enc_ln_eps=1e-5,
+            connector_in=vdim, connector_mid=hx * vdim, hidden=int(t["hidden_size"]),
+            llm_layers=int(t["num_hidden_layers"]), llm_heads=int(t["num_attention_heads"]),
+            llm_kv_heads=int(t.get("num_key_value_heads", t["num_attention_heads"])),
+            head_dim=int(t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"]),
+            llm_ffn=int(t["intermediate_size"]), vocab_rows=int(t["vocab_size"]),
+            rope_theta=float(t.get("rope_theta", 1e6)), rms_eps=float(t.get("rms_norm_eps", 1e-6)),
+            max_positions=int(t.get("max_position_embeddings", 32768)),
+            tokenizer_max_length=cfg.get("tokenizer_model_max_length"),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"config.json: missing or invalid key {exc}") from None
+
+
+def expected_shapes(d: Dims) -> dict[str, tuple[int, ...]]:
+    """Every tensor the converter reads, with the shape config.json implies."""
+    s: dict[str, tuple[int, ...]] = {}
+    v = "vision_tower._vision_tower."
+    s[v + "conv1.weight"], s[v + "conv1.bias"] = (d.enc_d, d.n_mels, 3), (d.enc_d,)
+    s[v + "conv2.weight"], s[v + "conv2.bias"] = (d.enc_d, d.enc_d, 3), (d.enc_d,)
+    s[v + "embed_positions.weight"] = (d.enc_positions, d.enc_d)
+    for i in range(d.enc_layers):
+        L = f"{v}layers.{i}."
+        for p in ("q_proj", "v_proj", "out_proj"):
+            s[f"{L}self_attn.{p}.weight"], s[f"{L}self_attn.{p}.bias"] = (d.enc_d, d.enc_d), (d.enc_d,)
+        s[L + "self_attn.k_proj.weight"] = (d.enc_d, d.enc_d)
+        for n in ("self_attn_layer_norm", "final_layer_norm"):
+            s[f"{L}{n}.weight"], s[f"{L}{n}.bias"] = (d.enc_d,), (d.enc_d,)
+        s[L + "fc1.weight"], s[L + "fc1.bias"] = (d.enc_ffn, d.enc_d), (d.enc_ffn,)
+        s[L + "fc2.weight"], s[L + "fc2.bias"] = (d.enc_d, d.enc_ffn), (d.enc_d,)
+    s[v + "layer_norm.weight"], s[v + "layer_norm.bias"] = (d.enc_d,), (d.enc_d,)
+    c = "connector._connector."
+    s[c + "linear1.weight"], s[c + "linear1.bias"] = (d.connector_mid, d.connector_in), (d.connector_mid,)
+    s[c + "linear2.weight"], s[c + "linear2.bias"] = (d.hidden, d.connector_mid), (d.hidden,)
+    lm, H, hd = "language_model.model.", d.hidden, d.head_dim
+    s[lm + "embed_tokens.weight"] = (d.vocab_rows, H)
+    for i in range(d.llm_layers):
+        L = f"{lm}layers.{i}."
+        s[L + "input_layernorm.weight"] = s[L + "post_attention_layernorm.weight"] = (H,)
+        s[L + "self_attn.q_proj.weight"] = (d.llm_heads * hd, H)
+        s[L + "self_attn.k_proj.weight"] = s[L + "self_attn.v_proj.weight"] = (d.llm_kv_heads * hd, H)
+        s[L + "self_attn.o_proj.weight"] = (H, d.llm_heads * hd)
+        s[L + "self_attn.q_norm.weight"] = s[L + "self_attn.k_norm.weight"] = (hd,)
+        s[L + "mlp.gate_proj.weight"] = s[L + "mlp.up_proj.weight"] = (d.llm_ffn, H)
+        s[L + "mlp.down_proj.weight"] = (H, d.llm_ffn)
+    s[lm + "norm.weight"] = (H,)
+    s["language_model.lm_head.weight"] = (d.vocab_rows, H)
+    return s
+
+
+class Checkpoint:
+    """A validated original checkpoint: config, dims, and a lazy tensor table."""
+
+    def __init__(self, path: str | os.PathLike, source: str | None = None, revision: str | None = None):
+        self.path = Path(path)
+        self.source = source or str(self.path)
+        self.revision = revision
+        if not self.path.is_dir():
+            raise ModelError(f"{self.path}: not a checkpoint directory")
+        missing = [f for f in REQUIRED_FILES if not (self.path / f).is_file()]
+        if missing:
+            raise ModelError(f"{self.path}: missing checkpoint file(s): {', '.join(missing)}")
+        self.config = self._json("config.json")
+        self.dims = dims_from_config(self.config)
+        self.generation_config = self._json("generation_config.json") if (self.path / "generation_config.json").is_file() else {}
+        self.tensors = self._read_index()
+        self._validate()
+
+    def _json(self, name: str) -> dict:
+        try:
+            return json.loads((self.path / name).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{self.path / name}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+
+    def _read_index(self) -> dict[str, TensorInfo]:
+        index = self._json("model.safetensors.index.json")
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ModelError(f"{self.path}/model.safetensors.index.json: no weight_map")
+        table: dict[str, TensorInfo] = {}
+        for shard in sorted(set(weight_map.values())):
+            table.update(read_shard_header(self.path / shard))
+        for name, shard in weight_map.items():
+            if name not in table:
+                raise ModelError(f"{shard}: tensor {name} listed in the index is not in the shard")
+        return table
+
+    def _validate(self) -> None:
+        want = expected_shapes(self.dims)
+        missing = [n for n in want if n not in self.tensors]
+        if missing:
+            more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
+            raise ModelError(f"checkpoint is missing tensor(s): {', '.join(missing[:3])}{more}")
+        for name, shape in want.items():
+            if self.tensors[name].shape != shape:
+                raise ModelError(f"tensor {name} has shape {list(self.tensors[name].shape)}, "
+                                 f"config.json implies {list(shape)}")
+
+    def get(self, name: str) -> np.ndarray:
+        """One tensor as float32 (bf16/f16 widened exactly)."""
+        info = self.tensors[name]
+        raw_dtype, _ = _DTYPES[info.dtype]
+        with open(info.file, "rb") as fh:
+            fh.seek(info.start)
+            raw = np.fromfile(fh, dtype=raw_dtype, count=info.nbytes // raw_dtype.itemsize)
+        if info.dtype == "BF16":
+            return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
+        return raw.astype(np.float32).reshape(info.shape)
+
+    def nbytes(self, prefix: str = "") -> int:
+        return sum(t.nbytes for n, t in self.tensors.items() if n.startswith(prefix))
+
+
+def read_shard_header(path: Path) -> dict[str, TensorInfo]:
+    if not path.is_file():
+        raise ModelError(f"{path}: shard listed in the index is missing")
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            (hlen,) = struct.unpack("<Q", fh.read(8))
+            if hlen > min(size - 8, 100 * 1024 * 1024):
+                raise ValueError("header length exceeds the file")
+            header = json.loads(fh.read(hlen))
+    except (struct.error, ValueError, UnicodeDecodeError):
+        raise ModelError(f"{path}: not a safetensors file (corrupt or truncated header)") from None
+    base = 8 + hlen
+    out: dict[str, TensorInfo] = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        if meta.get("dtype") not in _DTYPES:
+            raise ModelError(f"{path}: tensor {name} has unsupported dtype {meta.get('dtype')}")
+        start, end = meta["data_offsets"]
+        shape = tuple(int(x) for x in meta["shape"])
+        expect = int(np.prod(shape, dtype=np.int64)) * _DTYPES[meta["dtype"]][1]
+        if end - start != expect:
+            raise ModelError(f"{path}: tensor {name} has {end - start} bytes for shape {list(shape)}")
+        if base + end > size:
+            raise ModelError(f"{path}: truncated (tensor {name} ends past the end of the file)")
+        out[name] = TensorInfo(path, meta["dtype"], shape, base + start, end - start)
+    return out
+
+
+def resolve_source(src: str) -> Checkpoint:
+    """A local directory, or a hub id resolved with huggingface_hub (cache first)."""
+    if os.path.isdir(src):
+        return Checkpoint(src)
+    if os.path.exists(src) or not re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", src):
+        raise ModelError(f"{src}: not a checkpoint directory or a hub id like Yi3852/MuFun-Base")
+    repo_id, _, revision = src.partition("@")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "merges.txt", "vocab.json"]
+    try:
+        local = snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns,
+                                  local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        try:
+            local = snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns)
+        except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
+            raise ModelError(
+                f"{repo_id}: not in the local Hugging Face cache and cannot be downloaded "
+                f"({type(exc).__name__}); download it where you are online with "
+                f"`huggingface-cli download {repo_id}` or pass a local checkpoint directory") from None
+    return Checkpoint(local, source=repo_id, revision=Path(local).name)

@@ -1,0 +1,144 @@
+"""The Qwen3 language model as a GGUF file for llama.cpp, with the tokenizer inside.
+
+F32/F16 are written by gguf-py, streaming: header and key/values first, then the tensors one
+at a time. Quantized types come from llama.cpp's own quantizer (llama_model_quantize) run on
+an F16 intermediate, which is deleted afterwards unless asked to keep it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mufun_local.errors import ModelError
+
+# checkpoint name (after "language_model.") -> llama.cpp Qwen3 name; {i} is the block index
+TENSOR_NAMES: dict[str, str] = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.layers.{i}.input_layernorm.weight": "blk.{i}.attn_norm.weight",
+    "model.layers.{i}.self_attn.q_proj.weight": "blk.{i}.attn_q.weight",
+    "model.layers.{i}.self_attn.k_proj.weight": "blk.{i}.attn_k.weight",
+    "model.layers.{i}.self_attn.v_proj.weight": "blk.{i}.attn_v.weight",
+    "model.layers.{i}.self_attn.o_proj.weight": "blk.{i}.attn_output.weight",
+    "model.layers.{i}.self_attn.q_norm.weight": "blk.{i}.attn_q_norm.weight",
+    "model.layers.{i}.self_attn.k_norm.weight": "blk.{i}.attn_k_norm.weight",
+    "model.layers.{i}.post_attention_layernorm.weight": "blk.{i}.ffn_norm.weight",
+    "model.layers.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
+    "model.layers.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
+    "model.layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+
+LLM_QUANTS = ("q4_k_m", "q5_k_m", "q8_0", "f16", "f32")
+# llama.cpp's LLAMA_FTYPE values for the quantizer
+_LLAMA_FTYPE = {"q8_0": 7, "q4_k_m": 15, "q5_k_m": 17}
+
+
+def tensor_map(n_layers: int) -> list[tuple[str, str]]:
+    """(checkpoint name, GGUF name) for every LLM tensor: globals, then block by block."""
+    glob = [(s, d) for s, d in TENSOR_NAMES.items() if "{i}" not in s]
+    per_block = [(s, d) for s, d in TENSOR_NAMES.items() if "{i}" in s]
+    out = [("language_model." + s, d) for s, d in glob]
+    for i in range(n_layers):
+        out += [("language_model." + s.format(i=i), d.format(i=i)) for s, d in per_block]
+    return out
+
+
+def load_vocab(ckpt_dir: Path, vocab_rows: int) -> tuple[list[str], list[int], list[str], dict]:
+    """Tokens, token types, merges and special ids of a Qwen2-style tokenizer, padded to rows."""
+    import gguf
+
+    vocab = json.loads((ckpt_dir / "vocab.json").read_text(encoding="utf-8"))
+    cfg = json.loads((ckpt_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    added: dict[int, tuple[str, bool]] = {}
+    for idx, meta in (cfg.get("added_tokens_decoder") or {}).items():
+        added[int(idx)] = (meta["content"], bool(meta.get("special", False)))
+    if (ckpt_dir / "added_tokens.json").is_file():
+        for name, idx in json.loads((ckpt_dir / "added_tokens.json").read_text(encoding="utf-8")).items():
+            added.setdefault(int(idx), (name, True))
+    size = max([*vocab.values(), *added.keys()]) + 1
+    if size > vocab_rows:
+        raise ModelError(f"tokenizer has {size} ids but the embedding matrix only {vocab_rows} rows")
+    tokens = [f"[PAD{i}]" for i in range(vocab_rows)]
+    types = [gguf.TokenType.UNUSED] * vocab_rows
+    for tok, idx in vocab.items():
+        tokens[idx], types[idx] = tok, gguf.TokenType.NORMAL
+    for idx, (name, special) in added.items():
+        tokens[idx] = name
+        types[idx] = gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED
+    merges = [line for line in (ckpt_dir / "merges.txt").read_text(encoding="utf-8").splitlines()
+              if line and not line.startswith("#version")]
+    ids = {name: idx for idx, (name, _) in added.items()}
+    special = {
+        "eos": ids.get(cfg.get("eos_token") or "<|endoftext|>", ids.get("<|endoftext|>")),
+        "pad": ids.get(cfg.get("pad_token") or "<|endoftext|>", ids.get("<|endoftext|>")),
+        "im_end": ids.get("<|im_end|>"),
+        "endoftext": ids.get("<|endoftext|>"),
+    }
+    return tokens, [int(t) for t in types], merges, special
+
+
+def write_gguf(ckpt, path: Path, ftype: str, progress=None) -> None:
+    """Write an F32 or F16 GGUF of the LLM, tensor by tensor."""
+    import gguf
+
+    if ftype not in ("f32", "f16"):
+        raise ValueError("write_gguf writes f32 or f16; other types go through quantize()")
+    d = ckpt.dims
+    tokens, types, merges, special = load_vocab(ckpt.path, d.vocab_rows)
+    w = gguf.GGUFWriter(str(path), "qwen3")
+    w.add_name(str(ckpt.source))
+    w.add_context_length(d.max_positions)
+    w.add_embedding_length(d.hidden)
+    w.add_block_count(d.llm_layers)
+    w.add_feed_forward_length(d.llm_ffn)
+    w.add_head_count(d.llm_heads)
+    w.add_head_count_kv(d.llm_kv_heads)
+    w.add_key_length(d.head_dim)
+    w.add_value_length(d.head_dim)
+    w.add_rope_freq_base(d.rope_theta)
+    w.add_layer_norm_rms_eps(d.rms_eps)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if ftype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_eos_token_id(special["eos"])
+    w.add_bos_token_id(special["eos"])
+    w.add_pad_token_id(special["pad"])
+    w.add_add_bos_token(False)
+
+    pairs = tensor_map(d.llm_layers)
+    dtypes = {}
+    for src, dst in pairs:
+        shape = ckpt.tensors[src].shape
+        # norms (1-D) stay F32, as llama.cpp expects
+        dt = np.float32 if (ftype == "f32" or len(shape) == 1) else np.float16
+        dtypes[dst] = dt
+        w.add_tensor_info(dst, shape, np.dtype(dt), int(np.prod(shape)) * np.dtype(dt).itemsize)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    for k, (src, dst) in enumerate(pairs):
+        w.write_tensor_data(ckpt.get(src).astype(dtypes[dst], copy=False))
+        if progress:
+            progress(k + 1, len(pairs))
+    w.close()
+
+
+def quantize(f16_path: Path, out_path: Path, quant: str, threads: int = 0, verbose: bool = False) -> None:
+    """llama.cpp's quantizer: F16 GGUF -> q8_0 / q4_k_m / q5_k_m (its log only when verbose)."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    _logger.set_verbose(verbose)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = _LLAMA_FTYPE[quant]
+    params.nthread = threads or (os.cpu_count() or 1)
+    rc = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(out_path).encode(), params)
+    if rc != 0:
+        raise ModelError(f"llama.cpp failed to quantize to {quant} (code {rc})")

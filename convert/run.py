@@ -1,0 +1,119 @@
+"""`mufun-local convert SRC OUT`: every artifact, written to a temporary sibling, renamed at the end."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Callable
+
+from mufun_local import artifacts
+from mufun_local.errors import ModelError
+
+from .checkpoint import Checkpoint, resolve_source
+from .connector import write_connector
+from .encoder import ENCODER_QUANTS, FEATURE_LAYERS, write_encoder
+from .llm_gguf import LLM_QUANTS, load_vocab, quantize, write_gguf
+
+
+def _tool_versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("mufun-local", "ctranslate2", "gguf", "llama-cpp-python", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def _generation_defaults(gen: dict) -> dict:
+    keys = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "do_sample")
+    return {k: gen[k] for k in keys if k in gen}
+
+
+def _bar(desc: str, quiet: bool):
+    from tqdm import tqdm
+    bar = tqdm(desc=desc, total=1, unit="step", file=sys.stderr, disable=quiet, leave=True,
+               bar_format="{desc:<22} {percentage:3.0f}%|{bar:24}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+    return bar, update
+
+
+def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m",
+            encoder_quant: str = "float16", force: bool = False, keep_f16: bool = False,
+            threads: int = 0, quiet: bool = False, verbose: bool = False,
+            log: Callable[[str], None] | None = None) -> Path:
+    """Convert `src` (directory or hub id) into a model directory at `out`; returns its path."""
+    log = log or (lambda msg: None if quiet else print(msg, file=sys.stderr))
+    if quant not in LLM_QUANTS:
+        raise ModelError(f"--quant {quant}: choose from {', '.join(LLM_QUANTS)}")
+    if encoder_quant not in ENCODER_QUANTS:
+        raise ModelError(f"--encoder-quant {encoder_quant}: choose from {', '.join(ENCODER_QUANTS)}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise ModelError(f"{out} already exists (use --force to replace it)")
+    t0 = time.perf_counter()
+    ckpt = src if isinstance(src, Checkpoint) else resolve_source(str(src))
+    d = ckpt.dims
+    load_vocab(ckpt.path, d.vocab_rows)  # validate the tokenizer before any long work
+    log(f"converting {ckpt.source}: encoder d={d.enc_d} x{d.enc_layers}, "
+        f"LLM hidden={d.hidden} x{d.llm_layers}, vocab {d.vocab_rows}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        bar, upd = _bar("encoder", quiet)
+        enc = write_encoder(ckpt, tmp / "encoder", encoder_quant, progress=upd)
+        bar.close()
+        conn = write_connector(ckpt, tmp / "connector.safetensors")
+
+        llm_name = f"llm-{quant}.gguf"
+        base = "f32" if quant == "f32" else "f16"
+        base_path = tmp / (llm_name if quant in ("f32", "f16") else "llm-f16.gguf")
+        bar, upd = _bar(f"llm ({base})", quiet)
+        write_gguf(ckpt, base_path, base, progress=upd)
+        bar.close()
+        if quant not in ("f32", "f16"):
+            log(f"quantizing to {quant} with llama.cpp ...")
+            quantize(base_path, tmp / llm_name, quant, threads, verbose)
+            if not keep_f16:
+                base_path.unlink()
+
+        _, _, _, special = load_vocab(ckpt.path, d.vocab_rows)
+        stop_ids = [i for i in (special["im_end"], special["endoftext"]) if i is not None]
+        manifest = {
+            "format_version": artifacts.FORMAT_VERSION,
+            "source": {"id": str(ckpt.source), "revision": ckpt.revision},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "tools": _tool_versions(),
+            "dims": asdict(d),
+            "encoder": {"dir": "encoder", **{k: enc[k] for k in ("feature_layers", "stored_quantization", "mean_offset")}},
+            "connector": conn,
+            "llm": {"file": llm_name, "quant": quant, **({"f16_file": "llm-f16.gguf"} if keep_f16 and quant not in ("f32", "f16") else {})},
+            "prompt": {"template": artifacts.TEMPLATE, "audio_marker": artifacts.AUDIO_MARKER,
+                       "add_bos": False},
+            "stop_ids": stop_ids,
+            "generation": _generation_defaults(ckpt.generation_config),
+            "files": artifacts.hash_tree(tmp),
+        }
+        assert tuple(manifest["encoder"]["feature_layers"]) == FEATURE_LAYERS
+        (tmp / artifacts.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(f["size"] for f in manifest["files"].values())
+    log(f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
+    return out

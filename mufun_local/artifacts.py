@@ -1,0 +1,126 @@
+"""A converted model directory and its manifest: locate, validate, describe.
+
+Layout written by ``mufun-local convert``::
+
+    manifest.json            format version, source, dims, prompt, stop ids, hashes
+    encoder/                 frontend.npz + three CTranslate2 segment models
+    connector.safetensors    the MLP in float32
+    llm-<quant>.gguf         Qwen3 + tokenizer for llama.cpp
+
+The manifest is the only thing the converter and the runtime share.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+SYSTEM_PROMPT = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+# The original's conversation template; {user} is "\n<audio>QUESTION" for one audio.
+TEMPLATE = SYSTEM_PROMPT + " USER: {user} ASSISTANT:"
+AUDIO_MARKER = "<audio>"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_tree(root: Path) -> dict[str, dict]:
+    """sha256 and size of every file under root except the manifest, by relative path."""
+    return {
+        str(p.relative_to(root)): {"sha256": sha256_file(p), "size": p.stat().st_size}
+        for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST
+    }
+
+
+@dataclass
+class ModelDir:
+    """A converted model directory with its parsed manifest."""
+
+    path: Path
+    manifest: dict
+
+    @classmethod
+    def open(cls, path: str | Path) -> "ModelDir":
+        path = Path(path)
+        mpath = path / MANIFEST
+        if not mpath.is_file():
+            raise ModelError(f"{path}: not a converted model (no {MANIFEST}); "
+                             f"create one with `mufun-local convert CHECKPOINT {path}`")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{mpath}: damaged ({exc.msg})") from None
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ModelError(f"{path}: model format {manifest.get('format_version')} is not "
+                             f"supported by this version (needs {FORMAT_VERSION}); convert it again")
+        md = cls(path, manifest)
+        md.check_files()
+        return md
+
+    def check_files(self) -> None:
+        """Every listed file exists with its recorded size (cheap; --verify hashes)."""
+        for rel, meta in self.manifest["files"].items():
+            p = self.path / rel
+            if not p.is_file():
+                raise ModelError(f"{self.path}: missing model file {rel}")
+            if p.stat().st_size != meta["size"]:
+                raise ModelError(f"{self.path}: {rel} has {p.stat().st_size} bytes, "
+                                 f"expected {meta['size']} (truncated or replaced)")
+
+    def verify(self) -> list[str]:
+        """Files whose sha256 differs from the manifest."""
+        return [rel for rel, meta in self.manifest["files"].items()
+                if sha256_file(self.path / rel) != meta["sha256"]]
+
+    @property
+    def encoder_dir(self) -> Path:
+        return self.path / self.manifest["encoder"]["dir"]
+
+    @property
+    def connector_file(self) -> Path:
+        return self.path / self.manifest["connector"]["file"]
+
+    @property
+    def llm_file(self) -> Path:
+        return self.path / self.manifest["llm"]["file"]
+
+    @property
+    def audio_hash(self) -> str:
+        """Identifies the encoder + connector weights (for the audio-embedding cache)."""
+        files = self.manifest["files"]
+        parts = sorted(f"{k}:{v['sha256']}" for k, v in files.items()
+                       if k.startswith(self.manifest["encoder"]["dir"]) or k == self.manifest["connector"]["file"])
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def describe(md: ModelDir) -> str:
+    m = md.manifest
+    dims, llm, enc = m["dims"], m["llm"], m["encoder"]
+    total = sum(f["size"] for f in m["files"].values())
+    lines = [
+        f"model      {md.path}",
+        f"source     {m['source']['id']}" + (f" @ {m['source']['revision']}" if m['source'].get('revision') else ""),
+        f"encoder    Whisper d={dims['enc_d']} layers={dims['enc_layers']} heads={dims['enc_heads']} "
+        f"mels={dims['n_mels']}; hidden states {enc['feature_layers']}, stored {enc['stored_quantization']}",
+        f"connector  {dims['connector_in']} -> {dims['connector_mid']} -> {dims['hidden']}, "
+        f"pool stride {m['connector']['pool_stride']} ({m['connector']['tokens_per_window']} tokens / 30 s)",
+        f"llm        Qwen3 {llm['quant']}: hidden={dims['hidden']} layers={dims['llm_layers']} "
+        f"heads={dims['llm_heads']}/{dims['llm_kv_heads']} vocab={dims['vocab_rows']}",
+        f"stop ids   {m['stop_ids']}",
+        f"generation {m['generation']}",
+        f"written by " + ", ".join(f"{k} {v}" for k, v in m["tools"].items()),
+        f"files      {len(m['files'])}, {total / 1e6:.1f} MB",
+    ]
+    return "\n".join(lines)
