@@ -1,0 +1,333 @@
+"""The `mufun-local` command line: ask · embed · convert · info · models · demo."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import MufunError
+
+log = logging.getLogger("mufun_local")
+
+
+def _stderr(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="warning: %(message)s", stream=sys.stderr, force=True)
+    log.setLevel(level)
+
+
+def _segs_list(values: tuple[str, ...], n: int) -> list:
+    from .audio import parse_segs
+    if not values:
+        return [None] * n
+    if len(values) != n:
+        raise MufunError(f"give --segs once per audio file ({n} here), in order, or not at all")
+    return [parse_segs(v) for v in values]
+
+
+# ------------------------------------------------------------------ shared options
+
+def encoder_options(f):
+    f = click.option("--compute-type", type=click.Choice(["int8", "int8_float16", "int8_float32", "float16", "bfloat16", "float32"]),
+                     default=None, help="Encoder compute type (default: int8 on CPU, float16 on CUDA).")(f)
+    f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                     help="Where the encoder runs.")(f)
+    f = click.option("--threads", type=int, default=0, help="CPU threads (default: all cores).")(f)
+    return f
+
+
+def model_option(f):
+    return click.option("--model", "-m", "model", default=None, metavar="M",
+                        help="Converted model dir, original checkpoint dir, or hub id "
+                             "(default: $MUFUN_MODEL, else Yi3852/MuFun-Base).")(f)
+
+
+def verbosity(f):
+    f = click.option("--quiet", "-q", is_flag=True, help="Only the answer (no warnings).")(f)
+    f = click.option("--verbose", "-v", is_flag=True, help="Say what runs where, and llama.cpp's log.")(f)
+    return f
+
+
+def _open_model(spec, quiet):
+    from .models import resolve
+    return resolve(spec, log=(lambda m: None) if quiet else _stderr)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mufun-local")
+def cli():
+    """Ask the MuFun music-understanding model about your audio, offline.
+
+    \b
+    Quick start (no download, random weights):  mufun-local demo
+    Ask about a song:                           mufun-local ask song.flac "What genre is this?"
+    """
+
+
+# ------------------------------------------------------------------ ask
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="AUDIO... QUESTION")
+@model_option
+@click.option("--segs", multiple=True, metavar="START:END", help="Seconds of each audio to use (repeat per file).")
+@click.option("--temperature", type=float, default=None, help="0 = greedy (default: the model's generation config).")
+@click.option("--top-p", type=float, default=None)
+@click.option("--top-k", type=int, default=None)
+@click.option("--repeat-penalty", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=None, help="Sampling seed (default: random).")
+@click.option("--max-tokens", type=int, default=256, show_default=True)
+@click.option("--n-gpu-layers", type=int, default=-1, help="LLM layers on the GPU (default: all, when built with a GPU backend).")
+@click.option("--ctx", type=int, default=None, help="Context size (default: sized to prompt + audio + answer).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, tokens and timings.")
+@encoder_options
+@verbosity
+def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, max_tokens,
+        n_gpu_layers, ctx, as_json, compute_type, device, threads, quiet, verbose):
+    """Answer QUESTION about one or more AUDIO files.
+
+    \b
+    mufun-local ask song.flac "What genre is this?"
+    mufun-local ask a.mp3 b.mp3 "<audio> is song 1. <audio> is song 2. Which is faster?"
+    mufun-local ask --segs 60:90 song.flac "Describe the instruments." --temperature 0
+    """
+    from .pipeline import AudioInput, Pipeline
+
+    _setup_logging(quiet, verbose)
+    if len(inputs) < 2:
+        raise click.UsageError("give at least one AUDIO file and a QUESTION")
+    *files, question = inputs
+    seg_list = _segs_list(segs, len(files))
+    md = _open_model(model, quiet)
+    opt = _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers,
+                   ctx, compute_type, device, threads, verbose)
+    pipe = Pipeline(md, opt, log=_stderr if verbose else None)
+    try:
+        stream = pipe.ask([AudioInput(f, s) for f, s in zip(files, seg_list)], question)
+        for piece in stream:
+            if not as_json:
+                click.echo(piece, nl=False)
+                sys.stdout.flush()
+        res = pipe.result
+    finally:
+        pipe.close()
+    if as_json:
+        click.echo(json.dumps({
+            "text": res.text, "tokens": res.tokens, "prompt_tokens": res.prompt_tokens,
+            "audio_tokens": res.audio_tokens, "stopped": res.stopped,
+            "timings": {k: round(res.timings.get(k, 0.0), 4)
+                        for k in ("decode", "features", "encoder", "connector", "prefill", "generate")},
+        }, ensure_ascii=False))
+    else:
+        click.echo()
+    if verbose:
+        _stderr("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in res.timings.items()))
+
+
+def _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers, ctx,
+             compute_type, device, threads, verbose):
+    import random
+
+    from .llm import Sampling
+    from .pipeline import Options
+
+    gen = md.manifest.get("generation", {})
+    if temperature is None:
+        temperature = float(gen.get("temperature", 0.0)) if gen.get("do_sample", True) else 0.0
+    sampling = Sampling(
+        temperature=temperature,
+        top_p=top_p if top_p is not None else float(gen.get("top_p", 1.0)),
+        top_k=top_k if top_k is not None else int(gen.get("top_k", 0)),
+        repeat_penalty=repeat_penalty,
+        seed=seed if seed is not None else random.randrange(2**31),
+    )
+    if max_tokens < 1:
+        raise MufunError("--max-tokens must be at least 1")
+    return Options(device=device, compute_type=compute_type, threads=threads,
+                   n_gpu_layers=n_gpu_layers, n_ctx=ctx, max_tokens=max_tokens,
+                   sampling=sampling, verbose=verbose)
+
+
+# ------------------------------------------------------------------ embed
+
+@cli.command()
+@click.argument("audio_file", metavar="AUDIO")
+@model_option
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Output .npy (or .npz with --layers).")
+@click.option("--segs", default=None, metavar="START:END", help="Seconds of the audio to use.")
+@click.option("--layers", is_flag=True, help="Also write hidden states hs0/hs7/hs15/hs32 (an .npz).")
+@encoder_options
+@verbosity
+def embed(audio_file, model, out, segs, layers, compute_type, device, threads, quiet, verbose):
+    """Write the audio embeddings the LLM would receive ([tokens, hidden] float32).
+
+    \b
+    mufun-local embed song.flac --out song.npy
+    mufun-local embed song.flac --layers --out song.npz
+    """
+    import numpy as np
+
+    from .audio import parse_segs
+    from .pipeline import AudioInput, Options, Pipeline
+
+    _setup_logging(quiet, verbose)
+    md = _open_model(model, quiet)
+    pipe = Pipeline(md, Options(device=device, compute_type=compute_type, threads=threads),
+                    log=_stderr if verbose else None)
+    timings: dict[str, float] = {}
+    res = pipe.embed(AudioInput(audio_file, parse_segs(segs) if segs else None), keep_layers=layers,
+                     timings=timings)
+    tmp = Path(out).with_name(Path(out).name + ".partial")
+    with open(tmp, "wb") as fh:
+        if layers:
+            hs = res.hidden_states
+            np.savez(fh, embeddings=res.embeddings, hs0=hs.hs0, hs7=hs.hs7, hs15=hs.hs15, hs32=hs.hs32)
+        else:
+            np.save(fh, res.embeddings)
+    os.replace(tmp, out)
+    if not quiet:
+        _stderr(f"{audio_file}: {res.seconds:.1f} s, {res.windows} window(s) -> "
+                f"{list(res.embeddings.shape)} embeddings in {out} "
+                f"({sum(timings.values()):.2f} s)")
+
+
+# ------------------------------------------------------------------ convert / info / models
+
+@cli.command()
+@click.argument("src", metavar="SRC")
+@click.argument("out", metavar="OUT", type=click.Path(file_okay=False))
+@click.option("--quant", type=click.Choice(["q4_k_m", "q5_k_m", "q8_0", "f16", "f32"]), default="q4_k_m", show_default=True,
+              help="LLM weight type in the GGUF.")
+@click.option("--encoder-quant", type=click.Choice(["float16", "float32", "int8", "int8_float16"]), default="float16",
+              show_default=True, help="Stored encoder weight type (any compute type can be chosen at load).")
+@click.option("--keep-f16", is_flag=True, help="Keep the F16 GGUF made on the way to a quantized one.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--threads", type=int, default=0, help="Quantizer threads (default: all cores).")
+@verbosity
+def convert(src, out, quant, encoder_quant, keep_f16, force, threads, quiet, verbose):
+    """Convert an original MuFun checkpoint (directory or hub id) into a model directory.
+
+    \b
+    mufun-local convert ./MuFun-Base ./mufun-base-q4
+    mufun-local convert Yi3852/MuFun-Base ./mufun-base-q8 --quant q8_0
+    """
+    from .convert.run import convert as run_convert
+
+    _setup_logging(quiet, verbose)
+    run_convert(src, out, quant=quant, encoder_quant=encoder_quant, force=force, keep_f16=keep_f16,
+                threads=threads, quiet=quiet, verbose=verbose)
+
+
+@cli.command()
+@click.argument("model", required=False, metavar="[MODEL]")
+@click.option("--verify", is_flag=True, help="Check every file's sha256 against the manifest.")
+@click.option("--system", is_flag=True, help="Show the backends llama.cpp and CTranslate2 were built with.")
+def info(model, verify, system):
+    """Describe a converted model (and with --verify, check its files).
+
+    \b
+    mufun-local info ./mufun-base-q4 --verify
+    mufun-local info --system
+    """
+    from .artifacts import describe
+    from .models import resolve
+
+    if system:
+        click.echo(_system_info())
+        if not model:
+            return
+    md = resolve(model, log=_stderr)
+    click.echo(describe(md))
+    if verify:
+        bad = md.verify()
+        if bad:
+            raise MufunError(f"{len(bad)} file(s) differ from the manifest: {', '.join(bad)}")
+        click.echo(f"verified   all {len(md.manifest['files'])} files match their sha256")
+
+
+def _system_info() -> str:
+    import ctranslate2
+    import llama_cpp
+
+    from .llm import cpu_has_amx, use_extra_bufts
+    try:
+        cuda = ctranslate2.get_cuda_device_count()
+    except Exception:
+        cuda = 0
+    return "\n".join([
+        f"llama.cpp   {llama_cpp.__version__}; GPU offload: {bool(llama_cpp.llama_supports_gpu_offload())}",
+        f"            {llama_cpp.llama_print_system_info().decode().strip()}",
+        f"ctranslate2 {ctranslate2.__version__}; CUDA devices: {cuda}; "
+        f"CPU compute types: {', '.join(sorted(ctranslate2.get_supported_compute_types('cpu')))}",
+        f"cpu         AMX: {cpu_has_amx()}; llama.cpp extra buffer types: {use_extra_bufts()}",
+    ])
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def models(ctx):
+    """List the converted models in the cache ($MUFUN_HOME)."""
+    if ctx.invoked_subcommand is None:
+        from .models import list_cached, models_dir
+        rows = list_cached()
+        if not rows:
+            click.echo(f"no cached models in {models_dir()}")
+        for name, size in rows:
+            click.echo(f"{name:<48} {size / 1e9:8.2f} GB")
+
+
+@models.command("rm")
+@click.argument("name")
+def models_rm(name):
+    """Delete a cached model."""
+    from .models import remove_cached
+    size = remove_cached(name)
+    click.echo(f"removed {name} ({size / 1e9:.2f} GB)")
+
+
+# ------------------------------------------------------------------ demo
+
+@cli.command()
+@click.option("--question", default="What genre is this music?", show_default=True)
+@click.option("--max-tokens", type=int, default=24, show_default=True)
+def demo(question, max_tokens):
+    """Prove the install works end to end, with no download.
+
+    Builds (once, cached) a tiny synthetic MuFun checkpoint with random weights, converts it,
+    makes a 3-second test chord, and runs the same path as `ask`. The weights are random,
+    so the answer is noise: the point is that every stage runs.
+    """
+    from .demo import run_demo
+    run_demo(question, max_tokens, echo=click.echo)
+
+
+def main(argv=None) -> int:
+    try:
+        rv = cli.main(args=argv, prog_name="mufun-local", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        _stderr("aborted")
+        return 130
+    except KeyboardInterrupt:
+        _stderr("interrupted")
+        return 130
+    except MufunError as exc:
+        _stderr(f"error: {exc}")
+        return 1
+    except BrokenPipeError:
+        return 0
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Qwen3 in llama.cpp (through llama-cpp-python's C API): token and embedding input, sampling.
+
+Audio reaches the model as embeddings: a batch from ``llama_batch_init(n, n_embd, 1)`` has
+`embd` set and no tokens. One sequence holds text tokens and audio embeddings at
+consecutive positions; every batch is split to `n_batch` *before* ``llama_decode`` (a larger
+one aborts the whole process) and every return code is checked.
+
+AMX guard: on CPUs with AMX (Intel Sapphire Rapids and later), a natively built llama.cpp
+repacks quantized weights into its AMX buffer type and segfaults on the first decode
+(upstream llama.cpp issue #20824). Loading with ``use_extra_bufts = False`` avoids it, so
+it is turned off whenever the CPU reports AMX; ``MUFUN_LLAMA_EXTRA_BUFTS=1`` forces it on.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import ModelError, MufunError
+
+
+def cpu_has_amx(cpuinfo: str | None = None) -> bool:
+    """True when /proc/cpuinfo lists an AMX flag (Linux; elsewhere False)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return any(f.startswith("amx") for f in line.split(":", 1)[1].split())
+    return False
+
+
+def use_extra_bufts(cpuinfo: str | None = None, env: dict | None = None) -> bool:
+    """Whether llama.cpp may use its extra (repacking) buffer types: not on AMX CPUs."""
+    env = os.environ if env is None else env
+    forced = env.get("MUFUN_LLAMA_EXTRA_BUFTS")
+    if forced is not None:
+        return forced.strip().lower() in ("1", "true", "yes", "on")
+    return not cpu_has_amx(cpuinfo)
+
+
+def gpu_offload_supported() -> bool:
+    import llama_cpp
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+@dataclass
+class Sampling:
+    """Sampling options; temperature 0 is greedy."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int = 0
+
+
+class ContextOverflow(MufunError):
+    pass
+
+
+class LLM:
+    """One llama.cpp model + context holding a single sequence."""
+
+    def __init__(self, path: str | Path, threads: int = 0, n_gpu_layers: int = -1,
+                 verbose: bool = False):
+        """Load the model (weights are memory-mapped); `open_context` makes the context."""
+        import llama_cpp
+        from llama_cpp import _logger
+
+        _logger.set_verbose(verbose)
+        self._L = L = llama_cpp
+        self.ctx = None
+        self._tok_batch = self._emb_batch = None
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"{path}: LLM file missing")
+        llama_cpp.llama_backend_init()
+        mp = L.llama_model_default_params()
+        mp.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else 999
+        mp.use_extra_bufts = use_extra_bufts()
+        self.model = L.llama_model_load_from_file(str(path).encode(), mp)
+        if not self.model:
+            raise ModelError(f"{path}: llama.cpp cannot load this GGUF (truncated or not a model)")
+        self.vocab = L.llama_model_get_vocab(self.model)
+        self.n_embd = L.llama_model_n_embd(self.model)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = L.llama_model_n_ctx_train(self.model)
+        self.threads = threads or max(1, os.cpu_count() or 1)
+        self.n_ctx = 0
+        self.n_past = 0
+        self.n_decoded = 0  # rows sent to llama_decode, for observing re-evaluation
+
+    def open_context(self, n_ctx: int, n_batch: int = 512, f32_kv: bool = False) -> None:
+        """(Re)create the context: n_ctx positions, batches split to n_batch rows."""
+        L = self._L
+        self._free_context()
+        cp = L.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = cp.n_ubatch = self.n_batch = max(1, min(n_batch, n_ctx))
+        cp.n_seq_max = 1
+        cp.n_threads = cp.n_threads_batch = self.threads
+        cp.no_perf = True
+        if f32_kv:  # the parity setting: F32 cache, no flash attention (it rounds through F16)
+            cp.type_k = cp.type_v = L.GGML_TYPE_F32
+            cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.ctx = L.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)")
+        self.n_ctx = L.llama_n_ctx(self.ctx)
+        self._tok_batch = L.llama_batch_init(self.n_batch, 0, 1)
+        self._emb_batch = L.llama_batch_init(self.n_batch, self.n_embd, 1)
+        self.n_past = 0
+
+    # -- text
+    def tokenize(self, text: str) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (self._L.llama_token * cap)()
+        n = self._L.llama_tokenize(self.vocab, data, len(data), buf, cap, False, True)
+        if n < 0:
+            raise MufunError("tokenizer buffer too small")
+        return list(buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._L.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._L.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._L.llama_vocab_is_eog(self.vocab, token))
+
+    # -- evaluation
+    def reset(self) -> None:
+        self._L.llama_memory_clear(self._L.llama_get_memory(self.ctx), True)
+        self.n_past = 0
+
+    def truncate(self, n_past: int) -> None:
+        """Forget positions >= n_past (e.g. an interrupted answer)."""
+        self._L.llama_memory_seq_rm(self._L.llama_get_memory(self.ctx), 0, n_past, -1)
+        self.n_past = n_past
+
+    def _check_room(self, n: int) -> None:
+        if self.n_past + n > self.n_ctx:
+            raise ContextOverflow(f"the context holds {self.n_ctx} tokens; "
+                                  f"{self.n_past + n} would be needed")
+
+    def _decode(self, batch, n: int) -> None:
+        batch.n_tokens = n
+        rc = self._L.llama_decode(self.ctx, batch)
+        if rc != 0:
+            raise MufunError(f"llama_decode failed (code {rc}) at position {self.n_past}")
+        self.n_decoded += n
+        self.n_past += n
+
+    def _fill_common(self, batch, n: int, want_logits: bool) -> None:
+        for i in range(n):
+            batch.pos[i] = self.n_past + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = 0
+        batch.logits[n - 1] = 1 if want_logits else 0
+
+    def eval_tokens(self, tokens: list[int], logits_at_end: bool = True) -> None:
+        self._check_room(len(tokens))
+        for s in range(0, len(tokens), self.n_batch):
+            part = tokens[s:s + self.n_batch]
+            last = s + self.n_batch >= len(tokens)
+            b = self._tok_batch
+            for i, t in enumerate(part):
+                if not 0 <= t < self.n_vocab:
+                    raise MufunError(f"token id {t} is outside the vocabulary")
+                b.token[i] = t
+            self._fill_common(b, len(part), logits_at_end and last)
+            self._decode(b, len(part))
+
+    def eval_embeddings(self, emb: np.ndarray, logits_at_end: bool = False) -> None:
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[1] != self.n_embd:
+            raise MufunError(f"embeddings must be [n, {self.n_embd}], got {list(emb.shape)}")
+        self._check_room(len(emb))
+        for s in range(0, len(emb), self.n_batch):
+            part = emb[s:s + self.n_batch]
+            last = s + self.n_batch >= len(emb)
+            b = self._emb_batch
+            ctypes.memmove(b.embd, part.ctypes.data, part.nbytes)
+            self._fill_common(b, len(part), logits_at_end and last)
+            self._decode(b, len(part))
+
+    def logits(self) -> np.ndarray:
+        ptr = self._L.llama_get_logits_ith(self.ctx, -1)
+        if not ptr:
+            raise MufunError("no logits available")
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    # -- generation
+    def _sampler(self, s: Sampling):
+        L = self._L
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if s.repeat_penalty != 1.0:
+            # The binding declares a leading n_vocab that newer llama.cpp headers dropped;
+            # ints and floats travel in separate registers, so passing last_n in both int
+            # slots is right for either signature.
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_penalties(
+                s.repeat_last_n, s.repeat_last_n, s.repeat_penalty, 0.0, 0.0))
+        if s.temperature <= 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+            return chain
+        if s.top_k > 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(s.top_k))
+        if s.top_p < 1.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(s.top_p, 1))
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(s.temperature))
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(s.seed & 0xFFFFFFFF))
+        return chain
+
+    def generate(self, sampling: Sampling, max_tokens: int, stop_ids: set[int]) -> Iterator[int]:
+        """Yield sampled token ids; each non-stop token is fed back. The prompt must end with
+        logits. The stop token is yielded (not evaluated) and ends the stream."""
+        chain = self._sampler(sampling)
+        try:
+            for _ in range(max_tokens):
+                tok = int(self._L.llama_sampler_sample(chain, self.ctx, -1))
+                yield tok
+                if tok in stop_ids or self.is_eog(tok):
+                    return
+                if self.n_past >= self.n_ctx:
+                    return
+                self.eval_tokens([tok])
+        finally:
+            self._L.llama_sampler_free(chain)
+
+    def _free_context(self) -> None:
+        L = self._L
+        for attr in ("_tok_batch", "_emb_batch"):
+            if getattr(self, attr, None) is not None:
+                L.llama_batch_free(getattr(self, attr))
+                setattr(self, attr, None)
+        if getattr(self, "ctx", None):
+            L.llama_free(self.ctx)
+            self.ctx = None
+
+    def close(self) -> None:
+        if getattr(self, "_L", None) is None or sys is None:  # interpreter shutdown
+            return
+        self._free_context()
+        if getattr(self, "model", None):
+            self._L.llama_model_free(self.model)
+            self.model = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,101 @@
+"""Model resolution and the model cache: a user names a model, this finds or makes it.
+
+`--model` / MUFUN_MODEL accepts, in order: a converted directory; an original checkpoint
+directory (converted on first use into the cache); a hub id such as Yi3852/MuFun-Base
+(local huggingface_hub cache first, then a download, then converted). A second process
+asking for the same conversion waits on a file lock instead of converting twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from .artifacts import MANIFEST, ModelDir
+from .errors import ModelError
+
+DEFAULT_MODEL = "Yi3852/MuFun-Base"
+DEFAULT_QUANT = "q4_k_m"
+
+
+def home() -> Path:
+    """MUFUN_HOME, else the platform's user cache dir (XDG on Linux)."""
+    env = os.environ.get("MUFUN_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+    return Path(user_cache_dir("mufun-local", appauthor=False))
+
+
+def models_dir() -> Path:
+    return home() / "models"
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors.index.json").is_file()
+
+
+def _cache_name(label: str, quant: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "--", label).strip("-")
+    return f"{safe}-{quant}"
+
+
+def _convert_cached(src: str, name: str, quant: str, log: Callable[[str], None]) -> ModelDir:
+    from filelock import FileLock
+
+    target = models_dir() / name
+    if (target / MANIFEST).is_file():
+        return ModelDir.open(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / MANIFEST).is_file():  # another process converted it while we waited
+            return ModelDir.open(target)
+        log(f"converting {src} into {target} (once) ...")
+        from .convert.run import convert
+        convert(src, target, quant=quant, force=True, log=log)
+    return ModelDir.open(target)
+
+
+def resolve(spec: str | None = None, quant: str = DEFAULT_QUANT,
+            log: Callable[[str], None] = lambda m: None) -> ModelDir:
+    spec = spec or os.environ.get("MUFUN_MODEL") or DEFAULT_MODEL
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / MANIFEST).is_file():
+            return ModelDir.open(path)
+        if _is_checkpoint(path):
+            digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
+            return _convert_cached(str(path), _cache_name(f"{path.name}-{digest}", quant), quant, log)
+        raise ModelError(f"{path}: neither a converted model nor an original MuFun checkpoint")
+    if path.exists():
+        raise ModelError(f"{path}: not a model directory")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", spec):
+        raise ModelError(f"{spec}: no such model directory, and not a hub id like {DEFAULT_MODEL}")
+    cached = models_dir() / _cache_name(spec, quant)
+    if (cached / MANIFEST).is_file():
+        return ModelDir.open(cached)
+    return _convert_cached(spec, _cache_name(spec, quant), quant, log)
+
+
+def list_cached() -> list[tuple[str, int]]:
+    root = models_dir()
+    if not root.is_dir():
+        return []
+    out = []
+    for d in sorted(root.iterdir()):
+        if (d / MANIFEST).is_file():
+            out.append((d.name, sum(p.stat().st_size for p in d.rglob("*") if p.is_file())))
+    return out
+
+
+def remove_cached(name: str) -> int:
+    target = models_dir() / name
+    if not (target / MANIFEST).is_file() or target.parent != models_dir():
+        raise ModelError(f"{name}: no such cached model (see `mufun-local models`)")
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    shutil.rmtree(target)
+    Path(str(target) + ".lock").unlink(missing_ok=True)
+    return size

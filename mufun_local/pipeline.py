@@ -1,0 +1,237 @@
+"""audio -> features -> encoder -> connector -> llm: the only module that knows every stage.
+
+A one-shot `ask` runs the audio half first, so the LLM context can be sized to exactly
+prompt + audio + answer, and the encoder is released before the LLM's weights are paged in
+(with both resident a `full` model would need ~1.3 GB more at peak).
+"""
+from __future__ import annotations
+
+import codecs
+import gc
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from . import audio as audio_mod
+from . import features, prompt as prompt_mod
+from .artifacts import ModelDir
+from .errors import MufunError
+from .llm import LLM, Sampling
+
+CTX_ROUND = 256
+
+
+@dataclass
+class Options:
+    """Everything a request can set; defaults come from the model's manifest."""
+
+    device: str = "auto"
+    compute_type: str | None = None
+    threads: int = 0
+    encoder_batch: int = 4
+    n_gpu_layers: int = -1
+    n_ctx: int | None = None      # None: sized to prompt + audio + max_tokens
+    n_batch: int = 512
+    f32_kv: bool = False
+    max_tokens: int = 256
+    sampling: Sampling = field(default_factory=Sampling)
+    verbose: bool = False
+    keep_logits: bool = False     # keep the first step's logits (parity checks)
+
+
+@dataclass
+class AudioInput:
+    path: str
+    segs: tuple[float, float] | None = None
+
+
+@dataclass
+class Embedded:
+    embeddings: np.ndarray            # [windows * 300, hidden]
+    seconds: float
+    windows: int
+    hidden_states: object = None      # encoder.HiddenStates when asked for
+
+
+@dataclass
+class Result:
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    audio_tokens: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    stopped: str = ""
+    first_logits: np.ndarray | None = None
+
+
+class Timer:
+    def __init__(self, timings: dict[str, float]):
+        self.timings = timings
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Span:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.timings[name] = timer.timings.get(name, 0.0) + time.perf_counter() - self.t0
+        return _Span()
+
+
+class Pipeline:
+    def __init__(self, model: ModelDir, options: Options | None = None,
+                 log: Callable[[str], None] | None = None):
+        self.model = model
+        self.opt = options or Options()
+        self.log = log or (lambda msg: None)
+        self._encoder = None
+        self._connector = None
+        self._llm: LLM | None = None
+        m = model.manifest
+        self.tokens_per_window = int(m["connector"]["tokens_per_window"])
+        self.stop_ids = set(m["stop_ids"])
+
+    # ---------------------------------------------------------------- audio half
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from .encoder import Encoder
+            self._encoder = Encoder(self.model.encoder_dir, self.opt.device, self.opt.compute_type,
+                                    self.opt.threads, self.opt.encoder_batch)
+            self.log(f"encoder: CTranslate2 on {self._encoder.device}, {self._encoder.compute_type}")
+        return self._encoder
+
+    @property
+    def connector(self):
+        if self._connector is None:
+            from .connector import Connector
+            use_cuda = self.encoder.device == "cuda" and _torch_cuda()
+            self._connector = Connector(self.model.connector_file,
+                                        int(self.model.manifest["connector"]["pool_stride"]),
+                                        "cuda" if use_cuda else "cpu")
+        return self._connector
+
+    def release_audio_models(self) -> None:
+        self._encoder = self._connector = None
+        gc.collect()
+
+    def load_windows(self, item: AudioInput, timer: Timer) -> tuple[list[np.ndarray], float]:
+        with timer("decode"):
+            decoded = audio_mod.apply_segs(audio_mod.decode(item.path), item.segs, name=item.path)
+            pcm = audio_mod.resample(decoded.samples, decoded.rate)
+        return audio_mod.split_windows(pcm), decoded.seconds
+
+    def embed_windows(self, windows: list[np.ndarray], timer: Timer, keep_layers: bool = False):
+        with timer("features"):
+            mel = features.log_mel(windows, self.encoder.mel_filters)
+        with timer("encoder"):
+            hs = self.encoder.hidden_states(mel)
+        with timer("connector"):
+            emb = self.connector(hs)
+        return emb, (hs if keep_layers else None)
+
+    def embed(self, item: AudioInput, keep_layers: bool = False,
+              timings: dict[str, float] | None = None) -> Embedded:
+        timer = Timer(timings if timings is not None else {})
+        windows, seconds = self.load_windows(item, timer)
+        emb, hs = self.embed_windows(windows, timer, keep_layers)
+        return Embedded(emb, seconds, len(windows), hs)
+
+    # ---------------------------------------------------------------- language half
+    @property
+    def llm(self) -> LLM:
+        if self._llm is None:
+            self._llm = LLM(self.model.llm_file, self.opt.threads, self.opt.n_gpu_layers,
+                            verbose=self.opt.verbose)
+        return self._llm
+
+    def context_limit(self) -> int:
+        return self.opt.n_ctx or self.llm.n_ctx_train
+
+    def check_fits(self, text_tokens: int, windows: list[int]) -> int:
+        """The context size this request needs; a clear error when it cannot fit."""
+        audio_tokens = sum(windows) * self.tokens_per_window
+        need = text_tokens + audio_tokens + self.opt.max_tokens
+        limit = self.context_limit()
+        if need > limit:
+            room = limit - text_tokens - self.opt.max_tokens
+            fit = max(0, room // self.tokens_per_window) * 30
+            raise MufunError(
+                f"too long for the context: {audio_tokens} audio tokens + {text_tokens} prompt "
+                f"tokens + {self.opt.max_tokens} answer tokens > {limit}; at most {fit} s of audio fit "
+                f"(use --segs to pick a part, or a larger --ctx up to {self.llm.n_ctx_train})")
+        return need
+
+    def ask(self, audios: list[AudioInput], question: str) -> Iterator[str]:
+        """Stream the answer's text; the last value yielded is followed by `self.result`."""
+        m = self.model.manifest
+        res = self.result = Result()
+        timer = Timer(res.timings)
+        prm = prompt_mod.build(question, len(audios), m["prompt"]["template"], m["prompt"]["audio_marker"])
+        chunks = prompt_mod.tokenize(prm, self.llm.tokenize)
+        res.prompt_tokens = sum(map(len, chunks))
+
+        decoded = [self.load_windows(a, timer) for a in audios]  # cheap: fail fast before compute
+        need = self.check_fits(res.prompt_tokens, [len(w) for w, _ in decoded])
+        embeddings = []
+        for windows, _ in decoded:
+            emb, _ = self.embed_windows(windows, timer)
+            embeddings.append(emb)
+        del decoded
+        res.audio_tokens = sum(len(e) for e in embeddings)
+        self.release_audio_models()
+
+        llm = self.llm
+        n_ctx = self.opt.n_ctx or min(self.context_limit(), math.ceil(need / CTX_ROUND) * CTX_ROUND)
+        if llm.ctx is None or llm.n_ctx != n_ctx:
+            llm.open_context(n_ctx, self.opt.n_batch, self.opt.f32_kv)
+        else:
+            llm.reset()
+        with timer("prefill"):
+            for i, ids in enumerate(chunks):
+                last = i == len(chunks) - 1
+                if ids:
+                    llm.eval_tokens(ids, logits_at_end=last)
+                if i < len(embeddings):
+                    llm.eval_embeddings(embeddings[i], logits_at_end=last and not ids)
+        if self.opt.keep_logits:
+            res.first_logits = llm.logits()
+        yield from self._generate(llm, res, timer)
+
+    def _generate(self, llm: LLM, res: Result, timer: Timer) -> Iterator[str]:
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        t0 = time.perf_counter()
+        res.stopped = "length"
+        for tok in llm.generate(self.opt.sampling, self.opt.max_tokens, self.stop_ids):
+            res.tokens.append(tok)
+            if tok in self.stop_ids or llm.is_eog(tok):
+                res.stopped = "stop"
+                break
+            piece = utf8.decode(llm.token_bytes(tok))
+            if piece:
+                res.text += piece
+                yield piece
+        tail = utf8.decode(b"", final=True)
+        if tail:
+            res.text += tail
+            yield tail
+        res.timings["generate"] = time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.release_audio_models()
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
