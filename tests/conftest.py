@@ -1,0 +1,76 @@
+"""Shared fixtures: synthetic checkpoints, converted models and the PyTorch reference.
+
+Everything is generated here from seeds; nothing is downloaded.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    from mufun_local.synthetic import generate
+    return generate(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", seed=0)
+
+
+def _converted(tmp_path_factory, ckpt, quant, encoder_quant):
+    from mufun_local.convert.run import convert
+    out = tmp_path_factory.mktemp("models") / f"tiny-{quant}-{encoder_quant}"
+    return convert(str(ckpt), out, quant=quant, encoder_quant=encoder_quant, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_f32(tmp_path_factory, tiny_ckpt) -> Path:
+    """The parity model: F32 GGUF, float32 encoder."""
+    return _converted(tmp_path_factory, tiny_ckpt, "f32", "float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_f16(tmp_path_factory, tiny_ckpt) -> Path:
+    return _converted(tmp_path_factory, tiny_ckpt, "f16", "float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_q4(tmp_path_factory, tiny_ckpt) -> Path:
+    """The default conversion: q4_k_m GGUF, float16-stored encoder."""
+    return _converted(tmp_path_factory, tiny_ckpt, "q4_k_m", "float16")
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_ckpt):
+    from mufun_local.reference import ReferenceMuFun
+    return ReferenceMuFun(tiny_ckpt)
+
+
+@pytest.fixture(scope="session")
+def audio_dir(tmp_path_factory) -> Path:
+    """A few music-like files the parity tests share."""
+    from audio_fixtures import music, write_audio
+    d = tmp_path_factory.mktemp("audio")
+    write_audio(d / "song44k.wav", music(7.5, 44100, 2, seed=1), 44100)
+    write_audio(d / "song22k.flac", music(4.0, 22050, 1, seed=2), 22050)
+    write_audio(d / "long48k.flac", music(34.0, 48000, 2, seed=3), 48000)
+    return d
+
+
+@pytest.fixture(scope="session")
+def small_ckpt(tmp_path_factory) -> Path:
+    """Real Whisper-large-v3 encoder dims + a Qwen3-0.6B-shaped LLM (~2.5 GB, ~30 s)."""
+    from mufun_local.synthetic import generate
+    return generate(tmp_path_factory.mktemp("ckpt") / "small", "small", seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_encoder(tmp_path_factory, small_ckpt):
+    from mufun_local.convert.checkpoint import Checkpoint
+    from mufun_local.convert.encoder import write_encoder
+    out = tmp_path_factory.mktemp("small-encoder") / "encoder"
+    write_encoder(Checkpoint(small_ckpt), out, "float32")
+    return small_ckpt, out

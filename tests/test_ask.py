@@ -1,0 +1,142 @@
+"""`ask` end to end on the tiny preset vs the PyTorch reference (greedy tokens and logits)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from audio_fixtures import have_ffmpeg_cli
+from mufun_local.artifacts import ModelDir
+from mufun_local.errors import MufunError
+from mufun_local.llm import LLM, Sampling
+from mufun_local.pipeline import AudioInput, Options, Pipeline
+
+needs_ffmpeg = pytest.mark.skipif(not have_ffmpeg_cli(), reason="the reference decodes with the ffmpeg CLI, as the original does")
+
+CASES = [
+    (["song44k.wav"], None, "What genre is this song?"),
+    (["song22k.flac"], None, "Describe the mood and the instruments."),
+    (["long48k.flac"], None, "How does the track develop over time?"),  # two windows
+    (["song44k.wav", "song22k.flac"], None, "<audio> This is song1. <audio> This is song2. Which is faster?"),
+    (["long48k.flac"], [(2.0, 9.5)], "What happens in this part?"),
+]
+
+
+def rel(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def run(model_dir, files, segs, question, **opts):
+    opts.setdefault("max_tokens", 12)
+    opts.setdefault("sampling", Sampling(temperature=0.0))
+    pipe = Pipeline(ModelDir.open(model_dir), Options(device="cpu", compute_type="float32", f32_kv=True,
+                                                       keep_logits=True, **opts))
+    try:
+        text = "".join(pipe.ask([AudioInput(f, s) for f, s in zip(files, segs or [None] * len(files))], question))
+        res = pipe.result
+        assert text == res.text
+        return res
+    finally:
+        pipe.close()
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("files,segs,question", CASES)
+def test_greedy_tokens_equal_reference_f32(tiny_f32, reference, audio_dir, files, segs, question):
+    paths = [str(audio_dir / f) for f in files]
+    ours = run(tiny_f32, paths, segs, question)
+    theirs = reference.ask(paths, question, segs=segs, max_tokens=12)
+    assert ours.audio_tokens == theirs.audio_tokens
+    assert ours.prompt_tokens == theirs.prompt_tokens
+    assert rel(ours.first_logits, theirs.first_logits) <= 1e-4
+    assert ours.tokens == theirs.tokens
+
+
+@needs_ffmpeg
+def test_f16_gguf_within_tolerance(tiny_f16, reference, audio_dir):
+    """F16 weights: first-step logits within 1e-2 relative and the same first token."""
+    paths = [str(audio_dir / "song44k.wav")]
+    ours = run(tiny_f16, paths, None, "What genre is this song?")
+    theirs = reference.ask(paths, "What genre is this song?", max_tokens=12)
+    assert rel(ours.first_logits, theirs.first_logits) <= 1e-2
+    assert ours.tokens[0] == theirs.tokens[0]
+
+
+def test_embedding_path_equals_token_path(tiny_f32, reference):
+    """Token rows fed as embeddings give the same logits as the tokens themselves."""
+    md = ModelDir.open(tiny_f32)
+    llm = LLM(md.llm_file)
+    llm.open_context(512, 64, f32_kv=True)
+    ids = llm.tokenize(reference.prompt("What genre?").replace("<audio>", "")) * 2
+    table = reference.llm.get_input_embeddings().weight.detach().numpy()
+    llm.eval_tokens(ids)
+    by_tokens = llm.logits()
+    llm.reset()
+    llm.eval_embeddings(table[ids], logits_at_end=True)
+    by_embeddings = llm.logits()
+    np.testing.assert_allclose(by_embeddings, by_tokens, rtol=0, atol=1e-5 * np.abs(by_tokens).max())
+    llm.close()
+
+
+@pytest.mark.parametrize("n", [63, 64, 65])
+def test_batch_split_boundaries(tiny_f32, n):
+    """Embedding runs of n_batch-1, n_batch, n_batch+1 rows give the same logits as one batch."""
+    md = ModelDir.open(tiny_f32)
+    emb = np.random.default_rng(n).standard_normal((n, 64)).astype(np.float32)
+    out = []
+    for n_batch in (64, 512):
+        llm = LLM(md.llm_file)
+        llm.open_context(512, n_batch, f32_kv=True)
+        llm.eval_tokens(llm.tokenize("A chat"), logits_at_end=False)
+        llm.eval_embeddings(emb)
+        llm.eval_tokens(llm.tokenize(" ASSISTANT:"))
+        assert llm.n_past == n + len(llm.tokenize("A chat")) + len(llm.tokenize(" ASSISTANT:"))
+        out.append(llm.logits())
+        llm.close()
+    np.testing.assert_allclose(out[0], out[1], rtol=0, atol=1e-5 * np.abs(out[1]).max())
+
+
+def test_overflow_is_refused_before_compute(tiny_f32, audio_dir):
+    pipe = Pipeline(ModelDir.open(tiny_f32), Options(device="cpu", n_ctx=256, max_tokens=8))
+    with pytest.raises(MufunError, match=r"at most 0 s of audio fit"):
+        list(pipe.ask([AudioInput(str(audio_dir / "song44k.wav"))], "What genre?"))
+    assert pipe._encoder is None, "the encoder must not run for a request that cannot fit"
+    pipe.close()
+
+
+def test_context_sized_to_request(tiny_q4, audio_dir):
+    pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu", max_tokens=20, sampling=Sampling()))
+    list(pipe.ask([AudioInput(str(audio_dir / "long48k.flac"))], "What genre?"))
+    res = pipe.result
+    assert res.audio_tokens == 600
+    need = res.prompt_tokens + res.audio_tokens + 20
+    assert need <= pipe.llm.n_ctx < need + 256
+    assert set(res.timings) >= {"decode", "features", "encoder", "connector", "prefill", "generate"}
+    pipe.close()
+
+
+def test_sampling_is_seeded(tiny_q4, audio_dir):
+    def answer(seed):
+        return run(tiny_q4, [str(audio_dir / "song22k.flac")], None, "Mood?",
+                   sampling=Sampling(temperature=0.9, top_k=40, top_p=0.95, seed=seed), max_tokens=16).tokens
+    a, b, c = answer(1), answer(1), answer(2)
+    assert a == b
+    assert a != c
+
+
+def test_repeated_asks_reset_the_cache(tiny_f32, audio_dir):
+    md = ModelDir.open(tiny_f32)
+    pipe = Pipeline(md, Options(device="cpu", compute_type="float32", f32_kv=True, keep_logits=True,
+                                max_tokens=8, n_ctx=1024))
+    item = [AudioInput(str(audio_dir / "song22k.flac"))]
+    first = ("".join(pipe.ask(item, "Genre?")), pipe.result.first_logits)
+    second = ("".join(pipe.ask(item, "Genre?")), pipe.result.first_logits)
+    assert first[0] == second[0]
+    np.testing.assert_array_equal(first[1], second[1])
+    pipe.close()
+
+
+def test_marker_count_must_match(tiny_q4, audio_dir):
+    pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu"))
+    with pytest.raises(MufunError, match="marker"):
+        list(pipe.ask([AudioInput(str(audio_dir / "song22k.flac"))], "<audio> and <audio>?"))
+    pipe.close()

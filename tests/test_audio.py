@@ -1,0 +1,174 @@
+"""Audio front end vs the original's path (ffmpeg CLI decode, torchaudio resample, windows)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from audio_fixtures import have_ffmpeg_cli, music, write_audio
+from mufun_local import audio
+from mufun_local import reference as ref
+from mufun_local.errors import AudioError
+
+needs_ffmpeg = pytest.mark.skipif(not have_ffmpeg_cli(), reason="the ffmpeg CLI (the original's decoder) is not installed")
+
+
+def _ffmpeg_read(path):
+    import mutagen
+    from transformers.pipelines.audio_utils import ffmpeg_read
+    with open(path, "rb") as fh:
+        return ffmpeg_read(fh.read(), mutagen.File(path).info.sample_rate)
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("ext,rate,channels", [
+    (".wav", 44100, 1), (".wav", 44100, 2), (".wav", 48000, 6),
+    (".flac", 22050, 2), (".flac", 96000, 6), (".mp3", 44100, 2), (".ogg", 44100, 2),
+])
+def test_decode_equals_ffmpeg_read(tmp_path, ext, rate, channels):
+    path = tmp_path / f"x{ext}"
+    if ext == ".ogg":
+        # a libvorbis file, as found in the wild (PyAV's bundled FFmpeg has no libvorbis encoder)
+        write_audio(tmp_path / "src.wav", music(3.0, rate, channels), rate)
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(tmp_path / "src.wav"), "-c:a", "libvorbis",
+                        str(path)], check=True)
+    else:
+        write_audio(path, music(3.0, rate, channels), rate)
+    ours = audio.decode(str(path))
+    theirs = _ffmpeg_read(str(path))
+    assert ours.rate == rate
+    if ext == ".mp3":
+        # PyAV drops the decoder's trailing padding that the CLI keeps; the samples agree
+        assert 0 <= len(theirs) - len(ours.samples) <= 1152
+        theirs = theirs[:len(ours.samples)]
+    assert len(ours.samples) == len(theirs)
+    np.testing.assert_allclose(ours.samples, theirs, rtol=0, atol=1e-6)
+
+
+def test_stereo_downmix_is_ffmpegs_not_the_mean(tmp_path):
+    x = music(1.0, 16000, 2)
+    path = write_audio(tmp_path / "s.flac", x, 16000)
+    pcm = audio.decode(str(path)).samples
+    q = np.round(x * 32767) / 32767  # flac stores 16-bit
+    np.testing.assert_allclose(pcm, (q[:, 0] + q[:, 1]) / np.sqrt(2), atol=1e-4)
+    assert np.abs(pcm - q.mean(axis=1)).max() > 0.05
+
+
+@pytest.mark.parametrize("ext,rate", [(".opus", 48000), (".m4a", 44100)])
+def test_formats_the_original_cannot_read(tmp_path, ext, rate):
+    path = write_audio(tmp_path / f"x{ext}", music(2.0, rate, 2), rate)
+    d = audio.decode(str(path))
+    assert d.rate == rate and abs(d.seconds - 2.0) < 0.1
+    assert np.abs(d.samples).max() > 0.1
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000, 96000])
+def test_resample_equals_torchaudio(rate):
+    rng = np.random.default_rng(rate)
+    x = music(2.1, rate, 1)[: rate * 2 + 123, 0]
+    x = x + (0.3 * rng.standard_normal(len(x))).astype(np.float32)
+    ours = audio.resample(x, rate)
+    theirs = ref.resample(torch.from_numpy(x.copy()), rate, 16000).numpy()
+    assert ours.shape == theirs.shape
+    assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < 1e-5
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_resample_in_blocks_equals_one_block():
+    x = np.random.default_rng(0).standard_normal(44100 * 3).astype(np.float32)
+    # BLAS may sum in another order for other block shapes: equal to float rounding
+    np.testing.assert_allclose(audio.resample(x, 44100, block_frames=7), audio.resample(x, 44100), atol=2e-6)
+
+
+@pytest.mark.parametrize("seconds,expected", [(0.3, 1), (30.0, 1), (30.2, 1), (30.6, 2), (60.0, 2), (75.0, 3)])
+def test_window_rule_matches_original(seconds, expected):
+    x = np.zeros(int(round(seconds * 16000)), np.float32)
+    ours = audio.split_windows(x)
+    theirs = ref.split_windows(x)
+    assert len(ours) == len(theirs) == expected
+    assert [len(w) for w in ours] == [len(w) for w in theirs]
+
+
+def test_segs_cut_at_native_rate(tmp_path):
+    path = write_audio(tmp_path / "x.wav", music(5.0, 44100, 1), 44100)
+    full = audio.decode(str(path))
+    cut = audio.apply_segs(full, (1.5, 3.25))
+    np.testing.assert_array_equal(cut.samples, full.samples[int(1.5 * 44100):int(3.25 * 44100)])
+
+
+def test_silence_is_valid_audio(tmp_path):
+    path = write_audio(tmp_path / "silence.wav", np.zeros((16000, 1), np.float32), 16000)
+    windows = audio.load_windows(str(path))
+    assert len(windows) == 1 and not windows[0].any()
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(AudioError, match="no such file"):
+        audio.decode(str(tmp_path / "nope.flac"))
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.wav").write_bytes(b"")
+    with pytest.raises(AudioError, match="empty"):
+        audio.decode(str(tmp_path / "empty.wav"))
+
+
+def test_text_named_mp3(tmp_path):
+    (tmp_path / "notes.mp3").write_text("these are my notes, not a song\n" * 20)
+    with pytest.raises(AudioError, match="notes.mp3"):
+        audio.decode(str(tmp_path / "notes.mp3"))
+
+
+def test_directory(tmp_path):
+    with pytest.raises(AudioError, match="directory"):
+        audio.decode(str(tmp_path))
+
+
+def test_truncated_file_decodes_what_is_there(tmp_path, caplog):
+    path = write_audio(tmp_path / "x.mp3", music(4.0, 44100, 2), 44100)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(data[: len(data) // 2])
+    d = audio.decode(str(cut))
+    assert 1.0 < d.seconds < 3.0
+
+
+def test_garbage_after_header(tmp_path):
+    path = write_audio(tmp_path / "x.flac", music(1.0, 44100, 1), 44100)
+    data = bytearray(path.read_bytes())
+    data[200:] = bytes(len(data) - 200)  # keep the header, zero the frames
+    bad = tmp_path / "bad.flac"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(AudioError, match="bad.flac"):
+        audio.decode(str(bad))
+
+
+@pytest.mark.parametrize("segs,match", [((5.0, 9.0), "beyond the end"), ((2.0, 1.0), "start < end"),
+                                        ((-1.0, 1.0), "start < end")])
+def test_bad_segs(tmp_path, segs, match):
+    path = write_audio(tmp_path / "x.wav", music(2.0, 16000, 1), 16000)
+    with pytest.raises(AudioError, match=match):
+        audio.load_windows(str(path), segs)
+
+
+def test_parse_segs():
+    assert audio.parse_segs("12.5:42") == (12.5, 42.0)
+    for bad in ("12", "a:b", "5:2", "1:2:3"):
+        with pytest.raises(AudioError):
+            audio.parse_segs(bad)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
+def test_load_windows_equals_original_load_audio_single(audio_dir):
+    for name, seg in (("song44k.wav", None), ("long48k.flac", None), ("song44k.wav", (1.0, 5.5))):
+        ours = audio.load_windows(str(audio_dir / name), seg)
+        theirs = ref.load_audio_single(str(audio_dir / name), seg)
+        assert len(ours) == len(theirs)
+        for a, b in zip(ours, theirs):
+            np.testing.assert_allclose(a, b, atol=1e-5)
