@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Encoder speed: CTranslate2 (hidden states 0/7/15/32) vs transformers' WhisperEncoder.
+
+Runs everything in this one process, one after the other, on the same log-mel windows of
+real Whisper-large-v3 dimensions (the `small` preset's encoder, random weights), and prints
+seconds per 30 s window and ratios against transformers float32.
+
+    python scripts/bench_encoder.py [--windows 2] [--threads 2] [--ckpt DIR]
+
+Needs the `reference` extra (torch, transformers) for the baseline.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def best_of(fn, repeat: int) -> float:
+    fn()  # warm-up (first call pays allocations and lazy init)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", help="an original-format checkpoint (default: generate the small preset)")
+    ap.add_argument("--windows", type=int, default=2, help="30 s windows per call")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+
+    import torch
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    from mufun_local import features
+    from mufun_local.convert.checkpoint import Checkpoint
+    from mufun_local.convert.encoder import write_encoder
+    from mufun_local.encoder import Encoder
+    from mufun_local.synthetic import generate
+
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="mufun-bench-"))
+    ckpt_dir = Path(args.ckpt) if args.ckpt else generate(work / "small", "small", seed=0)
+    ckpt = Checkpoint(ckpt_dir)
+    write_encoder(ckpt, work / "encoder", "float16")
+    rng = np.random.default_rng(0)
+    t = np.arange(30 * 16000) / 16000
+    windows = [(0.3 * np.sin(2 * np.pi * (220 + 40 * k) * t) + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
+               for k in range(args.windows)]
+    mel = features.log_mel(windows)
+
+    ref = WhisperEncoder(WhisperConfig(**ckpt.config["vision_config"])).eval()
+    prefix = "vision_tower._vision_tower."
+    ref.load_state_dict({k[len(prefix):]: torch.from_numpy(ckpt.get(k)) for k in ckpt.tensors if k.startswith(prefix)})
+    x = torch.from_numpy(mel)
+
+    def run_ref(model, inp):
+        with torch.no_grad():
+            return model(inp, output_hidden_states=True).hidden_states
+
+    rows = {}
+    rows["transformers float32"] = best_of(lambda: run_ref(ref, x), args.repeat)
+    ref_bf16 = ref.to(torch.bfloat16)
+    rows["transformers bfloat16"] = best_of(lambda: run_ref(ref_bf16, x.to(torch.bfloat16)), args.repeat)
+    del ref, ref_bf16
+    for ct in ("int8", "float32"):
+        enc = Encoder(work / "encoder", "cpu", ct, threads=args.threads, batch_size=args.windows)
+        rows[f"ctranslate2 {ct}"] = best_of(lambda: enc.hidden_states(mel), args.repeat)
+        del enc
+
+    base = rows["transformers float32"]
+    print(f"\nEncoder, hidden states 0/7/15/32, {args.windows} x 30 s windows per call, "
+          f"{args.threads} threads, {platform.processor() or platform.machine()}")
+    print("| engine | s / window | speed-up vs transformers fp32 |")
+    print("|---|---|---|")
+    for name, sec in rows.items():
+        print(f"| {name} | {sec / args.windows:.2f} | {base / sec:.2f}x |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({k: v / args.windows for k, v in rows.items()}, indent=2))
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

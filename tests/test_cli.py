@@ -1,0 +1,178 @@
+"""The CLI as a user sees it: answers on stdout, one-line errors, exit codes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mufun_local.cli import main
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, match):
+    assert code != 0
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert match in lines[0], lines[0]
+
+
+def test_ask_json(capsys, tiny_q4, audio_dir):
+    code, out, err = run_cli(capsys, "ask", "--model", str(tiny_q4), str(audio_dir / "song22k.flac"),
+                             "What genre?", "--json", "--temperature", "0", "--max-tokens", "6")
+    assert code == 0, err
+    res = json.loads(out)
+    assert set(res) >= {"text", "tokens", "prompt_tokens", "audio_tokens", "timings"}
+    assert res["audio_tokens"] == 300 and 1 <= len(res["tokens"]) <= 6
+    assert set(res["timings"]) == {"decode", "features", "encoder", "connector", "prefill", "generate"}
+
+
+def test_ask_streams_only_the_answer(capsys, tiny_q4, audio_dir):
+    args = ["ask", "-m", str(tiny_q4), str(audio_dir / "song22k.flac"), "What genre?",
+            "--temperature", "0", "--max-tokens", "6"]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0
+    code, out_json, _ = run_cli(capsys, *args, "--json")
+    assert out == json.loads(out_json)["text"] + "\n"
+
+
+def test_model_from_environment(capsys, monkeypatch, tiny_q4, audio_dir):
+    monkeypatch.setenv("MUFUN_MODEL", str(tiny_q4))
+    code, out, err = run_cli(capsys, "ask", str(audio_dir / "song22k.flac"), "Mood?", "--max-tokens", "3", "--seed", "1")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("missing.flac", None, "no such file"),
+    ("empty.wav", b"", "file is empty"),
+    ("notes.mp3", b"not audio\n" * 50, "not a readable audio file"),
+])
+def test_bad_audio_one_line(capsys, tmp_path, tiny_q4, name, content, match):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    code, out, err = run_cli(capsys, "ask", "-m", str(tiny_q4), str(path), "What genre?")
+    assert_one_line_error(code, err, match)
+    assert out == ""
+
+
+def test_bad_model_path(capsys, tmp_path, audio_dir):
+    code, _, err = run_cli(capsys, "ask", "-m", str(tmp_path / "nowhere"), str(audio_dir / "song22k.flac"), "Q?")
+    assert_one_line_error(code, err, "no such model directory")
+
+
+def test_not_a_model_dir(capsys, tmp_path, audio_dir):
+    code, _, err = run_cli(capsys, "ask", "-m", str(tmp_path), str(audio_dir / "song22k.flac"), "Q?")
+    assert_one_line_error(code, err, "neither a converted model nor an original MuFun checkpoint")
+
+
+def test_overflow_one_line(capsys, tiny_q4, audio_dir):
+    code, _, err = run_cli(capsys, "ask", "-m", str(tiny_q4), str(audio_dir / "long48k.flac"), "Q?", "--ctx", "512")
+    assert_one_line_error(code, err, "at most 0 s of audio fit")
+
+
+def test_segs_count_mismatch(capsys, tiny_q4, audio_dir):
+    code, _, err = run_cli(capsys, "ask", "-m", str(tiny_q4), str(audio_dir / "song22k.flac"), "Q?",
+                           "--segs", "0:1", "--segs", "1:2")
+    assert_one_line_error(code, err, "--segs once per audio file")
+
+
+def test_segs_outside_file(capsys, tiny_q4, audio_dir):
+    code, _, err = run_cli(capsys, "ask", "-m", str(tiny_q4), str(audio_dir / "song22k.flac"), "Q?", "--segs", "100:120")
+    assert_one_line_error(code, err, "beyond the end of the audio")
+
+
+def test_embed_npy_and_layers(capsys, tmp_path, tiny_f32, audio_dir):
+    out = tmp_path / "e.npy"
+    code, _, err = run_cli(capsys, "embed", "-m", str(tiny_f32), str(audio_dir / "long48k.flac"), "--out", str(out),
+                           "--compute-type", "float32")
+    assert code == 0, err
+    emb = np.load(out)
+    assert emb.shape == (600, 64) and emb.dtype == np.float32
+    out2 = tmp_path / "e.npz"
+    code, _, err = run_cli(capsys, "embed", "-m", str(tiny_f32), str(audio_dir / "long48k.flac"), "--out", str(out2),
+                           "--layers", "--compute-type", "float32")
+    z = np.load(out2)
+    assert set(z.files) == {"embeddings", "hs0", "hs7", "hs15", "hs32"}
+    assert z["hs7"].shape == (2, 1500, 64)
+    np.testing.assert_array_equal(z["embeddings"], emb)
+
+
+def test_embed_segs(capsys, tmp_path, tiny_f32, audio_dir):
+    out = tmp_path / "s.npy"
+    code, _, err = run_cli(capsys, "embed", "-m", str(tiny_f32), str(audio_dir / "long48k.flac"), "-o", str(out),
+                           "--segs", "1:4")
+    assert code == 0 and np.load(out).shape == (300, 64)
+
+
+def test_info_and_verify(capsys, tiny_q4):
+    code, out, err = run_cli(capsys, "info", str(tiny_q4), "--verify")
+    assert code == 0, err
+    assert "q4_k_m" in out and "hidden states [0, 7, 15, 32]" in out and "verified" in out
+
+
+def test_info_system(capsys):
+    code, out, _ = run_cli(capsys, "info", "--system")
+    assert code == 0 and "llama.cpp" in out and "ctranslate2" in out and "AMX" in out
+
+
+def test_convert_cli_refuses_existing(capsys, tmp_path, tiny_ckpt):
+    (tmp_path / "out").mkdir()
+    code, _, err = run_cli(capsys, "convert", str(tiny_ckpt), str(tmp_path / "out"), "--quant", "f16", "-q")
+    assert_one_line_error(code, err, "already exists")
+
+
+def test_help_has_examples(capsys):
+    code, out, _ = run_cli(capsys, "ask", "--help")
+    assert code == 0 and "mufun-local ask song.flac" in out and "--segs" in out
+
+
+def test_original_checkpoint_dir_converts_once_into_the_cache(capsys, monkeypatch, tmp_path, tiny_ckpt, audio_dir):
+    monkeypatch.setenv("MUFUN_HOME", str(tmp_path / "home"))
+    args = ["ask", "-m", str(tiny_ckpt), str(audio_dir / "song22k.flac"), "Q?", "--max-tokens", "2", "--seed", "0"]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0 and "converting" in err
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0 and "converting" not in err
+    code, out, _ = run_cli(capsys, "models")
+    assert "q4_k_m" in out
+
+
+def test_demo(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("MUFUN_HOME", str(tmp_path / "home"))
+    code, out, err = run_cli(capsys, "demo", "--max-tokens", "4")
+    assert code == 0, err
+    assert "random weights" in out and "encoder" in out and "prefill" in out
+
+
+def test_console_script_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mufun_local.cli", "ask", str(tmp_path / "x.wav"), "Q?",
+                           "-m", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_runtime_imports_no_torch():
+    code = ("import sys, mufun_local.cli, mufun_local.pipeline, mufun_local.encoder, mufun_local.connector, "
+            "mufun_local.llm, mufun_local.audio, mufun_local.features, mufun_local.models, mufun_local.convert.run;"
+            "bad = [m for m in ('torch', 'transformers', 'torchaudio') if m in sys.modules];"
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_amx_guard():
+    from mufun_local.llm import cpu_has_amx, use_extra_bufts
+    amx = "processor : 0\nflags : fpu sse avx512f amx_bf16 amx_tile amx_int8\n"
+    plain = "processor : 0\nflags : fpu sse avx2 avx512f avx512_vnni\n"
+    assert cpu_has_amx(amx) and not cpu_has_amx(plain)
+    assert use_extra_bufts(amx, env={}) is False
+    assert use_extra_bufts(plain, env={}) is True
+    assert use_extra_bufts(amx, env={"MUFUN_LLAMA_EXTRA_BUFTS": "1"}) is True

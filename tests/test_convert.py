@@ -1,0 +1,263 @@
+"""Converter: GGUF contents, tokenizer, logits, manifest, and refusal of bad checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mufun_local.artifacts import ModelDir
+from mufun_local.convert.checkpoint import Checkpoint
+from mufun_local.convert.llm_gguf import tensor_map
+from mufun_local.convert.run import convert
+from mufun_local.errors import ModelError
+from mufun_local.llm import LLM
+
+
+def _reader(model_dir):
+    import gguf
+    md = ModelDir.open(model_dir)
+    return gguf.GGUFReader(str(md.llm_file))
+
+
+def _field(reader, key):
+    f = reader.fields[key]
+    return f.contents()
+
+
+def test_gguf_metadata(tiny_f32, tiny_ckpt):
+    r = _reader(tiny_f32)
+    cfg = json.loads((tiny_ckpt / "config.json").read_text())["text_config"]
+    assert _field(r, "general.architecture") == "qwen3"
+    assert _field(r, "qwen3.embedding_length") == cfg["hidden_size"]
+    assert _field(r, "qwen3.block_count") == cfg["num_hidden_layers"]
+    assert _field(r, "qwen3.attention.head_count_kv") == cfg["num_key_value_heads"]
+    assert _field(r, "qwen3.attention.key_length") == cfg["head_dim"]
+    assert _field(r, "qwen3.rope.freq_base") == pytest.approx(cfg["rope_theta"])
+    assert _field(r, "qwen3.attention.layer_norm_rms_epsilon") == pytest.approx(cfg["rms_norm_eps"])
+    assert _field(r, "tokenizer.ggml.model") == "gpt2"
+    assert _field(r, "tokenizer.ggml.pre") == "qwen2"
+    assert _field(r, "tokenizer.ggml.add_bos_token") is False
+    tokens = _field(r, "tokenizer.ggml.tokens")
+    types = _field(r, "tokenizer.ggml.token_type")
+    assert len(tokens) == len(types) == cfg["vocab_size"]
+    vocab = json.loads((tiny_ckpt / "vocab.json").read_text())
+    base = len(vocab)
+    assert tokens[base] == "<|endoftext|>" and types[base] == 3          # control
+    assert tokens[base + 24] == "<think>" and types[base + 24] == 4      # user-defined
+    assert types[-1] == 5 and tokens[-1].startswith("[PAD")                # unused padding row
+    assert _field(r, "tokenizer.ggml.eos_token_id") == base
+
+
+def test_gguf_tensors_round_trip_exactly(tiny_f32, tiny_ckpt):
+    r = _reader(tiny_f32)
+    ckpt = Checkpoint(tiny_ckpt)
+    by_name = {t.name: t for t in r.tensors}
+    pairs = tensor_map(ckpt.dims.llm_layers)
+    assert set(by_name) == {dst for _, dst in pairs}
+    for src, dst in pairs:
+        data = np.asarray(by_name[dst].data).reshape(ckpt.tensors[src].shape)
+        np.testing.assert_array_equal(data, ckpt.get(src), err_msg=dst)
+
+
+STRINGS = [
+    "What genre is this song?", "  leading spaces and  double  spaces", "tabs\tand\nnewlines\n\n",
+    "Numbers 1234567 3.14159 and 2024-03-12", "Unicode: café, naïve, Ünïcödé, 日本語, emoji 🎵🎸",
+    "<|im_start|>user\nhi<|im_end|>", "<think>reasoning</think> answer", "don't won't it's I'm we'll",
+    "UPPER lower MiXeD", "a" * 50, "    \n   \t  ", "end with space ",
+]
+
+
+def test_gguf_tokenizer_equals_transformers(tiny_f32, tiny_ckpt, reference):
+    llm = LLM(ModelDir.open(tiny_f32).llm_file)
+    prompt = reference.prompt("What genre is this? Answer in one word.")
+    for s in STRINGS + prompt.split("<audio>"):
+        assert llm.tokenize(s) == reference.tokenizer(s, add_special_tokens=False).input_ids, repr(s)
+    ids = reference.tokenizer(STRINGS[4], add_special_tokens=False).input_ids
+    assert b"".join(llm.token_bytes(t) for t in ids).decode() == STRINGS[4]
+    llm.close()
+
+
+@pytest.mark.parametrize("fixture,tol", [("tiny_f32", 1e-4), ("tiny_f16", 1e-2)])
+def test_logits_match_qwen3(request, reference, fixture, tol):
+    llm = LLM(ModelDir.open(request.getfixturevalue(fixture)).llm_file)
+    llm.open_context(512, 512, f32_kv=True)
+    ids = reference.tokenizer(reference.prompt("Is there a singer?").replace("<audio>", ""),
+                              add_special_tokens=False).input_ids
+    llm.eval_tokens(ids)
+    with torch.no_grad():
+        theirs = reference.llm(torch.tensor([ids])).logits[0, -1].numpy()
+    ours = llm.logits()
+    assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) <= tol
+    llm.close()
+
+
+@pytest.mark.parametrize("quant", ["q4_k_m", "q5_k_m", "q8_0"])
+def test_every_quant_loads(tmp_path, tiny_ckpt, quant):
+    out = convert(str(tiny_ckpt), tmp_path / quant, quant=quant, quiet=True)
+    md = ModelDir.open(out)
+    assert md.llm_file.name == f"llm-{quant}.gguf"
+    assert not (out / "llm-f16.gguf").exists(), "the F16 intermediate is deleted"
+    llm = LLM(md.llm_file)
+    llm.open_context(256)
+    llm.eval_tokens(llm.tokenize("A chat between"))
+    assert np.isfinite(llm.logits()).all()
+    llm.close()
+
+
+def test_keep_f16(tmp_path, tiny_ckpt):
+    out = convert(str(tiny_ckpt), tmp_path / "m", quant="q8_0", keep_f16=True, quiet=True)
+    assert (out / "llm-f16.gguf").is_file() and "llm-f16.gguf" in ModelDir.open(out).manifest["files"]
+
+
+def test_manifest(tiny_q4, tiny_ckpt):
+    m = ModelDir.open(tiny_q4).manifest
+    assert m["format_version"] == 1
+    assert m["encoder"]["feature_layers"] == [0, 7, 15, 32]
+    assert m["encoder"]["stored_quantization"] == "float16"
+    assert m["connector"]["pool_stride"] == 5 and m["connector"]["tokens_per_window"] == 300
+    base = len(json.loads((tiny_ckpt / "vocab.json").read_text()))
+    assert m["stop_ids"] == [base + 2, base]
+    assert m["generation"]["temperature"] == 0.2
+    assert "USER: {user} ASSISTANT:" in m["prompt"]["template"]
+    assert {"ctranslate2", "gguf", "llama-cpp-python"} <= set(m["tools"])
+    for rel, meta in m["files"].items():
+        assert (tiny_q4 / rel).stat().st_size == meta["size"]
+
+
+def test_verify_catches_a_changed_byte(tmp_path, tiny_q4):
+    copy = shutil.copytree(tiny_q4, tmp_path / "copy")
+    md = ModelDir.open(copy)
+    assert md.verify() == []
+    target = copy / "connector.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0x01
+    target.write_bytes(bytes(data))
+    assert ModelDir.open(copy).verify() == ["connector.safetensors"]
+
+
+def test_truncated_model_file_is_refused(tmp_path, tiny_q4):
+    copy = shutil.copytree(tiny_q4, tmp_path / "copy")
+    gguf = next(copy.glob("llm-*.gguf"))
+    gguf.write_bytes(gguf.read_bytes()[:1000])
+    with pytest.raises(ModelError, match="truncated"):
+        ModelDir.open(copy)
+
+
+# ------------------------------------------------------------------ refusals
+
+
+def _copy_ckpt(tiny_ckpt, tmp_path):
+    return shutil.copytree(tiny_ckpt, tmp_path / "ckpt")
+
+
+def _refused(src, out, match):
+    with pytest.raises(ModelError, match=match):
+        convert(str(src), out, quant="f16", quiet=True)
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial")]
+
+
+def test_missing_tensor(tmp_path, tiny_ckpt):
+    src = _copy_ckpt(tiny_ckpt, tmp_path)
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    name = "vision_tower._vision_tower.layers.3.fc1.weight"
+    shard = src / index["weight_map"][name]
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(str(shard))
+    del tensors[name]
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    del index["weight_map"][name]
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    _refused(src, tmp_path / "out", "missing tensor.*layers.3.fc1.weight")
+
+
+def test_config_disagrees_with_tensors(tmp_path, tiny_ckpt):
+    src = _copy_ckpt(tiny_ckpt, tmp_path)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["text_config"]["intermediate_size"] = 96
+    (src / "config.json").write_text(json.dumps(cfg))
+    _refused(src, tmp_path / "out", r"mlp\..*_proj.weight has shape .* implies")
+
+
+def test_truncated_shard(tmp_path, tiny_ckpt):
+    src = _copy_ckpt(tiny_ckpt, tmp_path)
+    shard = sorted(src.glob("model-*.safetensors"))[-1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    _refused(src, tmp_path / "out", f"{shard.name}: truncated")
+
+
+def test_missing_file(tmp_path, tiny_ckpt):
+    src = _copy_ckpt(tiny_ckpt, tmp_path)
+    (src / "merges.txt").unlink()
+    _refused(src, tmp_path / "out", "missing checkpoint file.*merges.txt")
+
+
+def test_bad_json(tmp_path, tiny_ckpt):
+    src = _copy_ckpt(tiny_ckpt, tmp_path)
+    (src / "config.json").write_text("{not json")
+    _refused(src, tmp_path / "out", "config.json: not valid JSON")
+
+
+def test_existing_output_needs_force(tmp_path, tiny_ckpt):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ModelError, match="--force"):
+        convert(str(tiny_ckpt), out, quant="f16", quiet=True)
+    assert (out / "keep.txt").read_text() == "mine"
+    convert(str(tiny_ckpt), out, quant="f16", force=True, quiet=True)
+    assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
+
+
+def test_interrupted_conversion_leaves_nothing(tmp_path, tiny_ckpt, monkeypatch):
+    import mufun_local.convert.run as run
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(run, "write_gguf", boom)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        convert(str(tiny_ckpt), out, quant="f16", quiet=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_offline_hub_id_says_how_to_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelError, match="huggingface-cli download Yi3852/MuFun-Base|local checkpoint directory"):
+        convert("Yi3852/MuFun-Base", tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_hub_cache_layout_is_found(tmp_path, monkeypatch, tiny_ckpt):
+    """A checkpoint in huggingface_hub's cache layout resolves by its hub id, offline."""
+    hub = tmp_path / "hf" / "hub"
+    repo = hub / "models--Yi3852--MuFun-Base"
+    snap = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_ckpt, snap)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(snap.name)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(hub), raising=False)
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True, raising=False)
+    out = convert("Yi3852/MuFun-Base", tmp_path / "out", quant="f16", quiet=True)
+    m = ModelDir.open(out).manifest
+    assert m["source"] == {"id": "Yi3852/MuFun-Base", "revision": snap.name}
+
+
+@pytest.mark.skipif(os.environ.get("MUFUN_SKIP_SMALL") == "1", reason="MUFUN_SKIP_SMALL=1")
+def test_small_preset_converts_and_loads(tmp_path, small_ckpt):
+    out = convert(str(small_ckpt), tmp_path / "small", quant="q4_k_m", keep_f16=True, quiet=True)
+    md = ModelDir.open(out)
+    for name in (md.manifest["llm"]["file"], "llm-f16.gguf"):
+        llm = LLM(out / name)
+        llm.open_context(256)
+        llm.eval_tokens(llm.tokenize("A chat between a curious user"))
+        assert llm.n_embd == 1024 and np.isfinite(llm.logits()).all()
+        llm.close()
