@@ -101,6 +101,7 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
             "connector": conn,
             "llm": {"file": llm_name, "quant": quant, **({"f16_file": "llm-f16.gguf"} if keep_f16 and quant not in ("f32", "f16") else {})},
             "prompt": {"template": artifacts.TEMPLATE, "audio_marker": artifacts.AUDIO_MARKER,
+                       "turn_template": artifacts.TURN_TEMPLATE, "turn_end": artifacts.TURN_END,
                        "add_bos": False},
             "stop_ids": stop_ids,
             "generation": _generation_defaults(ckpt.generation_config),

@@ -40,7 +40,7 @@ class Decoded:
         return len(self.samples) / self.rate
 
 
-def _check_file(path: str) -> None:
+def check_file(path: str) -> None:
     if not os.path.exists(path):
         raise AudioError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -55,7 +55,7 @@ def decode(path: str) -> Decoded:
     """Decode the first audio stream to float32 mono at its native rate, as `ffmpeg -ac 1`."""
     import av
 
-    _check_file(path)
+    check_file(path)
     try:
         container = av.open(path, metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:

@@ -88,10 +88,11 @@ def cli():
 @click.option("--n-gpu-layers", type=int, default=-1, help="LLM layers on the GPU (default: all, when built with a GPU backend).")
 @click.option("--ctx", type=int, default=None, help="Context size (default: sized to prompt + audio + answer).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, tokens and timings.")
+@click.option("--no-cache", is_flag=True, help="Do not use or fill the audio-embedding cache.")
 @encoder_options
 @verbosity
 def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, max_tokens,
-        n_gpu_layers, ctx, as_json, compute_type, device, threads, quiet, verbose):
+        n_gpu_layers, ctx, as_json, no_cache, compute_type, device, threads, quiet, verbose):
     """Answer QUESTION about one or more AUDIO files.
 
     \b
@@ -109,7 +110,7 @@ def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, ma
     md = _open_model(model, quiet)
     opt = _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers,
                    ctx, compute_type, device, threads, verbose)
-    pipe = Pipeline(md, opt, log=_stderr if verbose else None)
+    pipe = Pipeline(md, opt, log=_stderr if verbose else None, cache=None if no_cache else _embedding_cache())
     try:
         stream = pipe.ask([AudioInput(f, s) for f, s in zip(files, seg_list)], question)
         for piece in stream:
@@ -154,6 +155,117 @@ def _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_
     return Options(device=device, compute_type=compute_type, threads=threads,
                    n_gpu_layers=n_gpu_layers, n_ctx=ctx, max_tokens=max_tokens,
                    sampling=sampling, verbose=verbose)
+
+
+# ------------------------------------------------------------------ chat
+
+CHAT_HELP = """commands: /audio FILE [START:END]  add audio to your next question
+          /reset  start over   /save FILE  write the conversation as JSON   /quit  leave"""
+
+
+@cli.command()
+@click.argument("audio_files", nargs=-1, metavar="[AUDIO...]")
+@model_option
+@click.option("--temperature", type=float, default=None, help="0 = greedy (default: the model's generation config).")
+@click.option("--top-p", type=float, default=None)
+@click.option("--top-k", type=int, default=None)
+@click.option("--repeat-penalty", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--max-tokens", type=int, default=512, show_default=True, help="Per answer.")
+@click.option("--n-gpu-layers", type=int, default=-1)
+@click.option("--ctx", type=int, default=None, help="Context size for the whole conversation (default 8192).")
+@click.option("--no-cache", is_flag=True, help="Do not use or fill the audio-embedding cache.")
+@encoder_options
+@verbosity
+def chat(audio_files, model, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers, ctx,
+         no_cache, compute_type, device, threads, quiet, verbose):
+    """Talk about one or more audio files, turn after turn.
+
+    The audio is encoded once and earlier turns are never evaluated again.
+
+    \b
+    mufun-local chat song.flac
+    > What genre is this?
+    > /audio other.mp3
+    > How does this one compare?
+    """
+    from .chat import CHAT_PROMPT, ChatSession
+    from .pipeline import AudioInput, Pipeline
+
+    _setup_logging(quiet, verbose)
+    md = _open_model(model, quiet)
+    opt = _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers,
+                   ctx, compute_type, device, threads, verbose)
+    pipe = Pipeline(md, opt, log=_stderr if verbose else None, cache=None if no_cache else _embedding_cache())
+    session = ChatSession(pipe, ctx)
+    for f in audio_files:
+        session.add_audio(AudioInput(f))
+    tty = sys.stdin.isatty()
+    if tty:
+        import readline  # noqa: F401  (line editing and history for input())
+        if not quiet:
+            _stderr(CHAT_HELP)
+    try:
+        while True:
+            try:
+                line = input(CHAT_PROMPT) if tty else sys.stdin.readline()
+            except EOFError:
+                break
+            if not tty and line == "":
+                break
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                if not _chat_command(session, line):
+                    break
+                continue
+            stream = session.send(line)
+            try:
+                for piece in stream:
+                    click.echo(piece, nl=False)
+                    sys.stdout.flush()
+            except KeyboardInterrupt:
+                stream.close()
+                _stderr("\n[stopped]")
+            except MufunError as exc:
+                _stderr(f"error: {exc}")
+            click.echo()
+    finally:
+        pipe.close()
+
+
+def _chat_command(session, line: str) -> bool:
+    """Run a /command; False ends the session."""
+    from .audio import parse_segs
+    from .pipeline import AudioInput
+
+    cmd, _, arg = line.partition(" ")
+    arg = arg.strip()
+    try:
+        if cmd in ("/quit", "/exit"):
+            return False
+        if cmd == "/reset":
+            session.reset()
+            _stderr("[conversation reset]")
+        elif cmd == "/audio" and arg:
+            path, _, segs = arg.partition(" ")
+            session.add_audio(AudioInput(path, parse_segs(segs) if segs.strip() else None))
+            _stderr(f"[{path} goes with your next question]")
+        elif cmd == "/save" and arg:
+            Path(arg).write_text(session.to_json() + "\n", encoding="utf-8")
+            _stderr(f"[saved to {arg}]")
+        else:
+            _stderr(CHAT_HELP)
+    except (MufunError, OSError) as exc:
+        _stderr(f"error: {exc}")
+    return True
+
+
+def _embedding_cache():
+    from .embcache import EmbeddingCache
+    from .models import home
+    return EmbeddingCache(home() / "embeddings")
 
 
 # ------------------------------------------------------------------ embed

@@ -85,8 +85,9 @@ class Timer:
 
 class Pipeline:
     def __init__(self, model: ModelDir, options: Options | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, cache=None):
         self.model = model
+        self.cache = cache  # an embcache.EmbeddingCache, or None
         self.opt = options or Options()
         self.log = log or (lambda msg: None)
         self._encoder = None
@@ -115,6 +116,14 @@ class Pipeline:
                                         int(self.model.manifest["connector"]["pool_stride"]),
                                         "cuda" if use_cuda else "cpu")
         return self._connector
+
+    def cache_key(self, item: AudioInput) -> str:
+        from .embcache import EmbeddingCache, file_hash
+        from .encoder import default_compute_type, resolve_device
+
+        audio_mod.check_file(item.path)
+        ct = self.opt.compute_type or default_compute_type(resolve_device(self.opt.device))
+        return EmbeddingCache.key(file_hash(item.path), item.segs, self.model.audio_hash, ct)
 
     def release_audio_models(self) -> None:
         self._encoder = self._connector = None
@@ -153,38 +162,31 @@ class Pipeline:
     def context_limit(self) -> int:
         return self.opt.n_ctx or self.llm.n_ctx_train
 
-    def check_fits(self, text_tokens: int, windows: list[int]) -> int:
+    def check_fits(self, text_tokens: int, windows: list[int], used: int = 0) -> int:
         """The context size this request needs; a clear error when it cannot fit."""
         audio_tokens = sum(windows) * self.tokens_per_window
-        need = text_tokens + audio_tokens + self.opt.max_tokens
-        limit = self.context_limit()
+        need = used + text_tokens + audio_tokens + self.opt.max_tokens
+        limit = self.llm.n_ctx if used else self.context_limit()
         if need > limit:
-            room = limit - text_tokens - self.opt.max_tokens
+            room = limit - used - text_tokens - self.opt.max_tokens
             fit = max(0, room // self.tokens_per_window) * 30
             raise MufunError(
                 f"too long for the context: {audio_tokens} audio tokens + {text_tokens} prompt "
-                f"tokens + {self.opt.max_tokens} answer tokens > {limit}; at most {fit} s of audio fit "
+                f"tokens + {self.opt.max_tokens} answer tokens"
+                + (f" + {used} earlier tokens" if used else "") + f" > {limit}; at most {fit} s of audio fit "
                 f"(use --segs to pick a part, or a larger --ctx up to {self.llm.n_ctx_train})")
         return need
 
     def ask(self, audios: list[AudioInput], question: str) -> Iterator[str]:
-        """Stream the answer's text; the last value yielded is followed by `self.result`."""
+        """Stream the answer's text; when the stream ends, `self.result` holds the rest."""
         m = self.model.manifest
         res = self.result = Result()
         timer = Timer(res.timings)
         prm = prompt_mod.build(question, len(audios), m["prompt"]["template"], m["prompt"]["audio_marker"])
         chunks = prompt_mod.tokenize(prm, self.llm.tokenize)
         res.prompt_tokens = sum(map(len, chunks))
-
-        decoded = [self.load_windows(a, timer) for a in audios]  # cheap: fail fast before compute
-        need = self.check_fits(res.prompt_tokens, [len(w) for w, _ in decoded])
-        embeddings = []
-        for windows, _ in decoded:
-            emb, _ = self.embed_windows(windows, timer)
-            embeddings.append(emb)
-        del decoded
+        embeddings, need = self.audio_embeddings(audios, timer, res.prompt_tokens)
         res.audio_tokens = sum(len(e) for e in embeddings)
-        self.release_audio_models()
 
         llm = self.llm
         n_ctx = self.opt.n_ctx or min(self.context_limit(), math.ceil(need / CTX_ROUND) * CTX_ROUND)
@@ -192,6 +194,37 @@ class Pipeline:
             llm.open_context(n_ctx, self.opt.n_batch, self.opt.f32_kv)
         else:
             llm.reset()
+        self.prefill(chunks, embeddings, timer)
+        if self.opt.keep_logits:
+            res.first_logits = llm.logits()
+        yield from self._generate(llm, res, timer)
+
+    def audio_embeddings(self, audios: list[AudioInput], timer: Timer, text_tokens: int,
+                         used: int = 0) -> tuple[list[np.ndarray], int]:
+        """Embeddings for each audio, and the context the request needs (`used` positions are
+        already taken). Cheap steps first, cache look-ups and decoding, so that a request
+        that cannot fit fails before the encoder runs; the encoder is released afterwards."""
+        pending: list = []
+        for a in audios:
+            key = self.cache_key(a) if self.cache is not None else None
+            hit = self.cache.get(key) if key else None
+            pending.append((hit, None, key) if hit is not None else (None, self.load_windows(a, timer)[0], key))
+        windows = [len(h) // self.tokens_per_window if h is not None else len(w) for h, w, _ in pending]
+        need = self.check_fits(text_tokens, windows, used)
+        embeddings = []
+        for hit, wins, key in pending:
+            if hit is None:
+                hit, _ = self.embed_windows(wins, timer)
+                if key:
+                    self.cache.put(key, hit)
+            embeddings.append(hit)
+        if any(h is None for h, _, _ in pending):
+            self.release_audio_models()
+        return embeddings, need
+
+    def prefill(self, chunks: list[list[int]], embeddings: list[np.ndarray], timer: Timer) -> None:
+        """Evaluate text[0] audio[0] text[1] ... at consecutive positions; logits at the end."""
+        llm = self.llm
         with timer("prefill"):
             for i, ids in enumerate(chunks):
                 last = i == len(chunks) - 1
@@ -199,9 +232,6 @@ class Pipeline:
                     llm.eval_tokens(ids, logits_at_end=last)
                 if i < len(embeddings):
                     llm.eval_embeddings(embeddings[i], logits_at_end=last and not ids)
-        if self.opt.keep_logits:
-            res.first_logits = llm.logits()
-        yield from self._generate(llm, res, timer)
 
     def _generate(self, llm: LLM, res: Result, timer: Timer) -> Iterator[str]:
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")

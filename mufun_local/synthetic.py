@@ -9,9 +9,9 @@ files (a Qwen2-style byte-level BPE).
 
 Differences from the real release that cannot be avoided, and why:
 - The weights are random (seeded), so answers are noise.
-- The BPE is trained here on a few paragraphs of English, so the tokenizer has ~1,000
-  merged tokens instead of 151,643; the 26 Qwen3 special tokens follow it in Qwen3's order
-  (so ``<|endoftext|>`` is id 1000 in the synthetic tokenizer, not 151643). The embedding
+- The BPE is trained here on a few paragraphs of English, so the tokenizer has 823 tokens
+  (256 bytes + merges) instead of 151,643; the 26 Qwen3 special tokens follow it in
+  Qwen3's order (``<|endoftext|>`` is id 823 here, 151643 in the release). The embedding
   matrix keeps more rows than the tokenizer has ids, as the real 151,936 vs 151,669 does.
 - ``configuration.py`` / ``modeling_mufun.py`` / ``audio_preprocess.py`` (remote code) are
   not written: nothing here executes remote code; the PyTorch reference re-implements them.
@@ -80,7 +80,7 @@ PRESETS: dict[str, Preset] = {
     # Small everything, but 32 encoder layers so hidden states 0/7/15/32 exist.
     "tiny": Preset(enc_d=64, enc_layers=32, enc_heads=4, enc_ffn=128,
                    llm_hidden=64, llm_layers=2, llm_heads=4, llm_kv_heads=2, llm_head_dim=16,
-                   llm_ffn=128, vocab_rows=1088, max_shard_bytes=4 * 1024**2),
+                   llm_ffn=128, vocab_rows=1088, max_shard_bytes=1024**2),
     # Real Whisper-large-v3 encoder, Qwen3-0.6B-shaped LLM.
     "small": Preset(enc_d=1280, enc_layers=32, enc_heads=20, enc_ffn=5120,
                     llm_hidden=1024, llm_layers=28, llm_heads=16, llm_kv_heads=8,

@@ -1,0 +1,91 @@
+"""Multi-turn conversations about audio, keeping llama.cpp's KV cache between turns.
+
+Turn format: the original's training template (TinyLLaVA's qwen2_base), which the
+single-turn prompt already follows:
+
+    SYSTEM USER: \\n<audio>Q1 ASSISTANT: A1<|endoftext|>USER: Q2 ASSISTANT: A2<|endoftext|>...
+
+so turn 1 is exactly `ask`'s prompt, and each later turn appends only
+"<|endoftext|>USER: Q ASSISTANT:" after the tokens already in the cache: earlier turns are
+never evaluated again. Audio added with /audio goes into the next user turn.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from . import prompt as prompt_mod
+from .artifacts import TURN_END, TURN_TEMPLATE
+from .audio import check_file
+from .errors import MufunError
+from .pipeline import AudioInput, Pipeline, Result, Timer
+
+DEFAULT_CHAT_CTX = 8192
+CHAT_PROMPT = "> "
+
+
+@dataclass
+class Turn:
+    question: str
+    audio: list[dict]
+    answer: str = ""
+    tokens: list[int] = field(default_factory=list)
+
+
+class ChatSession:
+    def __init__(self, pipe: Pipeline, n_ctx: int | None = None):
+        self.pipe = pipe
+        llm = pipe.llm
+        self.n_ctx = n_ctx or min(llm.n_ctx_train, DEFAULT_CHAT_CTX)
+        llm.open_context(self.n_ctx, pipe.opt.n_batch, pipe.opt.f32_kv)
+        prm = pipe.model.manifest["prompt"]
+        self.template, self.marker = prm["template"], prm["audio_marker"]
+        self.turn_template = prm.get("turn_template", TURN_TEMPLATE)
+        self.turn_end = prm.get("turn_end", TURN_END)
+        self.pending: list[AudioInput] = []
+        self.turns: list[Turn] = []
+        self.result: Result | None = None
+
+    def add_audio(self, item: AudioInput) -> None:
+        check_file(item.path)
+        self.pending.append(item)
+
+    def reset(self) -> None:
+        self.pipe.llm.reset()
+        self.turns, self.pending = [], []
+
+    def send(self, question: str) -> Iterator[str]:
+        """Stream the answer to one user turn."""
+        pipe, llm = self.pipe, self.pipe.llm
+        audios = list(self.pending)
+        if self.turns:
+            user = prompt_mod.user_text(question, len(audios), self.marker) if audios else question
+            text = self.turn_end + self.turn_template.format(user=user)
+        else:
+            text = self.template.format(user=prompt_mod.user_text(question, len(audios), self.marker))
+        if text.count(self.marker) != len(audios):
+            raise MufunError(f"the question has {question.count(self.marker)} {self.marker} "
+                                        f"marker(s) for {len(audios)} new audio file(s)")
+        chunks = prompt_mod.tokenize(prompt_mod.Prompt(text.split(self.marker)), llm.tokenize)
+        res = self.result = Result()
+        timer = Timer(res.timings)
+        res.prompt_tokens = sum(map(len, chunks))
+        embeddings, _ = pipe.audio_embeddings(audios, timer, res.prompt_tokens, used=llm.n_past)
+        res.audio_tokens = sum(len(e) for e in embeddings)
+        self.pending = []
+        turn = Turn(question, [{"path": a.path, "segs": a.segs} for a in audios])
+        self.turns.append(turn)
+        pipe.prefill(chunks, embeddings, timer)
+        try:
+            for piece in pipe._generate(llm, res, timer):
+                turn.answer += piece
+                yield piece
+        finally:
+            turn.tokens = list(res.tokens)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "model": str(self.pipe.model.path),
+            "turns": [{"user": t.question, "audio": t.audio, "assistant": t.answer} for t in self.turns],
+        }, indent=2, ensure_ascii=False)

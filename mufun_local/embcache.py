@@ -1,0 +1,71 @@
+"""On-disk cache of audio embeddings, bounded in size, least recently used out first.
+
+Encoding is the slow part of a repeated question about the same song. The key covers
+everything the embeddings depend on: the audio file's content (not its name), the segs,
+the model's encoder + connector weights, and the encoder compute type.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_LIMIT_MB = 2048
+
+
+def file_hash(path: str, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class EmbeddingCache:
+    def __init__(self, root: Path, limit_bytes: int | None = None):
+        self.root = Path(root)
+        if limit_bytes is None:
+            limit_bytes = int(float(os.environ.get("MUFUN_EMBED_CACHE_MB", DEFAULT_LIMIT_MB)) * 1024 * 1024)
+        self.limit = limit_bytes
+
+    @staticmethod
+    def key(content_hash: str, segs, model_hash: str, compute_type: str) -> str:
+        seg = "full" if segs is None else f"{float(segs[0])!r}:{float(segs[1])!r}"
+        return hashlib.sha256(f"{content_hash}|{seg}|{model_hash}|{compute_type}".encode()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        p = self._path(key)
+        try:
+            emb = np.load(p)
+        except (OSError, ValueError):
+            return None
+        os.utime(p)  # recency for LRU
+        return emb
+
+    def put(self, key: str, emb: np.ndarray) -> None:
+        p = self._path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".partial")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(emb, dtype=np.float32))
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.evict()
+
+    def evict(self) -> None:
+        files = [(f.stat().st_mtime, f.stat().st_size, f) for f in self.root.glob("*/*.npy")]
+        total = sum(s for _, s, _ in files)
+        for _, size, f in sorted(files):
+            if total <= self.limit:
+                break
+            f.unlink(missing_ok=True)
+            total -= size
