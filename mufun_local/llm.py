@@ -71,7 +71,7 @@ class ContextOverflow(MufunError):
 class LLM:
     """One llama.cpp model + context holding a single sequence."""
 
-    def __init__(self, path: str | Path, threads: int = 0, n_gpu_layers: int = -1,
+    def __init__(self, path: str | Path, threads: int = 0, n_gpu_layers: int = 0,
                  verbose: bool = False):
         """Load the model (weights are memory-mapped); `open_context` makes the context."""
         import llama_cpp
@@ -86,7 +86,7 @@ class LLM:
             raise ModelError(f"{path}: LLM file missing")
         llama_cpp.llama_backend_init()
         mp = L.llama_model_default_params()
-        mp.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else 999
+        mp.n_gpu_layers = n_gpu_layers
         mp.use_extra_bufts = use_extra_bufts()
         self.model = L.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:

@@ -155,8 +155,17 @@ class Pipeline:
     @property
     def llm(self) -> LLM:
         if self._llm is None:
-            self._llm = LLM(self.model.llm_file, self.opt.threads, self.opt.n_gpu_layers,
-                            verbose=self.opt.verbose)
+            from .devices import choose_offload, free_vram_bytes, kv_cache_bytes
+            from .llm import gpu_offload_supported
+
+            d = self.model.manifest["dims"]
+            gpu = gpu_offload_supported()
+            kv = kv_cache_bytes(min(self.opt.n_ctx or d["max_positions"], 8192), d["llm_layers"],
+                                d["llm_kv_heads"], d["head_dim"])
+            off = choose_offload(self.opt.n_gpu_layers, d["llm_layers"], self.model.llm_file.stat().st_size,
+                                 kv, gpu, free_vram_bytes() if gpu and self.opt.n_gpu_layers < 0 else None)
+            self.log(f"llm: llama.cpp, {off.n_gpu_layers} layer(s) on the GPU: {off.reason}")
+            self._llm = LLM(self.model.llm_file, self.opt.threads, off.n_gpu_layers, verbose=self.opt.verbose)
         return self._llm
 
     def context_limit(self) -> int:
@@ -178,11 +187,18 @@ class Pipeline:
         return need
 
     def ask(self, audios: list[AudioInput], question: str) -> Iterator[str]:
-        """Stream the answer's text; when the stream ends, `self.result` holds the rest."""
+        """Stream the answer's text; when the stream ends, `self.result` holds the rest.
+        Bad input and requests that cannot fit raise on the first step, before any compute."""
         m = self.model.manifest
+        prm = prompt_mod.build(question, len(audios), m["prompt"]["template"], m["prompt"]["audio_marker"])
+        return self.complete(prm, audios)
+
+    def complete(self, prm: prompt_mod.Prompt, audios: list[AudioInput]) -> Iterator[str]:
+        """Stream the continuation of a full prompt whose pieces surround the audios."""
+        if prm.n_audio != len(audios):
+            raise MufunError(f"the prompt has {prm.n_audio} audio slot(s) for {len(audios)} audio(s)")
         res = self.result = Result()
         timer = Timer(res.timings)
-        prm = prompt_mod.build(question, len(audios), m["prompt"]["template"], m["prompt"]["audio_marker"])
         chunks = prompt_mod.tokenize(prm, self.llm.tokenize)
         res.prompt_tokens = sum(map(len, chunks))
         embeddings, need = self.audio_embeddings(audios, timer, res.prompt_tokens)

@@ -172,3 +172,16 @@ def test_load_windows_equals_original_load_audio_single(audio_dir):
         assert len(ours) == len(theirs)
         for a, b in zip(ours, theirs):
             np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("ext,channels,subtype", [(".wav", 1, "PCM_16"), (".wav", 2, "PCM_16"),
+                                                  (".flac", 2, "PCM_16"), (".wav", 2, "FLOAT")])
+def test_plain_pcm_fast_path_equals_ffmpeg_decode(tmp_path, monkeypatch, ext, channels, subtype):
+    import soundfile as sf
+    path = tmp_path / f"x{ext}"
+    sf.write(str(path), music(3.0, 44100, channels), 44100, subtype=subtype)
+    fast = audio.decode(str(path))
+    monkeypatch.setattr(audio, "_read_plain_pcm", lambda p: None)
+    slow = audio.decode(str(path))
+    assert fast.rate == slow.rate
+    np.testing.assert_array_equal(fast.samples, slow.samples)

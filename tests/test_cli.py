@@ -176,3 +176,31 @@ def test_amx_guard():
     assert use_extra_bufts(amx, env={}) is False
     assert use_extra_bufts(plain, env={}) is True
     assert use_extra_bufts(amx, env={"MUFUN_LLAMA_EXTRA_BUFTS": "1"}) is True
+
+
+def test_offload_choice():
+    from mufun_local.devices import choose_offload
+    GB = 1024**3
+    assert choose_offload(-1, 36, 5 * GB, GB, gpu_backend=False, free_bytes=None).n_gpu_layers == 0
+    full = choose_offload(-1, 36, 5 * GB, GB, gpu_backend=True, free_bytes=12 * GB)
+    assert full.n_gpu_layers == 37 and "all 36 layers fit" in full.reason
+    part = choose_offload(-1, 36, 5 * GB, GB, gpu_backend=True, free_bytes=4 * GB)
+    assert 0 < part.n_gpu_layers < 36 and "the rest run on the CPU" in part.reason
+    assert choose_offload(-1, 36, 5 * GB, GB, gpu_backend=True, free_bytes=100 * 1024**2).n_gpu_layers == 0
+    assert choose_offload(10, 36, 5 * GB, GB, gpu_backend=True, free_bytes=None).n_gpu_layers == 10
+    assert choose_offload(10, 36, 5 * GB, GB, gpu_backend=False, free_bytes=None).n_gpu_layers == 0
+
+
+def test_cuda_requested_without_cuda(capsys, tiny_q4, audio_dir, monkeypatch):
+    import mufun_local.encoder as enc
+    monkeypatch.setattr(enc, "cuda_available", lambda: False)
+    code, _, err = run_cli(capsys, "ask", "-m", str(tiny_q4), str(audio_dir / "song22k.flac"), "Q?", "--device", "cuda")
+    assert_one_line_error(code, err, "no CUDA device")
+
+
+def test_auto_device_picks_cuda_when_present(monkeypatch):
+    import mufun_local.encoder as enc
+    monkeypatch.setattr(enc, "cuda_available", lambda: True)
+    assert enc.resolve_device("auto") == "cuda" and enc.default_compute_type("cuda") == "float16"
+    monkeypatch.setattr(enc, "cuda_available", lambda: False)
+    assert enc.resolve_device("auto") == "cpu" and enc.default_compute_type("cpu") == "int8"

@@ -1,0 +1,62 @@
+"""Where each engine runs: GPU detection and the LLM offload choice.
+
+`--n-gpu-layers` defaults to "auto": every layer on the GPU when the weights plus the KV
+cache fit in free VRAM, otherwise as many layers as fit (the rest stay on the CPU), and 0
+when llama.cpp was built without a GPU backend.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+VRAM_RESERVE = 512 * 1024**2  # CUDA context, scratch buffers, the encoder's activations
+
+
+@dataclass(frozen=True)
+class Offload:
+    n_gpu_layers: int
+    reason: str
+
+
+def free_vram_bytes() -> int | None:
+    """Free memory of GPU 0, from nvidia-smi (or torch when it has CUDA); None if unknown."""
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout
+            return int(out.split()[0]) * 1024**2
+        except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+            pass
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return int(torch.cuda.mem_get_info()[0])
+    except ImportError:
+        pass
+    return None
+
+
+def choose_offload(requested: int, n_layers: int, weights_bytes: int, kv_bytes: int,
+                   gpu_backend: bool, free_bytes: int | None) -> Offload:
+    """How many LLM layers go to the GPU. `requested` >= 0 is the user's explicit choice."""
+    if requested >= 0:
+        if requested > 0 and not gpu_backend:
+            return Offload(0, "llama.cpp was built without a GPU backend; running on the CPU")
+        return Offload(min(requested, n_layers + 1), "as requested")
+    if not gpu_backend:
+        return Offload(0, "llama.cpp has no GPU backend (CPU build)")
+    if free_bytes is None:
+        return Offload(n_layers + 1, "GPU backend present, free VRAM unknown: offloading every layer")
+    need = weights_bytes + kv_bytes + VRAM_RESERVE
+    if need <= free_bytes:
+        return Offload(n_layers + 1, f"all {n_layers} layers fit ({need / 1e9:.1f} GB of {free_bytes / 1e9:.1f} GB free)")
+    per_layer = (weights_bytes + kv_bytes) / (n_layers + 1)
+    fit = int(max(0, free_bytes - VRAM_RESERVE) // per_layer)
+    fit = min(fit, n_layers)
+    return Offload(fit, f"{fit} of {n_layers} layers fit in {free_bytes / 1e9:.1f} GB free VRAM "
+                        f"(the model needs {need / 1e9:.1f} GB); the rest run on the CPU")
+
+
+def kv_cache_bytes(n_ctx: int, n_layers: int, n_kv_heads: int, head_dim: int, bytes_per: int = 2) -> int:
+    return 2 * n_ctx * n_layers * n_kv_heads * head_dim * bytes_per

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark: mufun-local vs the PyTorch reference, side by side, in one run.
+
+    python scripts/bench.py --preset small --seconds 180
+    python scripts/bench.py --preset tiny --seconds 10 --max-tokens 4 --scaling 10   # CI smoke test
+
+Each side runs as a child process (so its peak RSS is its own) on the same generated
+input, one after the other:
+  - `mufun-local ask --json` (greedy, fixed --max-tokens, no embedding cache),
+  - the reference in float32 and in bfloat16 (scripts/reference.py),
+then, in this process: embedding prefill vs token prefill of the same length in llama.cpp,
+generation speed vs the memory-bandwidth bound, and how each stage grows with the audio
+length (--scaling). Prints Markdown tables and writes JSON (--json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+QUESTION = "Describe this music: genre, mood, instruments and tempo."
+
+
+def make_song(path: Path, seconds: float, rate: int = 44100) -> Path:
+    sys.path.insert(0, str(HERE))
+    from bench_audio import make_song as _make
+    return _make(path, seconds, rate)
+
+
+def measured(cmd: list[str], env=None) -> dict:
+    """Run `cmd` under a fresh Python parent so RUSAGE_CHILDREN is that command's alone."""
+    wrapper = (
+        "import json, resource, subprocess, sys, time\n"
+        "t0 = time.perf_counter()\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "wall = time.perf_counter() - t0\n"
+        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+        "print(json.dumps({'rc': p.returncode, 'wall': wall, 'rss_mb': rss, 'out': p.stdout, 'err': p.stderr[-3000:]}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env)
+    res = json.loads(proc.stdout)
+    if res["rc"] != 0:
+        raise SystemExit(f"{' '.join(cmd[:5])} ... failed:\n{res['err']}")
+    return res
+
+
+def bandwidth_gbs(nbytes: int = 1 << 30) -> float:
+    a = np.ones(nbytes // 8)
+    b = np.empty_like(a)
+    best = 1e9
+    for _ in range(3):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * a.nbytes / best / 1e9  # read + write
+
+
+def llm_micro(model_dir: Path, n_rows: int, gen_tokens: int, threads: int) -> dict:
+    """Embedding prefill vs token prefill of the same length; generation tokens/s."""
+    from mufun_local.artifacts import ModelDir
+    from mufun_local.llm import LLM, Sampling
+
+    md = ModelDir.open(model_dir)
+    llm = LLM(md.llm_file, threads=threads)
+    llm.open_context(n_rows + gen_tokens + 64, 512)
+    rng = np.random.default_rng(0)
+    vocab_text = llm.tokenize("the quick brown fox jumps over the lazy dog " * 8)
+    tokens = [vocab_text[i % len(vocab_text)] for i in range(n_rows)]
+    emb = (rng.standard_normal((n_rows, llm.n_embd)) * 0.02).astype(np.float32)
+
+    def prefill_tokens():
+        llm.reset()
+        llm.eval_tokens(tokens)
+
+    def prefill_embeddings():
+        llm.reset()
+        llm.eval_embeddings(emb, logits_at_end=True)
+
+    times = {}
+    for name, fn in (("tokens", prefill_tokens), ("embeddings", prefill_embeddings)):
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        times[name] = time.perf_counter() - t0
+    llm.reset()
+    llm.eval_tokens(tokens[:32])
+    t0 = time.perf_counter()
+    n = sum(1 for _ in llm.generate(Sampling(temperature=0.0), gen_tokens, stop_ids=set()))
+    gen_s = time.perf_counter() - t0
+    model_bytes = md.llm_file.stat().st_size
+    llm.close()
+    return {"rows": n_rows, "prefill_tokens_s": times["tokens"], "prefill_embeddings_s": times["embeddings"],
+            "embeddings_vs_tokens": times["embeddings"] / times["tokens"],
+            "generate_tokens": n, "generate_tok_s": n / gen_s, "model_bytes": model_bytes}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=["tiny", "small", "full"], default="small")
+    ap.add_argument("--audio", help="your own file instead of the generated song")
+    ap.add_argument("--seconds", type=float, default=180.0)
+    ap.add_argument("--quant", default="q4_k_m")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--scaling", default="30,180,600", help="audio lengths (s) for the scaling table; '' to skip")
+    ap.add_argument("--no-reference", action="store_true", help="skip the PyTorch reference runs")
+    ap.add_argument("--work", help="keep checkpoints/models here (reused between runs)")
+    ap.add_argument("--json", help="write all results here")
+    args = ap.parse_args()
+
+    from mufun_local.convert.run import convert
+    from mufun_local.synthetic import generate
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="mufun-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = work / f"ckpt-{args.preset}"
+    if not (ckpt / "model.safetensors.index.json").is_file():
+        print(f"generating the {args.preset} checkpoint ...", file=sys.stderr)
+        generate(ckpt, args.preset, seed=0)
+    model = work / f"model-{args.preset}-{args.quant}"
+    if not (model / "manifest.json").is_file():
+        print(f"converting ({args.quant}) ...", file=sys.stderr)
+        convert(str(ckpt), model, quant=args.quant, force=True, quiet=True)
+    audio = Path(args.audio) if args.audio else make_song(work / f"song-{int(args.seconds)}s.wav", args.seconds)
+
+    env = dict(os.environ, MUFUN_HOME=str(work / "home"), OMP_NUM_THREADS=str(args.threads))
+    ours_cmd = [sys.executable, "-m", "mufun_local.cli", "ask", "-m", str(model), str(audio), QUESTION,
+                "--json", "--temperature", "0", "--max-tokens", str(args.max_tokens), "--no-cache",
+                "--threads", str(args.threads), "-q"]
+    results: dict = {"machine": platform.processor() or platform.machine(), "preset": args.preset,
+                     "quant": args.quant, "audio": str(audio), "threads": args.threads}
+    print("running mufun-local ...", file=sys.stderr)
+    ours = measured(ours_cmd, env)
+    ours["json"] = json.loads(ours.pop("out"))
+    results["ours"] = ours
+    if not args.no_reference:
+        for label, extra in (("reference_fp32", []), ("reference_bf16", ["--bf16"])):
+            print(f"running the reference ({label}) ...", file=sys.stderr)
+            cmd = [sys.executable, str(HERE / "reference.py"), "--model", str(ckpt), str(audio), QUESTION,
+                   "--max-tokens", str(args.max_tokens), *extra]
+            r = measured(cmd, env)
+            r["json"] = json.loads(r.pop("out"))
+            results[label] = r
+
+    print("measuring prefill and generation ...", file=sys.stderr)
+    rows = max(64, results["ours"]["json"]["audio_tokens"])
+    results["llm"] = llm_micro(model, rows, 64, args.threads)
+    bw = bandwidth_gbs()
+    results["bandwidth_gbs"] = bw
+    bound = bw * 1e9 / results["llm"]["model_bytes"]
+    results["llm"]["bandwidth_bound_tok_s"] = bound
+
+    scaling = []
+    for sec in [float(s) for s in args.scaling.split(",") if s.strip()]:
+        song = make_song(work / f"song-{int(sec)}s.wav", sec)
+        cmd = ours_cmd.copy()
+        cmd[cmd.index(str(audio))] = str(song)
+        cmd[cmd.index("--max-tokens") + 1] = "8"
+        r = measured(cmd, env)
+        j = json.loads(r["out"])
+        scaling.append({"seconds": sec, "wall": r["wall"], "rss_mb": r["rss_mb"], **j["timings"]})
+    results["scaling"] = scaling
+
+    report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def report(r: dict) -> None:
+    o = r["ours"]
+    print(f"\n### {r['preset']} preset, {r['quant']}, {Path(r['audio']).name}, {r['threads']} threads, {r['machine']}\n")
+    print("| run | wall s | peak RSS MB | ours is faster by | ours uses (memory) | first 4 tokens |")
+    print("|---|---|---|---|---|---|")
+    print(f"| mufun-local | {o['wall']:.1f} | {o['rss_mb']:.0f} | | | |")
+    for label in ("reference_fp32", "reference_bf16"):
+        if label in r:
+            x = r[label]
+            same = "same tokens" if x["json"]["tokens"][:4] == o["json"]["tokens"][:4] else "tokens differ"
+            print(f"| {label.replace('_', ' ')} | {x['wall']:.1f} | {x['rss_mb']:.0f} | "
+                  f"{x['wall'] / o['wall']:.2f}x | {o['rss_mb'] / x['rss_mb']:.2f} of it | {same} |")
+    t = o["json"]["timings"]
+    print("\n| stage | seconds |")
+    print("|---|---|")
+    for k in ("decode", "features", "encoder", "connector", "prefill", "generate"):
+        print(f"| {k} | {t[k]:.2f} |")
+    n_prompt = o["json"]["audio_tokens"] + o["json"]["prompt_tokens"]
+    n_gen = len(o["json"]["tokens"])
+    print(f"| prefill rate | {n_prompt / max(t['prefill'], 1e-9):.0f} tokens/s ({n_prompt} audio + text) |")
+    print(f"| generation rate | {n_gen / max(t['generate'], 1e-9):.1f} tokens/s |")
+    m = r["llm"]
+    print(f"\nllama.cpp, {m['rows']} rows: embedding prefill {m['prefill_embeddings_s']:.2f} s vs token prefill "
+          f"{m['prefill_tokens_s']:.2f} s (ratio {m['embeddings_vs_tokens']:.3f}); generation "
+          f"{m['generate_tok_s']:.1f} tok/s = {m['generate_tok_s'] / m['bandwidth_bound_tok_s']:.0%} of the "
+          f"bandwidth bound ({r['bandwidth_gbs']:.1f} GB/s / {m['model_bytes'] / 1e6:.0f} MB = "
+          f"{m['bandwidth_bound_tok_s']:.1f} tok/s)")
+    if r["scaling"]:
+        print("\n| audio s | wall s | peak RSS MB | decode | features | encoder | connector | prefill | generate |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for s in r["scaling"]:
+            print(f"| {s['seconds']:.0f} | {s['wall']:.1f} | {s['rss_mb']:.0f} | " +
+                  " | ".join(f"{s[k]:.2f}" for k in ("decode", "features", "encoder", "connector", "prefill", "generate")) + " |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
