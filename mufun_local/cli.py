@@ -268,6 +268,112 @@ def _embedding_cache():
     return EmbeddingCache(home() / "embeddings")
 
 
+# ------------------------------------------------------------------ serve
+
+@cli.command()
+@model_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--api-key", default=None, envvar="MUFUN_API_KEY", help="Require 'Authorization: Bearer KEY' (not on /health).")
+@click.option("--ctx", type=int, default=None, help="Context per request (default: min(model, 8192)).")
+@click.option("--max-tokens", type=int, default=512, show_default=True, help="Default max_tokens per request.")
+@click.option("--max-queue", type=int, default=32, show_default=True, help="Waiting requests before 503.")
+@click.option("--max-body-mb", type=float, default=64.0, show_default=True)
+@click.option("--n-gpu-layers", type=int, default=-1)
+@click.option("--no-cache", is_flag=True, help="Do not use or fill the audio-embedding cache.")
+@encoder_options
+@verbosity
+def serve(model, host, port, api_key, ctx, max_tokens, max_queue, max_body_mb, n_gpu_layers, no_cache,
+          compute_type, device, threads, quiet, verbose):
+    """Serve an OpenAI-compatible API (and a web page at /).
+
+    \b
+    mufun-local serve --port 8080
+    curl localhost:8080/v1/chat/completions -d '{"messages": [{"role": "user", "content": [
+      {"type": "input_audio", "input_audio": {"data": "<base64>", "format": "mp3"}},
+      {"type": "text", "text": "What genre is this?"}]}]}'
+    """
+    try:
+        import uvicorn
+
+        from .server import create_app
+    except ImportError:
+        raise MufunError("serve needs the server extra: pip install 'mufun-local[serve]'") from None
+    from .pipeline import Options
+
+    _setup_logging(quiet, verbose)
+    md = _open_model(model, quiet)
+    opt = Options(device=device, compute_type=compute_type, threads=threads, n_gpu_layers=n_gpu_layers,
+                  max_tokens=max_tokens, verbose=verbose)
+    opt.n_ctx = ctx or min(int(md.manifest["dims"]["max_positions"]), 8192)
+    app = create_app(md, opt, api_key=api_key, max_queue=max_queue, max_body_mb=max_body_mb,
+                     cache=None if no_cache else _embedding_cache())
+    if not quiet:
+        _stderr(f"serving {md.path} on http://{host}:{port} (OpenAI API at /v1, web page at /)")
+    uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning")
+
+
+# ------------------------------------------------------------------ batch
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
+@model_option
+@click.option("--question", "questions", multiple=True, required=True, help="Ask this about every file (repeatable).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="JSONL results (appended; resumable).")
+@click.option("--temperature", type=float, default=0.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-tokens", type=int, default=128, show_default=True)
+@click.option("--ctx", type=int, default=None)
+@click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="auto", metavar="[ADDRESS]",
+              help="Run as a Ray Data pipeline on a Ray cluster (needs the `ray` extra).")
+@encoder_options
+@verbosity
+def batch(inputs, model, questions, out, temperature, seed, max_tokens, ctx, ray_address, compute_type, device,
+          threads, quiet, verbose):
+    """Ask the same questions about many files; one JSON line per (file, question).
+
+    INPUTS are files, folders (searched recursively), globs, or .txt/.csv lists of paths.
+    Re-running with the same --out skips what is already there.
+
+    \b
+    mufun-local batch ~/Music --question "What genre is this?" --question "Describe the mood." --out tags.jsonl
+    """
+    from tqdm import tqdm
+
+    from .batch import expand_inputs, run_batch
+    from .llm import Sampling
+    from .pipeline import Options, Pipeline
+
+    _setup_logging(quiet, verbose)
+    if ray_address is not None:
+        raise MufunError("--ray is not available in this version; run without it "
+                         "(the local batch resumes and overlaps decoding with the LLM)")
+    files = expand_inputs(inputs)
+    if not files:
+        raise MufunError("no audio files found in the given inputs")
+    md = _open_model(model, quiet)
+    opt = Options(device=device, compute_type=compute_type, threads=threads, n_ctx=ctx, max_tokens=max_tokens,
+                  sampling=Sampling(temperature=temperature, seed=seed), verbose=verbose)
+    pipe = Pipeline(md, opt)
+    bar = tqdm(total=len(files) * len(questions), unit="answer", disable=quiet, file=sys.stderr,
+               dynamic_ncols=True)
+    summary = None
+    try:
+        summary = run_batch(pipe, files, list(questions), Path(out), str(md.manifest["source"]["id"]),
+                            progress=bar.update)
+    except KeyboardInterrupt:
+        bar.close()
+        _stderr(f"interrupted; everything answered so far is in {out} (run again to resume)")
+        raise
+    finally:
+        bar.close()
+        pipe.close()
+    if summary and not quiet:
+        _stderr(f"done {summary.done}, skipped {summary.skipped} (already in {out}), failed {summary.failed}")
+    if summary and summary.failed and not summary.done:
+        raise MufunError(f"every answer failed; see the error field in {out}")
+
+
 # ------------------------------------------------------------------ embed
 
 @cli.command()

@@ -96,7 +96,7 @@ class LLM:
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = L.llama_model_n_ctx_train(self.model)
         self.threads = threads or max(1, os.cpu_count() or 1)
-        self.n_ctx = 0
+        self.n_ctx = self.requested_ctx = 0
         self.n_past = 0
         self.n_decoded = 0  # rows sent to llama_decode, for observing re-evaluation
 
@@ -117,6 +117,7 @@ class LLM:
         if not self.ctx:
             raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)")
         self.n_ctx = L.llama_n_ctx(self.ctx)
+        self.requested_ctx = n_ctx
         self._tok_batch = L.llama_batch_init(self.n_batch, 0, 1)
         self._emb_batch = L.llama_batch_init(self.n_batch, self.n_embd, 1)
         self.n_past = 0

@@ -46,6 +46,7 @@ class Options:
 class AudioInput:
     path: str
     segs: tuple[float, float] | None = None
+    windows: list | None = None   # already decoded 16 kHz windows (batch prefetch)
 
 
 @dataclass
@@ -130,6 +131,8 @@ class Pipeline:
         gc.collect()
 
     def load_windows(self, item: AudioInput, timer: Timer) -> tuple[list[np.ndarray], float]:
+        if item.windows is not None:
+            return item.windows, sum(map(len, item.windows)) / audio_mod.SAMPLE_RATE
         with timer("decode"):
             decoded = audio_mod.apply_segs(audio_mod.decode(item.path), item.segs, name=item.path)
             pcm = audio_mod.resample(decoded.samples, decoded.rate)
@@ -206,7 +209,7 @@ class Pipeline:
 
         llm = self.llm
         n_ctx = self.opt.n_ctx or min(self.context_limit(), math.ceil(need / CTX_ROUND) * CTX_ROUND)
-        if llm.ctx is None or llm.n_ctx != n_ctx:
+        if llm.ctx is None or llm.requested_ctx != n_ctx:
             llm.open_context(n_ctx, self.opt.n_batch, self.opt.f32_kv)
         else:
             llm.reset()

@@ -1,0 +1,408 @@
+"""`mufun-local serve`: an OpenAI-compatible chat-completions server (Starlette + uvicorn).
+
+One model per process and one worker thread that owns it (llama.cpp is not re-entrant
+per context): requests wait in a bounded queue and are served in order; a full queue
+answers 503 with Retry-After. Audio arrives as `input_audio` content parts (base64 data +
+format). Bad requests get a 4xx JSON error in OpenAI's shape and the server keeps serving;
+a client that disconnects mid-stream cancels its generation.
+
+System messages are accepted and ignored: MuFun was trained with one fixed system prompt.
+One extension: an `input_audio` part may carry `"segs": [start, end]` (seconds) to use only
+that part of the file, as `ask --segs` does.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import os
+import queue
+import random
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from . import prompt as prompt_mod
+from .artifacts import TURN_END, TURN_TEMPLATE, ModelDir
+from .errors import MufunError
+from .llm import Sampling
+from .pipeline import AudioInput, Options, Pipeline
+
+AUDIO_FORMATS = {"wav", "mp3", "flac", "ogg", "opus", "m4a", "aac", "webm", "oga", "mp4", "aiff", "wma"}
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def error_body(message: str, etype: str = "invalid_request_error", param=None, code=None) -> dict:
+    return {"error": {"message": message, "type": etype, "param": param, "code": code}}
+
+
+# ------------------------------------------------------------------ request -> prompt
+
+
+@dataclass
+class Job:
+    prompt: prompt_mod.Prompt
+    audios: list[AudioInput]
+    sampling: Sampling
+    max_tokens: int
+    stop: list[str]
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+def _user_text(content, audios: list[AudioInput], tmpdir: str, marker: str) -> str:
+    if isinstance(content, str):
+        parts = [{"type": "text", "text": content}]
+    elif isinstance(content, list):
+        parts = content
+    else:
+        raise RequestError(400, "message content must be a string or a list of parts", "messages")
+    text, has_audio = "", False
+    for part in parts:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            t = str(part.get("text", ""))
+            if marker in t:
+                raise RequestError(400, f"text parts may not contain {marker}; send audio as input_audio parts",
+                                   "messages")
+            text += t
+        elif kind == "input_audio":
+            text += marker
+            has_audio = True
+            spec = part.get("input_audio") or {}
+            audios.append(AudioInput(_save_audio(spec, tmpdir, len(audios)), _segs(spec.get("segs"))))
+        else:
+            raise RequestError(400, f"unsupported content part type {kind!r} (use text or input_audio)", "messages")
+    return ("\n" + text) if has_audio else text
+
+
+def _segs(value) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        start, end = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise RequestError(400, "input_audio.segs must be [start, end] in seconds", "messages") from None
+    if not 0 <= start < end:
+        raise RequestError(400, "input_audio.segs must satisfy 0 <= start < end", "messages")
+    return start, end
+
+
+def _save_audio(spec: dict, tmpdir: str, index: int) -> str:
+    fmt = str(spec.get("format", "")).lower().lstrip(".")
+    if fmt not in AUDIO_FORMATS:
+        raise RequestError(400, f"unsupported audio format {fmt!r}; use one of {', '.join(sorted(AUDIO_FORMATS))}",
+                           "messages", "unsupported_audio_format")
+    try:
+        data = base64.b64decode(spec.get("data") or "", validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise RequestError(400, "input_audio.data is not valid base64", "messages", "invalid_base64") from None
+    if not data:
+        raise RequestError(400, "input_audio.data is empty", "messages", "empty_audio")
+    path = os.path.join(tmpdir, f"audio{index}.{fmt}")
+    with open(path, "wb") as fh:
+        fh.write(data)
+    return path
+
+
+def build_prompt(messages, manifest: dict, tmpdir: str) -> tuple[prompt_mod.Prompt, list[AudioInput]]:
+    """OpenAI messages -> the original template's text pieces around the audios."""
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "messages must be a non-empty list", "messages")
+    p = manifest["prompt"]
+    marker = p["audio_marker"]
+    turn_template, turn_end = p.get("turn_template", TURN_TEMPLATE), p.get("turn_end", TURN_END)
+    audios: list[AudioInput] = []
+    text, expect = "", "user"
+    for msg in messages:
+        role = msg.get("role") if isinstance(msg, dict) else None
+        if role == "system":
+            continue
+        if role not in ("user", "assistant"):
+            raise RequestError(400, f"unsupported message role {role!r}", "messages")
+        if role != expect:
+            raise RequestError(400, "messages must alternate user and assistant turns, starting and ending "
+                               "with a user turn", "messages")
+        if role == "user":
+            user = _user_text(msg.get("content"), audios, tmpdir, marker)
+            text += p["template"].format(user=user) if not text else turn_end + turn_template.format(user=user)
+            expect = "assistant"
+        else:
+            content = msg.get("content")
+            if isinstance(content, list):
+                content = "".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
+            text += " " + str(content or "").strip()
+            expect = "user"
+    if expect != "assistant":
+        raise RequestError(400, "the last message must be a user turn", "messages")
+    return prompt_mod.Prompt(text.split(marker)), audios
+
+
+# ------------------------------------------------------------------ the worker
+
+
+class Worker(threading.Thread):
+    """Owns the pipeline; runs one job at a time, in arrival order."""
+
+    def __init__(self, pipe: Pipeline, max_queue: int):
+        super().__init__(daemon=True, name="mufun-worker")
+        self.pipe = pipe
+        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.busy = False
+
+    def submit(self, job: Job) -> None:
+        self.jobs.put_nowait(job)  # queue.Full -> 503
+
+    def run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            self.busy = True
+            try:
+                self._serve(job)
+            finally:
+                self.busy = False
+
+    def _emit(self, job: Job, *event) -> None:
+        job.loop.call_soon_threadsafe(job.events.put_nowait, event)
+
+    def _serve(self, job: Job) -> None:
+        pipe = self.pipe
+        pipe.opt.sampling, pipe.opt.max_tokens = job.sampling, job.max_tokens
+        if job.cancel.is_set():
+            return
+        stream = pipe.complete(job.prompt, job.audios)
+        text, finish = "", "length"
+        try:
+            first = True
+            for piece in stream:
+                if first:
+                    self._emit(job, "start")
+                    first = False
+                if job.cancel.is_set():
+                    finish = "cancelled"
+                    break
+                text += piece
+                hit = next((s for s in job.stop if s and s in text), None)
+                if hit:
+                    cut = text.index(hit)
+                    piece = piece[: len(piece) - (len(text) - cut)]
+                    text = text[:cut]
+                    if piece:
+                        self._emit(job, "delta", piece)
+                    finish = "stop"
+                    break
+                self._emit(job, "delta", piece)
+            else:
+                if first:
+                    self._emit(job, "start")
+                finish = "stop" if pipe.result.stopped == "stop" else "length"
+        except MufunError as exc:
+            self._emit(job, "error", 400, str(exc))
+            return
+        except Exception as exc:  # never let one request take the worker down
+            self._emit(job, "error", 500, f"internal error: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            stream.close()
+        res = pipe.result
+        completion = len([t for t in res.tokens if t not in pipe.stop_ids])
+        self._emit(job, "done", {"text": text, "finish": finish,
+                                 "prompt_tokens": res.prompt_tokens + res.audio_tokens,
+                                 "completion_tokens": completion})
+
+
+# ------------------------------------------------------------------ the app
+
+
+def create_app(model: ModelDir, options: Options, api_key: str | None = None, max_queue: int = 32,
+               max_body_mb: float = 64.0, cache=None, model_id: str | None = None):
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    pipe = Pipeline(model, options, cache=cache)
+    pipe.llm.open_context(options.n_ctx, options.n_batch, options.f32_kv)  # loaded once, up front
+    worker = Worker(pipe, max_queue)
+    worker.start()
+    mid = model_id or model.manifest["source"]["id"]
+    gen = model.manifest.get("generation", {})
+    max_body = int(max_body_mb * 1024 * 1024)
+    created = int(time.time())
+
+    def err(status: int, message: str, param=None, code=None, headers=None) -> JSONResponse:
+        etype = "invalid_request_error" if status < 500 else ("server_busy" if status == 503 else "server_error")
+        if status == 401:
+            etype = "authentication_error"
+        return JSONResponse(error_body(message, etype, param, code), status_code=status, headers=headers)
+
+    def authorized(request: Request) -> bool:
+        if not api_key:
+            return True
+        return request.headers.get("authorization", "") == f"Bearer {api_key}"
+
+    async def health(request: Request):
+        return JSONResponse({"status": "ok", "queued": worker.jobs.qsize(), "busy": worker.busy})
+
+    async def models(request: Request):
+        if not authorized(request):
+            return err(401, "missing or wrong API key (Authorization: Bearer ...)")
+        return JSONResponse({"object": "list", "data": [
+            {"id": mid, "object": "model", "created": created, "owned_by": "mufun-local"}]})
+
+    def sampling_from(body: dict) -> tuple[Sampling, int, list[str]]:
+        def num(name, cast, default, lo=None, hi=None):
+            v = body.get(name, default)
+            if v is None:
+                v = default
+            try:
+                v = cast(v)
+            except (TypeError, ValueError):
+                raise RequestError(400, f"{name} must be a number", name) from None
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                raise RequestError(400, f"{name} must be between {lo} and {hi}", name)
+            return v
+        temperature = num("temperature", float, float(gen.get("temperature", 0.0)) if gen.get("do_sample", True) else 0.0, 0, 2)
+        top_p = num("top_p", float, float(gen.get("top_p", 1.0)), 0, 1)
+        max_tokens = num("max_tokens", int, body.get("max_completion_tokens") or options.max_tokens, 1, options.n_ctx)
+        seed = body.get("seed")
+        seed = num("seed", int, 0) if seed is not None else random.randrange(2**31)
+        stop = body.get("stop") or []
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
+            raise RequestError(400, "stop must be a string or a list of up to 4 strings", "stop")
+        return Sampling(temperature=temperature, top_p=top_p, top_k=int(gen.get("top_k", 0)), seed=seed), max_tokens, stop
+
+    async def completions(request: Request):
+        if not authorized(request):
+            return err(401, "missing or wrong API key (Authorization: Bearer ...)")
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_body:
+            return err(413, f"request body larger than {max_body_mb:g} MB")
+        raw = await request.body()
+        if len(raw) > max_body:
+            return err(413, f"request body larger than {max_body_mb:g} MB")
+        tmpdir = tempfile.mkdtemp(prefix="mufun-serve-")
+        try:
+            try:
+                body = json.loads(raw)
+                if not isinstance(body, dict):
+                    raise ValueError
+            except ValueError:
+                raise RequestError(400, "the request body must be a JSON object") from None
+            prm, audios = build_prompt(body.get("messages"), model.manifest, tmpdir)
+            sampling, max_tokens, stop = sampling_from(body)
+        except RequestError as exc:
+            _rmtree(tmpdir)
+            return err(exc.status, exc.message, exc.param, exc.code)
+        loop = asyncio.get_running_loop()
+        job = Job(prm, audios, sampling, max_tokens, stop, loop, asyncio.Queue())
+        try:
+            worker.submit(job)
+        except queue.Full:
+            _rmtree(tmpdir)
+            return err(503, "the server is busy; retry shortly", headers={"Retry-After": "5"})
+        first = await job.events.get()
+        if first[0] == "error":
+            _rmtree(tmpdir)
+            return err(first[1], first[2])
+        rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        base = {"id": rid, "created": now, "model": mid}
+
+        if not body.get("stream"):
+            text_parts = []
+            while True:
+                ev = await job.events.get()
+                if ev[0] == "delta":
+                    text_parts.append(ev[1])
+                elif ev[0] == "error":
+                    _rmtree(tmpdir)
+                    return err(ev[1], ev[2])
+                elif ev[0] == "done":
+                    break
+            _rmtree(tmpdir)
+            d = ev[1]
+            return JSONResponse({**base, "object": "chat.completion", "choices": [{
+                "index": 0, "message": {"role": "assistant", "content": d["text"]},
+                "finish_reason": d["finish"]}],
+                "usage": {"prompt_tokens": d["prompt_tokens"], "completion_tokens": d["completion_tokens"],
+                          "total_tokens": d["prompt_tokens"] + d["completion_tokens"]}})
+
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        async def sse():
+            chunk = {**base, "object": "chat.completion.chunk"}
+            try:
+                yield _sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                  "finish_reason": None}]})
+                while True:
+                    ev = await job.events.get()
+                    if ev[0] == "delta":
+                        yield _sse({**chunk, "choices": [{"index": 0, "delta": {"content": ev[1]},
+                                                          "finish_reason": None}]})
+                    elif ev[0] == "error":
+                        yield _sse(error_body(ev[2], "server_error"))
+                        break
+                    elif ev[0] == "done":
+                        d = ev[1]
+                        yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": d["finish"]}]})
+                        if include_usage:
+                            yield _sse({**chunk, "choices": [], "usage": {
+                                "prompt_tokens": d["prompt_tokens"], "completion_tokens": d["completion_tokens"],
+                                "total_tokens": d["prompt_tokens"] + d["completion_tokens"]}})
+                        break
+                yield "data: [DONE]\n\n"
+            finally:
+                job.cancel.set()  # a client that went away stops its generation
+                _rmtree(tmpdir)
+
+        return StreamingResponse(sse(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    routes = [
+        Route("/health", health),
+        Route("/v1/models", models),
+        Route("/v1/chat/completions", completions, methods=["POST"]),
+    ]
+    static = _static_routes()
+    app = Starlette(routes=routes + static)
+    app.state.worker = worker
+    app.state.pipeline = pipe
+    return app
+
+
+def _static_routes() -> list:
+    """The web page (served at /), when the package ships it."""
+    from pathlib import Path
+
+    from starlette.responses import FileResponse
+    from starlette.routing import Route
+
+    page = Path(__file__).parent / "web" / "index.html"
+    if not page.is_file():
+        return []
+
+    async def index(request):
+        return FileResponse(page, media_type="text/html")
+    return [Route("/", index)]
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _rmtree(path: str) -> None:
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,119 @@
+"""`mufun-local batch`: one line per (file, question), errors recorded, resumable."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from audio_fixtures import music, write_audio
+from mufun_local.cli import main
+from mufun_local.llm import Sampling
+from mufun_local.pipeline import AudioInput, Options, Pipeline
+from mufun_local.artifacts import ModelDir
+
+QUESTIONS = ["What genre is this?", "Describe the mood."]
+
+
+@pytest.fixture
+def library(tmp_path):
+    lib = tmp_path / "lib"
+    (lib / "sub").mkdir(parents=True)
+    write_audio(lib / "a.wav", music(3.0, 22050, 2, seed=1), 22050)
+    write_audio(lib / "sub" / "b.flac", music(4.0, 44100, 1, seed=2), 44100)
+    write_audio(lib / "sub" / "c.mp3", music(2.0, 44100, 2, seed=3), 44100)
+    (lib / "empty.wav").write_bytes(b"")
+    (lib / "corrupt.flac").write_bytes(b"fLaC" + os.urandom(2000))
+    (lib / "notes.txt").write_text("not audio")  # not an audio extension: ignored
+    return lib
+
+
+def greedy_answer(model_dir, path, question):
+    pipe = Pipeline(ModelDir.open(model_dir), Options(max_tokens=8, sampling=Sampling(temperature=0.0, seed=0)))
+    text = "".join(pipe.ask([AudioInput(str(path))], question))
+    pipe.close()
+    return text
+
+
+def run_batch_cli(capsys, model, lib, out, *extra):
+    args = ["batch", str(lib), "-m", str(model), "--out", str(out), "--max-tokens", "8", "-q"]
+    for q in QUESTIONS:
+        args += ["--question", q]
+    code = main(args + list(extra))
+    capsys.readouterr()
+    return code
+
+
+def lines(out):
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_one_line_per_file_and_question(capsys, tmp_path, tiny_q4, library):
+    out = tmp_path / "res.jsonl"
+    assert run_batch_cli(capsys, tiny_q4, library, out) == 0
+    recs = lines(out)
+    assert len(recs) == 5 * len(QUESTIONS)
+    by = {(os.path.basename(r["path"]), r["question"]): r for r in recs}
+    for name in ("a.wav", "b.flac", "c.mp3"):
+        for q in QUESTIONS:
+            r = by[(name, q)]
+            assert r["error"] is None and r["sha256"] and r["audio_tokens"] == 300
+            assert r["answer"] == greedy_answer(tiny_q4, r["path"], q)
+    assert "file is empty" in by[("empty.wav", QUESTIONS[0])]["error"]
+    assert "corrupt.flac" in by[("corrupt.flac", QUESTIONS[1])]["error"]
+
+
+def test_rerun_skips_what_is_done(capsys, tmp_path, tiny_q4, library):
+    out = tmp_path / "res.jsonl"
+    run_batch_cli(capsys, tiny_q4, library, out)
+    before = out.read_text()
+    run_batch_cli(capsys, tiny_q4, library, out)
+    assert out.read_text() == before
+
+
+def test_killed_midway_resumes_without_duplicates_or_losses(tmp_path, tiny_q4, library):
+    out = tmp_path / "res.jsonl"
+    cmd = [sys.executable, "-m", "mufun_local.cli", "batch", str(library), "-m", str(tiny_q4), "--out", str(out),
+           "--max-tokens", "8", "-q"] + sum((["--question", q] for q in QUESTIONS), [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with open(out, "a") as fh:
+        fh.write('{"path": "half-written')  # a crash mid-line
+    assert subprocess.run(cmd).returncode == 0
+    recs = lines(out)
+    keys = [(r["path"], r["question"]) for r in recs]
+    assert len(keys) == len(set(keys)) == 5 * len(QUESTIONS)
+
+
+def test_questions_share_one_encoding(tmp_path, tiny_q4, library, monkeypatch):
+    from mufun_local.batch import run_batch
+    from mufun_local.encoder import Encoder
+    calls = []
+    real = Encoder.hidden_states
+    monkeypatch.setattr(Encoder, "hidden_states", lambda self, mel: calls.append(1) or real(self, mel))
+    pipe = Pipeline(ModelDir.open(tiny_q4), Options(max_tokens=4, sampling=Sampling(temperature=0.0)))
+    s = run_batch(pipe, [str(library / "a.wav")], QUESTIONS + ["Tempo?"], tmp_path / "o.jsonl", "m")
+    assert s.done == 3 and len(calls) == 1
+    pipe.close()
+
+
+def test_inputs_from_lists_and_globs(tmp_path, library):
+    from mufun_local.batch import expand_inputs
+    (tmp_path / "list.txt").write_text(f"{library / 'a.wav'}\n# comment\n{library / 'sub' / 'b.flac'}\n")
+    (tmp_path / "list.csv").write_text(f"path,label\n{library / 'sub' / 'c.mp3'},x\n")
+    files = expand_inputs([str(tmp_path / "list.txt"), str(tmp_path / "list.csv"), str(library / "sub" / "*.flac")])
+    assert [os.path.basename(f) for f in files] == ["a.wav", "b.flac", "c.mp3"]
+
+
+def test_ray_says_what_to_do(capsys, tmp_path, tiny_q4, library):
+    code = main(["batch", str(library), "-m", str(tiny_q4), "--question", "Q?", "--out", str(tmp_path / "o.jsonl"), "--ray"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--ray" in err

@@ -1,0 +1,196 @@
+"""`mufun-local serve`: a real server on a loopback port, driven by the openai client and raw HTTP."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from mufun_local.artifacts import ModelDir
+from mufun_local.llm import Sampling
+from mufun_local.pipeline import AudioInput, Options, Pipeline
+
+pytest.importorskip("starlette")
+openai = pytest.importorskip("openai")
+KEY = "test-key-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_q4, tmp_path_factory):
+    port = free_port()
+    env = dict(os.environ, MUFUN_HOME=str(tmp_path_factory.mktemp("home")))
+    proc = subprocess.Popen([sys.executable, "-m", "mufun_local.cli", "serve", "-m", str(tiny_q4), "--port", str(port),
+                             "--api-key", KEY, "--max-queue", "32", "--max-body-mb", "2", "--ctx", "2048",
+                             "--max-tokens", "16"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except (urllib.error.URLError, ConnectionError, OSError):
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError(proc.stdout.read().decode())
+    yield base
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def b64(path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def audio_message(path, fmt, question):
+    return [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": b64(path), "format": fmt}},
+                                         {"type": "text", "text": question}]}]
+
+
+def client(base, key=KEY):
+    return openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def ask_answer(model_dir, path, question, seed, max_tokens=16):
+    pipe = Pipeline(ModelDir.open(model_dir), Options(max_tokens=max_tokens, sampling=Sampling(
+        temperature=0.7, top_k=20, top_p=0.95, seed=seed)))
+    text = "".join(pipe.ask([AudioInput(str(path))], question))
+    pipe.close()
+    return text
+
+
+def post(base, body, key=KEY, raw=None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(base + "/v1/chat/completions", data=data, method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_answers_equal_ask(server, tiny_q4, audio_dir):
+    song = audio_dir / "song22k.flac"
+    expected = ask_answer(tiny_q4, song, "What genre is this?", seed=7)
+    c = client(server)
+    r = c.chat.completions.create(model="x", messages=audio_message(song, "flac", "What genre is this?"),
+                                  temperature=0.7, top_p=0.95, seed=7, max_tokens=16)
+    assert r.choices[0].message.content == expected
+    assert r.usage.prompt_tokens > 300 and 1 <= r.usage.completion_tokens <= 16
+    chunks = c.chat.completions.create(model="x", messages=audio_message(song, "flac", "What genre is this?"),
+                                       temperature=0.7, top_p=0.95, seed=7, max_tokens=16, stream=True)
+    streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert streamed == expected
+
+
+def test_models_health_and_auth(server):
+    assert [m.id for m in client(server).models.list().data]
+    with pytest.raises(openai.AuthenticationError):
+        client(server, key="wrong").models.list()
+    with urllib.request.urlopen(server + "/health") as r:  # no key needed
+        assert json.loads(r.read())["status"] == "ok"
+
+
+def test_multi_turn_and_two_audios(server, audio_dir):
+    song, other = audio_dir / "song22k.flac", audio_dir / "song44k.wav"
+    messages = [
+        {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": b64(song), "format": "flac"}},
+                                     {"type": "text", "text": " and "},
+                                     {"type": "input_audio", "input_audio": {"data": b64(other), "format": "wav"}},
+                                     {"type": "text", "text": " Which is faster?"}]},
+        {"role": "assistant", "content": "The second one."},
+        {"role": "user", "content": "Why?"},
+    ]
+    status, body = post(server, {"messages": messages, "max_tokens": 4, "seed": 1})
+    assert status == 200, body
+    assert body["usage"]["prompt_tokens"] > 600
+
+
+@pytest.mark.parametrize("body,raw,status,match", [
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "!!notbase64", "format": "wav"}}]}]}, None, 400, "base64"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "xyz"}}]}]}, None, 400, "unsupported audio format"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]}, None, 400, "empty"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": base64.b64encode(b"not audio at all" * 40).decode(), "format": "mp3"}}]}]}, None, 400, "audio"),
+    (None, b"{not json", 400, "JSON"),
+    ({"messages": []}, None, 400, "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}, None, 400, "temperature"),
+    (None, b'{"messages": "' + b"A" * (3 * 1024 * 1024) + b'"}', 413, "larger than"),
+])
+def test_bad_requests_get_4xx_and_server_keeps_serving(server, audio_dir, body, raw, status, match):
+    code, err = post(server, body, raw=raw)
+    assert code == status, err
+    assert match.lower() in err["error"]["message"].lower()
+    code, ok = post(server, {"messages": [{"role": "user", "content": "Hello?"}], "max_tokens": 2})
+    assert code == 200, ok
+
+
+def test_too_long_audio_is_400(server, audio_dir):
+    part = {"type": "input_audio", "input_audio": {"data": b64(audio_dir / "song22k.flac"), "format": "flac"}}
+    code, err = post(server, {"messages": [{"role": "user", "content": [part] * 7 + [{"type": "text", "text": "Q?"}]}],
+                              "max_tokens": 4})
+    assert code == 400 and "at most" in err["error"]["message"]
+
+
+def test_segs_extension(server, audio_dir):
+    part = {"type": "input_audio", "input_audio": {"data": b64(audio_dir / "long48k.flac"), "format": "flac",
+                                                   "segs": [1.0, 4.0]}}
+    code, body = post(server, {"messages": [{"role": "user", "content": [part, {"type": "text", "text": "Q?"}]}],
+                               "max_tokens": 2})
+    assert code == 200 and body["usage"]["prompt_tokens"] < 600, body
+
+
+def test_twenty_concurrent_clients(server, tiny_q4, audio_dir):
+    song = audio_dir / "song22k.flac"
+    expected = {s: ask_answer(tiny_q4, song, "Mood?", seed=s, max_tokens=6) for s in range(4)}
+    results, errors = {}, []
+
+    def one(i):
+        try:
+            r = client(server).chat.completions.create(model="x", messages=audio_message(song, "flac", "Mood?"),
+                                                       temperature=0.7, top_p=0.95, seed=i % 4, max_tokens=6)
+            results[i] = r.choices[0].message.content
+        except Exception as exc:  # noqa: BLE001
+            errors.append(repr(exc))
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors
+    assert all(results[i] == expected[i % 4] for i in range(20))
+
+
+def test_disconnect_mid_stream_frees_the_worker(server, audio_dir):
+    import http.client
+    song = audio_dir / "song22k.flac"
+    host, port = server.replace("http://", "").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    body = json.dumps({"messages": audio_message(song, "flac", "Describe it."), "stream": True,
+                       "max_tokens": 1500, "temperature": 1.0, "seed": 3})
+    conn.request("POST", "/v1/chat/completions", body=body,
+                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    resp.fp.readline()
+    conn.sock.close()  # go away mid-stream
+    t0 = time.time()
+    code, ok = post(server, {"messages": [{"role": "user", "content": "Hello?"}], "max_tokens": 2})
+    assert code == 200, ok
+    with urllib.request.urlopen(server + "/health") as r:
+        assert json.loads(r.read())["queued"] == 0
+    assert time.time() - t0 < 60
