@@ -288,11 +288,12 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
     async def completions(request: Request):
         if not authorized(request):
             return err(401, "missing or wrong API key (Authorization: Bearer ...)")
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_body:
-            return err(413, f"request body larger than {max_body_mb:g} MB")
-        raw = await request.body()
-        if len(raw) > max_body:
+        raw, size = bytearray(), 0
+        async for chunk in request.stream():  # read to the end even when too large, so the
+            size += len(chunk)                 # client sees the 413 rather than a broken pipe
+            if size <= max_body:
+                raw += chunk
+        if size > max_body:
             return err(413, f"request body larger than {max_body_mb:g} MB")
         tmpdir = tempfile.mkdtemp(prefix="mufun-serve-")
         try:

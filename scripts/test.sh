@@ -12,13 +12,17 @@ TORCH_VERSION=2.13.0         # the CPU build (the test extra's reference only)
 
 step() { printf '\n== %s\n' "$*"; }
 
-if ! command -v ffmpeg >/dev/null 2>&1; then
-  # The PyTorch reference decodes with the ffmpeg CLI, as the original MuFun does.
+# System tools the tests use: the ffmpeg CLI (the original MuFun decodes with it, so the
+# reference does too) and Chromium (the web page is tested in a real headless browser).
+missing=""
+command -v ffmpeg >/dev/null 2>&1 || missing="$missing ffmpeg"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    step "installing ffmpeg (apt)"
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null
+    step "installing$missing (apt)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
   else
-    echo "note: ffmpeg CLI not found; tests that compare with the original's decoder will be skipped"
+    echo "note: not installed:$missing; the tests that need them will be skipped with the reason"
   fi
 fi
 

@@ -74,3 +74,45 @@ def small_encoder(tmp_path_factory, small_ckpt):
     out = tmp_path_factory.mktemp("small-encoder") / "encoder"
     write_encoder(Checkpoint(small_ckpt), out, "float32")
     return small_ckpt, out
+
+
+@pytest.fixture(scope="module")
+def serve(tiny_q4, tmp_path_factory):
+    """Start `mufun-local serve` on a free loopback port with the given extra arguments."""
+    import socket
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+
+    procs = []
+
+    def start(*args):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = dict(os.environ, MUFUN_HOME=str(tmp_path_factory.mktemp("home")))
+        proc = subprocess.Popen([sys.executable, "-m", "mufun_local.cli", "serve", "-m", str(tiny_q4),
+                                 "--port", str(port), *args], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        return base
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.25)
+        proc.kill()
+        raise RuntimeError("server did not start: " + proc.stdout.read().decode()[-2000:])
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

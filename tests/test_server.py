@@ -4,9 +4,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -23,33 +20,9 @@ openai = pytest.importorskip("openai")
 KEY = "test-key-123"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tiny_q4, tmp_path_factory):
-    port = free_port()
-    env = dict(os.environ, MUFUN_HOME=str(tmp_path_factory.mktemp("home")))
-    proc = subprocess.Popen([sys.executable, "-m", "mufun_local.cli", "serve", "-m", str(tiny_q4), "--port", str(port),
-                             "--api-key", KEY, "--max-queue", "32", "--max-body-mb", "2", "--ctx", "2048",
-                             "--max-tokens", "16"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except (urllib.error.URLError, ConnectionError, OSError):
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError(proc.stdout.read().decode())
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
+def server(serve):
+    return serve("--api-key", KEY, "--max-queue", "32", "--max-body-mb", "2", "--ctx", "2048", "--max-tokens", "16")
 
 
 def b64(path) -> str:

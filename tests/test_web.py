@@ -1,0 +1,88 @@
+"""The web page at / in a real headless Chromium, against a real `serve` on the tiny preset."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mufun_local.artifacts import ModelDir
+from mufun_local.llm import Sampling
+from mufun_local.pipeline import AudioInput, Options, Pipeline
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (Debian: apt-get install chromium)")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (test extra)")
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "web-page.png"
+
+
+@pytest.fixture(scope="module")
+def page(serve):
+    base = serve("--ctx", "2048", "--max-tokens", "16")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        pg = browser.new_page(viewport={"width": 900, "height": 1000})
+        pg.goto(base + "/")
+        yield pg
+        browser.close()
+
+
+def greedy(model_dir, path, question, max_tokens=16):
+    pipe = Pipeline(ModelDir.open(model_dir), Options(max_tokens=max_tokens, sampling=Sampling(temperature=0.0)))
+    text = "".join(pipe.ask([AudioInput(str(path))], question))
+    pipe.close()
+    return text
+
+
+def ask_on_page(pg, question):
+    n = pg.locator(".msg.assistant, .msg.error").count()
+    pg.fill("#question", question)
+    pg.click("#send")
+    pg.wait_for_function(f"document.querySelectorAll('.msg.assistant, .msg.error').length > {n} && "
+                         "!document.getElementById('send').disabled", timeout=60000)
+    return pg.locator(".msg.assistant, .msg.error").nth(n)
+
+
+def test_upload_ask_follow_up_and_errors(page, tiny_q4, audio_dir, tmp_path):
+    pg = page
+    pg.click("summary")
+    pg.fill("#temperature", "0")
+    pg.fill("#maxtokens", "16")
+    song = audio_dir / "song22k.flac"
+    pg.set_input_files("#picker", str(song))
+    pg.wait_for_function("document.querySelector('.file .meta').textContent.includes(':')", timeout=20000)
+    assert pg.locator(".file .name").first.text_content() == "song22k.flac"
+
+    answer = ask_on_page(pg, "What genre is this?")
+    assert "assistant" in answer.get_attribute("class")
+    assert answer.text_content() == greedy(tiny_q4, song, "What genre is this?")
+    assert pg.locator(".file .sent").first.text_content() == "sent"
+
+    follow = ask_on_page(pg, "And the mood?")
+    assert "assistant" in follow.get_attribute("class")
+    assert pg.locator(".msg.user").count() == 2
+
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    pg.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    pg.click("#reset")
+    bad = tmp_path / "broken.mp3"
+    bad.write_bytes(b"this is not an mp3" * 100)
+    pg.set_input_files("#picker", str(bad))
+    pg.wait_for_function("document.querySelector('.file .meta').textContent !== 'reading…'", timeout=20000)
+    err = ask_on_page(pg, "What genre?")
+    assert "error" in err.get_attribute("class")
+    assert "audio" in err.text_content().lower()
+
+
+def test_page_is_keyboard_usable_and_fits_a_phone(page):
+    pg = page
+    pg.set_viewport_size({"width": 380, "height": 800})
+    width = pg.evaluate("document.documentElement.scrollWidth")
+    assert width <= 380
+    pg.focus("#pick-label")
+    pg.keyboard.press("Tab")
+    assert pg.evaluate("document.activeElement.tagName") in ("TEXTAREA", "BUTTON", "INPUT")
