@@ -236,6 +236,6 @@ def resolve_source(src: str) -> Checkpoint:
         except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
             raise ModelError(
                 f"{repo_id}: not in the local Hugging Face cache and cannot be downloaded "
-                f"({type(exc).__name__}); download it where you are online with "
-                f"`huggingface-cli download {repo_id}` or pass a local checkpoint directory") from None
+                f"({type(exc).__name__}); on a machine that is online run `hf download {repo_id}`, "
+                f"or pass a local checkpoint directory with --model") from None
     return Checkpoint(local, source=repo_id, revision=Path(local).name)

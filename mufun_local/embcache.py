@@ -13,15 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifacts import sha256_file
+
 DEFAULT_LIMIT_MB = 2048
 
 
-def file_hash(path: str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def file_hash(path: str) -> str:
+    return sha256_file(Path(path))
 
 
 class EmbeddingCache:

@@ -53,9 +53,11 @@ def _convert_cached(src: str, name: str, quant: str, log: Callable[[str], None])
     with FileLock(str(target) + ".lock"):
         if (target / MANIFEST).is_file():  # another process converted it while we waited
             return ModelDir.open(target)
-        log(f"converting {src} into {target} (once) ...")
+        from .convert.checkpoint import resolve_source
         from .convert.run import convert
-        convert(src, target, quant=quant, force=True, log=log)
+        ckpt = resolve_source(src)  # a hub id that is not available fails here, before any message
+        log(f"converting {src} into {target} (once) ...")
+        convert(ckpt, target, quant=quant, force=True, log=log)
     return ModelDir.open(target)
 
 

@@ -1,8 +1,8 @@
 """audio -> features -> encoder -> connector -> llm: the only module that knows every stage.
 
 A one-shot `ask` runs the audio half first, so the LLM context can be sized to exactly
-prompt + audio + answer, and the encoder is released before the LLM's weights are paged in
-(with both resident a `full` model would need ~1.3 GB more at peak).
+prompt + audio + answer, and the encoder (~0.7 GB of int8 weights at real size) is released
+before the LLM's weights are paged in.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import codecs
 import gc
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -69,19 +70,18 @@ class Result:
 
 
 class Timer:
+    """Adds the wall time of each `with timer("stage"):` block to timings["stage"]."""
+
     def __init__(self, timings: dict[str, float]):
         self.timings = timings
 
+    @contextmanager
     def __call__(self, name: str):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.timings[name] = timer.timings.get(name, 0.0) + time.perf_counter() - self.t0
-        return _Span()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
 
 class Pipeline:
@@ -139,10 +139,12 @@ class Pipeline:
         return audio_mod.split_windows(pcm), decoded.seconds
 
     def embed_windows(self, windows: list[np.ndarray], timer: Timer, keep_layers: bool = False):
+        with timer("encoder"):  # loading the encoder, when it is not loaded yet, counts here
+            enc = self.encoder
         with timer("features"):
-            mel = features.log_mel(windows, self.encoder.mel_filters)
+            mel = features.log_mel(windows, enc.mel_filters)
         with timer("encoder"):
-            hs = self.encoder.hidden_states(mel)
+            hs = enc.hidden_states(mel)
         with timer("connector"):
             emb = self.connector(hs)
         return emb, (hs if keep_layers else None)
