@@ -16,7 +16,7 @@ from mufun_local.errors import ModelError
 
 from .checkpoint import Checkpoint, resolve_source
 from .connector import write_connector
-from .encoder import ENCODER_QUANTS, FEATURE_LAYERS, write_encoder
+from .encoder import ENCODER_QUANTS, write_encoder
 from .llm_gguf import LLM_QUANTS, load_vocab, quantize, write_gguf
 
 
@@ -63,7 +63,7 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
     t0 = time.perf_counter()
     ckpt = src if isinstance(src, Checkpoint) else resolve_source(str(src))
     d = ckpt.dims
-    load_vocab(ckpt.path, d.vocab_rows)  # validate the tokenizer before any long work
+    _, _, _, special = load_vocab(ckpt.path, d.vocab_rows)  # the tokenizer is checked before any long work
     log(f"converting {ckpt.source}: encoder d={d.enc_d} x{d.enc_layers}, "
         f"LLM hidden={d.hidden} x{d.llm_layers}, vocab {d.vocab_rows}")
 
@@ -89,7 +89,6 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
             if not keep_f16:
                 base_path.unlink()
 
-        _, _, _, special = load_vocab(ckpt.path, d.vocab_rows)
         stop_ids = [i for i in (special["im_end"], special["endoftext"]) if i is not None]
         manifest = {
             "format_version": artifacts.FORMAT_VERSION,
@@ -107,7 +106,6 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
             "generation": _generation_defaults(ckpt.generation_config),
             "files": artifacts.hash_tree(tmp),
         }
-        assert tuple(manifest["encoder"]["feature_layers"]) == FEATURE_LAYERS
         (tmp / artifacts.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)

@@ -123,7 +123,7 @@ def describe(md: ModelDir) -> str:
         f"heads={dims['llm_heads']}/{dims['llm_kv_heads']} vocab={dims['vocab_rows']}",
         f"stop ids   {m['stop_ids']}",
         f"generation {m['generation']}",
-        f"written by " + ", ".join(f"{k} {v}" for k, v in m["tools"].items()),
+        "written by " + ", ".join(f"{k} {v}" for k, v in m["tools"].items()),
         f"files      {len(m['files'])}, {total / 1e6:.1f} MB",
     ]
     return "\n".join(lines)

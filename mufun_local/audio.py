@@ -22,6 +22,7 @@ import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Iterator
 
 import numpy as np
 
@@ -56,71 +57,112 @@ def check_file(path: str) -> None:
 
 
 _SQRT1_2 = np.float32(np.sqrt(0.5))
+BLOCK_FRAMES = 1 << 16  # soundfile block size (samples per channel)
 
 
-def _read_plain_pcm(path: str) -> Decoded | None:
+@dataclass
+class Stream:
+    """An opened audio file: its native rate and a one-pass iterator of float32 mono blocks."""
+
+    path: str
+    rate: int
+    blocks: Iterator[np.ndarray]
+
+
+def _downmix(x: np.ndarray) -> np.ndarray:
+    if x.shape[1] == 1:
+        return np.ascontiguousarray(x[:, 0])
+    mono = x[:, 0] * _SQRT1_2
+    mono += x[:, 1] * _SQRT1_2
+    return mono
+
+
+def _plain_pcm(path: str) -> Stream | None:
     """The soundfile fast path; None when the file is not plain 16-bit/float PCM."""
     import soundfile as sf
 
     try:
         info = sf.info(path)
-        if info.format not in ("WAV", "WAVEX", "FLAC") or info.channels > 2 or info.frames <= 0:
-            return None
-        if info.subtype == "PCM_16":
-            x = sf.read(path, dtype="int16", always_2d=True)[0].astype(np.float32)
-            x *= np.float32(1.0 / 32768)
-        elif info.subtype == "FLOAT" and info.format != "FLAC":
-            x = sf.read(path, dtype="float32", always_2d=True)[0]
-        else:
-            return None
     except (RuntimeError, sf.LibsndfileError, ValueError, OSError):
         return None  # let FFmpeg decide, and say what is wrong
-    if x.shape[1] == 1:
-        return Decoded(np.ascontiguousarray(x[:, 0]), int(info.samplerate))
-    mono = x[:, 0] * _SQRT1_2
-    mono += x[:, 1] * _SQRT1_2
-    return Decoded(mono, int(info.samplerate))
+    if info.format not in ("WAV", "WAVEX", "FLAC") or info.channels > 2 or info.frames <= 0:
+        return None
+    if info.subtype == "PCM_16":
+        dtype, scale = "int16", np.float32(1.0 / 32768)
+    elif info.subtype == "FLOAT" and info.format != "FLAC":
+        dtype, scale = "float32", None
+    else:
+        return None
+
+    def blocks():
+        got = 0
+        try:
+            for block in sf.blocks(path, blocksize=BLOCK_FRAMES, dtype=dtype, always_2d=True):
+                x = block.astype(np.float32)
+                if scale is not None:
+                    x *= scale
+                got += len(x)
+                yield _downmix(x)
+        except (RuntimeError, sf.LibsndfileError, ValueError) as exc:
+            if not got:  # damaged before the first block: FFmpeg decodes what it can, or says why
+                yield from _ffmpeg(path).blocks
+                return
+            log.warning("%s: decoding stopped after %.1f s (%s); using what was decoded",
+                        path, got / info.samplerate, _reason(exc))
+    return Stream(path, int(info.samplerate), blocks())
 
 
-def decode(path: str) -> Decoded:
-    """Decode the first audio stream to float32 mono at its native rate, as `ffmpeg -ac 1`."""
+def _ffmpeg(path: str) -> Stream:
     import av
 
-    check_file(path)
-    fast = _read_plain_pcm(path)
-    if fast is not None:
-        return fast
     try:
         container = av.open(path, metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise AudioError(f"{path}: not a readable audio file ({_reason(exc)})") from None
-    with container:
-        streams = [s for s in container.streams if s.type == "audio"]
-        if not streams:
-            raise AudioError(f"{path}: contains no audio stream")
-        stream = streams[0]
-        rate = stream.rate or stream.codec_context.sample_rate
-        if not rate:
-            raise AudioError(f"{path}: the audio stream has no sample rate")
+    streams = [s for s in container.streams if s.type == "audio"]
+    if not streams:
+        container.close()
+        raise AudioError(f"{path}: contains no audio stream")
+    stream = streams[0]
+    rate = stream.rate or stream.codec_context.sample_rate
+    if not rate:
+        container.close()
+        raise AudioError(f"{path}: the audio stream has no sample rate")
+
+    def blocks():
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        pieces: list[np.ndarray] = []
-        try:
-            for frame in container.decode(stream):
-                frame.pts = None  # the resampler only needs the samples, not the timestamps
-                for out in resampler.resample(frame):
-                    pieces.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                pieces.append(out.to_ndarray().reshape(-1))
-        except (av.error.FFmpegError, ValueError) as exc:
-            if not pieces:
-                raise AudioError(f"{path}: cannot decode audio ({_reason(exc)})") from None
-            got = sum(map(len, pieces)) / rate
-            log.warning("%s: decoding stopped after %.1f s (%s); using what was decoded",
-                        path, got, _reason(exc))
+        got = 0
+        with container:
+            try:
+                for frame in container.decode(stream):
+                    frame.pts = None  # the resampler only needs the samples, not the timestamps
+                    for out in resampler.resample(frame):
+                        got += out.samples
+                        yield out.to_ndarray().reshape(-1)
+                for out in resampler.resample(None):
+                    yield out.to_ndarray().reshape(-1)
+            except (av.error.FFmpegError, ValueError) as exc:
+                if not got:
+                    raise AudioError(f"{path}: cannot decode audio ({_reason(exc)})") from None
+                log.warning("%s: decoding stopped after %.1f s (%s); using what was decoded",
+                            path, got / rate, _reason(exc))
+    return Stream(path, int(rate), blocks())
+
+
+def open_audio(path: str) -> Stream:
+    """Open a file for one pass of float32 mono blocks at its native rate, as `ffmpeg -ac 1`."""
+    check_file(path)
+    return _plain_pcm(path) or _ffmpeg(path)
+
+
+def decode(path: str) -> Decoded:
+    """The whole file as float32 mono at its native rate."""
+    st = open_audio(path)
+    pieces = list(st.blocks)
     samples = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
     if samples.size == 0:
         raise AudioError(f"{path}: contains no audio samples")
-    return Decoded(samples, int(rate))
+    return Decoded(samples, st.rate)
 
 
 def _reason(exc: BaseException) -> str:
@@ -128,13 +170,18 @@ def _reason(exc: BaseException) -> str:
     return text[:160]
 
 
+def _check_segs(segs, name: str) -> tuple[float, float]:
+    start, end = float(segs[0]), float(segs[1])
+    if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end <= start:
+        raise AudioError(f"{name}: segs {start:g}:{end:g} must satisfy 0 <= start < end")
+    return start, end
+
+
 def apply_segs(audio: Decoded, segs: tuple[float, float] | None, name: str = "audio") -> Decoded:
     """Cut (start, end) seconds at the native rate, as the original does before resampling."""
     if segs is None:
         return audio
-    start, end = float(segs[0]), float(segs[1])
-    if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end <= start:
-        raise AudioError(f"{name}: segs {start:g}:{end:g} must satisfy 0 <= start < end")
+    start, end = _check_segs(segs, name)
     if start >= audio.seconds:
         raise AudioError(f"{name}: segs start {start:g} s is beyond the end of the audio "
                          f"({audio.seconds:.2f} s)")
@@ -165,28 +212,62 @@ def sinc_kernel(orig: int, new: int, lowpass_filter_width: int = 6,
     return np.ascontiguousarray(kernel, dtype=np.float32), width
 
 
+class Resampler:
+    """``torchaudio.functional.resample`` to 16 kHz, fed block by block.
+
+    The whole-signal computation pads `width` zeros in front and `width + o` behind and
+    takes one dot product per output phase every `o` input samples; here each frame is
+    computed as soon as its input has arrived, so memory is one block, not the file."""
+
+    def __init__(self, orig_rate: int, new_rate: int = SAMPLE_RATE, block_frames: int = 1 << 14):
+        self.passthrough = orig_rate == new_rate
+        g = math.gcd(int(orig_rate), int(new_rate))
+        self.o, self.n = int(orig_rate) // g, int(new_rate) // g
+        kernel, self.width = sinc_kernel(self.o, self.n)
+        self.kt = np.ascontiguousarray(kernel.T)
+        self.taps = kernel.shape[1]
+        self.block_frames = block_frames
+        self.buf = np.zeros(self.width, np.float32)  # the leading zero padding
+        self.n_in = self.n_out = 0
+
+    def _frames(self, buf: np.ndarray) -> tuple[np.ndarray, int]:
+        if len(buf) < self.taps:
+            return np.zeros(0, np.float32), 0
+        n_frames = (len(buf) - self.taps) // self.o + 1
+        frames = np.lib.stride_tricks.as_strided(
+            buf, shape=(n_frames, self.taps), strides=(self.o * buf.strides[0], buf.strides[0]), writeable=False)
+        out = np.empty((n_frames, self.n), np.float32)
+        for s in range(0, n_frames, self.block_frames):
+            np.matmul(frames[s:s + self.block_frames], self.kt, out=out[s:s + self.block_frames])
+        return out.reshape(-1), n_frames
+
+    def push(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        self.n_in += len(x)
+        if self.passthrough:
+            self.n_out += len(x)
+            return x
+        buf = np.concatenate([self.buf, x])
+        out, used = self._frames(buf)
+        self.buf = buf[used * self.o:]
+        self.n_out += len(out)
+        return out
+
+    def finish(self) -> np.ndarray:
+        if self.passthrough:
+            return np.zeros(0, np.float32)
+        out, _ = self._frames(np.concatenate([self.buf, np.zeros(self.width + self.o, np.float32)]))
+        target = math.ceil(self.n * self.n_in / self.o)
+        return out[: max(0, target - self.n_out)]
+
+
 def resample(x: np.ndarray, orig_rate: int, new_rate: int = SAMPLE_RATE,
              block_frames: int = 1 << 14) -> np.ndarray:
-    """``torchaudio.functional.resample(x, orig_rate, new_rate)`` in numpy, block by block."""
-    if orig_rate == new_rate:
-        return np.asarray(x, dtype=np.float32)
-    g = math.gcd(int(orig_rate), int(new_rate))
-    o, n = int(orig_rate) // g, int(new_rate) // g
-    kernel, width = sinc_kernel(o, n)
-    taps = kernel.shape[1]
-    length = len(x)
-    target = math.ceil(n * length / o)
-    padded = np.zeros(length + 2 * width + o, dtype=np.float32)
-    padded[width:width + length] = x
-    n_frames = (len(padded) - taps) // o + 1
-    frames = np.lib.stride_tricks.as_strided(
-        padded, shape=(n_frames, taps), strides=(o * padded.strides[0], padded.strides[0]),
-        writeable=False)
-    out = np.empty((n_frames, n), dtype=np.float32)
-    kt = kernel.T.copy()
-    for s in range(0, n_frames, block_frames):
-        np.matmul(frames[s:s + block_frames], kt, out=out[s:s + block_frames])
-    return out.reshape(-1)[:target]
+    """``torchaudio.functional.resample(x, orig_rate, new_rate)`` of a whole signal."""
+    r = Resampler(orig_rate, new_rate, block_frames)
+    head = r.push(x)
+    tail = r.finish()
+    return np.concatenate([head, tail]) if len(tail) else head
 
 
 # ----------------------------------------------------------------------------- windows
@@ -201,10 +282,77 @@ def split_windows(audio16k: np.ndarray) -> list[np.ndarray]:
             if len(audio16k[i:i + WINDOW_SAMPLES]) > MIN_PIECE_SAMPLES]
 
 
-def load_windows(path: str, segs: tuple[float, float] | None = None) -> list[np.ndarray]:
-    """decode -> segs -> 16 kHz -> 30 s windows: the original ``load_audio_single``."""
-    audio = apply_segs(decode(path), segs, name=path)
-    return split_windows(resample(audio.samples, audio.rate))
+class TooLong(AudioError):
+    """More windows than the caller can use; decoding stopped early."""
+
+
+def _cut(blocks: Iterator[np.ndarray], start: int, end: int | None) -> Iterator[np.ndarray]:
+    """Samples [start, end) of a block stream."""
+    pos = 0
+    for b in blocks:
+        lo, hi = max(start - pos, 0), len(b) if end is None else min(end - pos, len(b))
+        pos += len(b)
+        if hi > lo:
+            yield b[lo:hi]
+        if end is not None and pos >= end:
+            return
+
+
+def load_windows(path: str, segs: tuple[float, float] | None = None,
+                 max_windows: int | None = None) -> list[np.ndarray]:
+    """decode -> segs -> 16 kHz -> 30 s windows (the original ``load_audio_single``), streamed:
+    peak memory is the windows plus one block. More than `max_windows` raises TooLong."""
+    st = open_audio(path)
+    blocks = st.blocks
+    if segs is not None:
+        start, end = _check_segs(segs, path)
+        counted = _Counter(blocks)
+        blocks = _cut(counted, int(start * st.rate), int(end * st.rate))
+    rs = Resampler(st.rate)
+    windows: list[np.ndarray] = []
+    cur = np.empty(WINDOW_SAMPLES, np.float32)
+    fill = 0
+
+    def feed(y: np.ndarray) -> None:
+        nonlocal cur, fill
+        while len(y):
+            k = min(len(y), WINDOW_SAMPLES - fill)
+            cur[fill:fill + k] = y[:k]
+            fill += k
+            y = y[k:]
+            if fill == WINDOW_SAMPLES:
+                windows.append(cur)
+                if max_windows is not None and len(windows) > max_windows:
+                    raise TooLong(f"{path}: more than {max_windows} x 30 s windows")
+                cur, fill = np.empty(WINDOW_SAMPLES, np.float32), 0
+
+    for block in blocks:
+        feed(rs.push(block))
+    feed(rs.finish())
+    if segs is not None and rs.n_in == 0:
+        total = counted.n / st.rate
+        if int(start * st.rate) >= counted.n:
+            raise AudioError(f"{path}: segs start {start:g} s is beyond the end of the audio ({total:.2f} s)")
+        raise AudioError(f"{path}: segs {start:g}:{end:g} select no samples")
+    if rs.n_in == 0:
+        raise AudioError(f"{path}: contains no audio samples")
+    # the original's rule: <= 30 s is one window however short; a later piece is kept only
+    # if it has more than 8,000 samples
+    if fill and (not windows or fill > MIN_PIECE_SAMPLES):
+        windows.append(cur[:fill])
+    return windows
+
+
+class _Counter:
+    """Passes blocks through, counting samples (to report a file's length after segs)."""
+
+    def __init__(self, blocks: Iterator[np.ndarray]):
+        self.blocks, self.n = blocks, 0
+
+    def __iter__(self):
+        for b in self.blocks:
+            self.n += len(b)
+            yield b
 
 
 def parse_segs(text: str) -> tuple[float, float]:

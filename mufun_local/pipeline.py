@@ -130,13 +130,13 @@ class Pipeline:
         self._encoder = self._connector = None
         gc.collect()
 
-    def load_windows(self, item: AudioInput, timer: Timer) -> tuple[list[np.ndarray], float]:
-        if item.windows is not None:
-            return item.windows, sum(map(len, item.windows)) / audio_mod.SAMPLE_RATE
-        with timer("decode"):
-            decoded = audio_mod.apply_segs(audio_mod.decode(item.path), item.segs, name=item.path)
-            pcm = audio_mod.resample(decoded.samples, decoded.rate)
-        return audio_mod.split_windows(pcm), decoded.seconds
+    def load_windows(self, item: AudioInput, timer: Timer,
+                     max_windows: int | None = None) -> tuple[list[np.ndarray], float]:
+        """16 kHz windows and their seconds; decoding stops after `max_windows` (TooLong)."""
+        if item.windows is None:
+            with timer("decode"):
+                item = AudioInput(item.path, item.segs, audio_mod.load_windows(item.path, item.segs, max_windows))
+        return item.windows, sum(map(len, item.windows)) / audio_mod.SAMPLE_RATE
 
     def embed_windows(self, windows: list[np.ndarray], timer: Timer, keep_layers: bool = False):
         with timer("encoder"):  # loading the encoder, when it is not loaded yet, counts here
@@ -176,7 +176,7 @@ class Pipeline:
     def context_limit(self) -> int:
         return self.opt.n_ctx or self.llm.n_ctx_train
 
-    def check_fits(self, text_tokens: int, windows: list[int], used: int = 0) -> int:
+    def check_fits(self, text_tokens: int, windows: list[int], used: int = 0, at_least: bool = False) -> int:
         """The context size this request needs; a clear error when it cannot fit."""
         audio_tokens = sum(windows) * self.tokens_per_window
         need = used + text_tokens + audio_tokens + self.opt.max_tokens
@@ -185,7 +185,7 @@ class Pipeline:
             room = limit - used - text_tokens - self.opt.max_tokens
             fit = max(0, room // self.tokens_per_window) * 30
             raise MufunError(
-                f"too long for the context: {audio_tokens} audio tokens + {text_tokens} prompt "
+                f"too long for the context: {'at least ' if at_least else ''}{audio_tokens} audio tokens + {text_tokens} prompt "
                 f"tokens + {self.opt.max_tokens} answer tokens"
                 + (f" + {used} earlier tokens" if used else "") + f" > {limit}; at most {fit} s of audio fit "
                 f"(use --segs to pick a part, or a larger --ctx up to {self.llm.n_ctx_train})")
@@ -225,13 +225,24 @@ class Pipeline:
         """Embeddings for each audio, and the context the request needs (`used` positions are
         already taken). Cheap steps first, cache look-ups and decoding, so that a request
         that cannot fit fails before the encoder runs; the encoder is released afterwards."""
+        limit = self.llm.n_ctx if used else self.context_limit()
+        budget = max(0, limit - used - text_tokens - self.opt.max_tokens) // self.tokens_per_window
         pending: list = []
         for a in audios:
             key = self.cache_key(a) if self.cache is not None else None
             hit = self.cache.get(key) if key else None
-            pending.append((hit, None, key) if hit is not None else (None, self.load_windows(a, timer)[0], key))
-        windows = [len(h) // self.tokens_per_window if h is not None else len(w) for h, w, _ in pending]
-        need = self.check_fits(text_tokens, windows, used)
+            if hit is not None:
+                pending.append((hit, None, key))
+                budget -= len(hit) // self.tokens_per_window
+                continue
+            try:  # stop decoding a file as soon as it cannot fit
+                wins = self.load_windows(a, timer, max_windows=max(budget, 0))[0]
+            except audio_mod.TooLong:
+                self.check_fits(text_tokens, [self._windows(pending) + budget + 1], used, at_least=True)
+                raise
+            pending.append((None, wins, key))
+            budget -= len(wins)
+        need = self.check_fits(text_tokens, [self._windows(pending)], used)
         embeddings = []
         for hit, wins, key in pending:
             if hit is None:
@@ -242,6 +253,9 @@ class Pipeline:
         if any(h is None for h, _, _ in pending):
             self.release_audio_models()
         return embeddings, need
+
+    def _windows(self, pending) -> int:
+        return sum(len(h) // self.tokens_per_window if h is not None else len(w) for h, w, _ in pending)
 
     def prefill(self, chunks: list[list[int]], embeddings: list[np.ndarray], timer: Timer) -> None:
         """Evaluate text[0] audio[0] text[1] ... at consecutive positions; logits at the end."""

@@ -181,7 +181,66 @@ def test_plain_pcm_fast_path_equals_ffmpeg_decode(tmp_path, monkeypatch, ext, ch
     path = tmp_path / f"x{ext}"
     sf.write(str(path), music(3.0, 44100, channels), 44100, subtype=subtype)
     fast = audio.decode(str(path))
-    monkeypatch.setattr(audio, "_read_plain_pcm", lambda p: None)
+    monkeypatch.setattr(audio, "_plain_pcm", lambda p: None)
     slow = audio.decode(str(path))
     assert fast.rate == slow.rate
     np.testing.assert_array_equal(fast.samples, slow.samples)
+
+
+def test_streaming_resampler_equals_whole_signal():
+    x = np.random.default_rng(0).standard_normal(44100 * 3 + 17).astype(np.float32)
+    whole = audio.resample(x, 44100)
+    rs = audio.Resampler(44100)
+    rng = np.random.default_rng(1)
+    pieces, pos = [], 0
+    while pos < len(x):
+        k = int(rng.integers(1, 5000))
+        pieces.append(rs.push(x[pos:pos + k]))
+        pos += k
+    pieces.append(rs.finish())
+    streamed = np.concatenate(pieces)
+    assert streamed.shape == whole.shape
+    np.testing.assert_allclose(streamed, whole, atol=2e-6)
+
+
+@pytest.mark.parametrize("ext", [".wav", ".mp3"])
+def test_long_file_memory_is_the_windows_plus_a_block(tmp_path, ext):
+    import tracemalloc
+    seconds, rate = 600, 44100
+    path = tmp_path / f"long{ext}"
+    if ext == ".wav":
+        import soundfile as sf
+        with sf.SoundFile(str(path), "w", rate, 2, "PCM_16") as f:  # written in pieces, too
+            for _ in range(seconds // 10):
+                f.write(music(10.0, rate, 2))
+    else:
+        write_audio(path, np.tile(music(10.0, rate, 2), (seconds // 10, 1)), rate)
+    tracemalloc.start()
+    windows = audio.load_windows(str(path))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    out_bytes = sum(w.nbytes for w in windows)
+    assert len(windows) == 20
+    # the whole-file path held the native-rate signal (2.8x the output) and a padded copy
+    assert peak < out_bytes + 16 * 1024 * 1024, (peak, out_bytes)
+
+
+def test_decoding_stops_when_too_long(tmp_path):
+    import soundfile as sf
+    path = tmp_path / "long.wav"
+    sf.write(str(path), np.zeros((16000 * 200, 1), np.float32), 16000)
+    with pytest.raises(audio.TooLong):
+        audio.load_windows(str(path), max_windows=2)
+    assert len(audio.load_windows(str(path), max_windows=7)) == 7
+
+
+def test_segs_stream_equals_whole_then_cut(tmp_path):
+    path = write_audio(tmp_path / "x.flac", music(70.0, 22050, 2), 22050)
+    full = audio.decode(str(path))
+    for segs in [(3.3, 40.1), (0.0, 31.0), (65.0, 500.0)]:
+        cut = audio.apply_segs(full, segs)
+        expected = audio.split_windows(audio.resample(cut.samples, cut.rate))
+        got = audio.load_windows(str(path), segs)
+        assert [len(w) for w in got] == [len(w) for w in expected]
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(a, b, atol=2e-6)

@@ -1,7 +1,6 @@
 """The web page at / in a real headless Chromium, against a real `serve` on the tiny preset."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
