@@ -171,16 +171,24 @@ class Checkpoint:
                 raise ModelError(f"tensor {name} has shape {list(self.tensors[name].shape)}, "
                                  f"config.json implies {list(shape)}")
 
-    def get(self, name: str) -> np.ndarray:
-        """One tensor as float32 (bf16/f16 widened exactly)."""
+    def get(self, name: str, dtype=np.float32, chunk: int = 1 << 24) -> np.ndarray:
+        """One tensor as `dtype` (float32 by default; bf16 is widened exactly). Converted in
+        chunks from a memory map, so the peak is the result plus one chunk."""
         info = self.tensors[name]
         raw_dtype, _ = _DTYPES[info.dtype]
-        with open(info.file, "rb") as fh:
-            fh.seek(info.start)
-            raw = np.fromfile(fh, dtype=raw_dtype, count=info.nbytes // raw_dtype.itemsize)
-        if info.dtype == "BF16":
-            return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
-        return raw.astype(np.float32).reshape(info.shape)
+        count = info.nbytes // raw_dtype.itemsize
+        raw = np.memmap(info.file, dtype=raw_dtype, mode="r", offset=info.start, shape=(count,))
+        out = np.empty(count, dtype=dtype)
+        for s in range(0, count, chunk):
+            part = raw[s:s + chunk]
+            if info.dtype == "BF16":
+                wide = part.astype(np.uint32)
+                wide <<= 16
+                out[s:s + chunk] = wide.view(np.float32)
+            else:
+                out[s:s + chunk] = part
+        del raw
+        return out.reshape(info.shape)
 
     def nbytes(self, prefix: str = "") -> int:
         return sum(t.nbytes for n, t in self.tensors.items() if n.startswith(prefix))

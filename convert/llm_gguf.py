@@ -124,7 +124,7 @@ def write_gguf(ckpt, path: Path, ftype: str, progress=None) -> None:
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     for k, (src, dst) in enumerate(pairs):
-        w.write_tensor_data(ckpt.get(src).astype(dtypes[dst], copy=False))
+        w.write_tensor_data(ckpt.get(src, dtype=dtypes[dst]))
         if progress:
             progress(k + 1, len(pairs))
     w.close()
