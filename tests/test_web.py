@@ -1,6 +1,7 @@
 """The web page at / in a real headless Chromium, against a real `serve` on the tiny preset."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from mufun_local.pipeline import AudioInput, Options, Pipeline
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (Debian: apt-get install chromium)")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (test extra)")
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "web-page.png"
+# MUFUN_UPDATE_SCREENSHOT=1 refreshes the README's screenshot from this test
+README_SHOT = Path(__file__).resolve().parent.parent / "docs" / "web-page.png"
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +66,11 @@ def test_upload_ask_follow_up_and_errors(page, tiny_q4, audio_dir, tmp_path):
     assert "assistant" in follow.get_attribute("class")
     assert pg.locator(".msg.user").count() == 2
 
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    pg.screenshot(path=str(SCREENSHOT), full_page=True)
+    shot = tmp_path / "page.png"
+    pg.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("MUFUN_UPDATE_SCREENSHOT") == "1":
+        shutil.copy(shot, README_SHOT)
 
     pg.click("#reset")
     bad = tmp_path / "broken.mp3"
