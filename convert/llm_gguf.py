@@ -134,11 +134,13 @@ def quantize(f16_path: Path, out_path: Path, quant: str, threads: int = 0, verbo
     """llama.cpp's quantizer: F16 GGUF -> q8_0 / q4_k_m / q5_k_m (its log only when verbose)."""
     import llama_cpp
     from llama_cpp import _logger
+    from llama_cpp._utils import suppress_stdout_stderr
 
     _logger.set_verbose(verbose)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = _LLAMA_FTYPE[quant]
     params.nthread = threads or (os.cpu_count() or 1)
-    rc = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(out_path).encode(), params)
+    with suppress_stdout_stderr(disable=verbose):  # its per-tensor report bypasses the log callback
+        rc = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(out_path).encode(), params)
     if rc != 0:
         raise ModelError(f"llama.cpp failed to quantize to {quant} (code {rc})")

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 
-def make_song(path: Path, seconds: float, rate: int) -> Path:
+def make_song(path: Path, seconds: float, rate: int, seed: int = 0) -> Path:
     """A stereo 'song': chords that change every 2 s, a kick/snare beat and some noise."""
     import soundfile as sf
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * rate)) / rate
     roots = 220.0 * 2 ** (rng.integers(0, 12, size=int(seconds // 2) + 1) / 12)
     root = roots[(t // 2).astype(int)]
