@@ -87,6 +87,12 @@ class ModelDir:
         return [rel for rel, meta in self.manifest["files"].items()
                 if sha256_file(self.path / rel) != meta["sha256"]]
 
+    def sampling_defaults(self) -> dict:
+        """temperature / top_p / top_k from the checkpoint's generation_config.json."""
+        gen = self.manifest.get("generation", {})
+        return {"temperature": float(gen.get("temperature", 0.0)) if gen.get("do_sample", True) else 0.0,
+                "top_p": float(gen.get("top_p", 1.0)), "top_k": int(gen.get("top_k", 0))}
+
     @property
     def encoder_dir(self) -> Path:
         return self.path / self.manifest["encoder"]["dir"]

@@ -140,13 +140,11 @@ def _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_
     from .llm import Sampling
     from .pipeline import Options
 
-    gen = md.manifest.get("generation", {})
-    if temperature is None:
-        temperature = float(gen.get("temperature", 0.0)) if gen.get("do_sample", True) else 0.0
+    default = md.sampling_defaults()
     sampling = Sampling(
-        temperature=temperature,
-        top_p=top_p if top_p is not None else float(gen.get("top_p", 1.0)),
-        top_k=top_k if top_k is not None else int(gen.get("top_k", 0)),
+        temperature=temperature if temperature is not None else default["temperature"],
+        top_p=top_p if top_p is not None else default["top_p"],
+        top_k=top_k if top_k is not None else default["top_k"],
         repeat_penalty=repeat_penalty,
         seed=seed if seed is not None else random.randrange(2**31),
     )

@@ -237,7 +237,7 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
     worker = Worker(pipe, max_queue)
     worker.start()
     mid = model_id or model.manifest["source"]["id"]
-    gen = model.manifest.get("generation", {})
+    default = model.sampling_defaults()
     max_body = int(max_body_mb * 1024 * 1024)
     created = int(time.time())
 
@@ -273,8 +273,8 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
             if (lo is not None and v < lo) or (hi is not None and v > hi):
                 raise RequestError(400, f"{name} must be between {lo} and {hi}", name)
             return v
-        temperature = num("temperature", float, float(gen.get("temperature", 0.0)) if gen.get("do_sample", True) else 0.0, 0, 2)
-        top_p = num("top_p", float, float(gen.get("top_p", 1.0)), 0, 1)
+        temperature = num("temperature", float, default["temperature"], 0, 2)
+        top_p = num("top_p", float, default["top_p"], 0, 1)
         max_tokens = num("max_tokens", int, body.get("max_completion_tokens") or options.max_tokens, 1, options.n_ctx)
         seed = body.get("seed")
         seed = num("seed", int, 0) if seed is not None else random.randrange(2**31)
@@ -283,7 +283,7 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
             stop = [stop]
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
             raise RequestError(400, "stop must be a string or a list of up to 4 strings", "stop")
-        return Sampling(temperature=temperature, top_p=top_p, top_k=int(gen.get("top_k", 0)), seed=seed), max_tokens, stop
+        return Sampling(temperature=temperature, top_p=top_p, top_k=default["top_k"], seed=seed), max_tokens, stop
 
     async def completions(request: Request):
         if not authorized(request):
