@@ -56,6 +56,7 @@ class Job:
     stop: list[str]
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
+    tmpdir: str                      # the request's audio files; removed when the job ends
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -172,6 +173,7 @@ class Worker(threading.Thread):
                 self._serve(job)
             finally:
                 self.busy = False
+                _rmtree(job.tmpdir)
 
     def _emit(self, job: Job, *event) -> None:
         job.loop.call_soon_threadsafe(job.events.put_nowait, event)
@@ -309,37 +311,36 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
             _rmtree(tmpdir)
             return err(exc.status, exc.message, exc.param, exc.code)
         loop = asyncio.get_running_loop()
-        job = Job(prm, audios, sampling, max_tokens, stop, loop, asyncio.Queue())
+        job = Job(prm, audios, sampling, max_tokens, stop, loop, asyncio.Queue(), tmpdir)
         try:
             worker.submit(job)
         except queue.Full:
             _rmtree(tmpdir)
             return err(503, "the server is busy; retry shortly", headers={"Retry-After": "5"})
-        first = await job.events.get()
-        if first[0] == "error":
-            _rmtree(tmpdir)
-            return err(first[1], first[2])
         rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         base = {"id": rid, "created": now, "model": mid}
-
-        if not body.get("stream"):
-            text_parts = []
-            while True:
-                ev = await job.events.get()
-                if ev[0] == "delta":
-                    text_parts.append(ev[1])
-                elif ev[0] == "error":
-                    _rmtree(tmpdir)
-                    return err(ev[1], ev[2])
-                elif ev[0] == "done":
-                    break
-            _rmtree(tmpdir)
-            d = ev[1]
-            return JSONResponse({**base, "object": "chat.completion", "choices": [{
-                "index": 0, "message": {"role": "assistant", "content": d["text"]},
-                "finish_reason": d["finish"]}],
-                "usage": {"prompt_tokens": d["prompt_tokens"], "completion_tokens": d["completion_tokens"],
-                          "total_tokens": d["prompt_tokens"] + d["completion_tokens"]}})
+        streaming = False
+        try:
+            first = await job.events.get()
+            if first[0] == "error":
+                return err(first[1], first[2])
+            if not body.get("stream"):
+                while True:
+                    ev = await job.events.get()
+                    if ev[0] == "error":
+                        return err(ev[1], ev[2])
+                    if ev[0] == "done":
+                        break
+                d = ev[1]
+                return JSONResponse({**base, "object": "chat.completion", "choices": [{
+                    "index": 0, "message": {"role": "assistant", "content": d["text"]},
+                    "finish_reason": d["finish"]}],
+                    "usage": {"prompt_tokens": d["prompt_tokens"], "completion_tokens": d["completion_tokens"],
+                              "total_tokens": d["prompt_tokens"] + d["completion_tokens"]}})
+            streaming = True
+        finally:
+            if not streaming:
+                job.cancel.set()  # done, failed, or the client went away while waiting
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
@@ -367,7 +368,6 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
                 yield "data: [DONE]\n\n"
             finally:
                 job.cancel.set()  # a client that went away stops its generation
-                _rmtree(tmpdir)
 
         return StreamingResponse(sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
