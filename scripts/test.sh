@@ -38,9 +38,10 @@ key=$(printf '%s|%s' "$LLAMA_CPP_VERSION" "${CMAKE_ARGS:-}" | sha256sum | cut -c
 wheel_dir="${XDG_CACHE_HOME:-$HOME/.cache}/mufun-local/wheels/llama-cpp-python-$LLAMA_CPP_VERSION-$key"
 if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   echo "building the wheel from source (about 4 minutes on 2 cores; cached afterwards)"
-  mkdir -p "$wheel_dir.tmp"
-  "$VPY" -m pip wheel -q --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$wheel_dir.tmp"
-  rm -rf "$wheel_dir" && mv "$wheel_dir.tmp" "$wheel_dir"
+  mkdir -p "$(dirname "$wheel_dir")"
+  tmp=$(mktemp -d "$wheel_dir.partial-XXXXXX")   # another run may be building too
+  "$VPY" -m pip wheel -q --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$tmp"
+  rm -rf "$wheel_dir" && mv "$tmp" "$wheel_dir"
 fi
 "$VPY" -m pip install -q "$wheel_dir"/llama_cpp_python-*.whl
 
