@@ -81,14 +81,14 @@ def load_vocab(ckpt_dir: Path, vocab_rows: int) -> tuple[list[str], list[int], l
     return tokens, [int(t) for t in types], merges, special
 
 
-def write_gguf(ckpt, path: Path, ftype: str, progress=None) -> None:
-    """Write an F32 or F16 GGUF of the LLM, tensor by tensor."""
+def write_gguf(ckpt, path: Path, ftype: str, vocab=None, progress=None) -> None:
+    """Write an F32 or F16 GGUF of the LLM, tensor by tensor (`vocab`: load_vocab's result)."""
     import gguf
 
     if ftype not in ("f32", "f16"):
         raise ValueError("write_gguf writes f32 or f16; other types go through quantize()")
     d = ckpt.dims
-    tokens, types, merges, special = load_vocab(ckpt.path, d.vocab_rows)
+    tokens, types, merges, special = vocab or load_vocab(ckpt.path, d.vocab_rows)
     w = gguf.GGUFWriter(str(path), "qwen3")
     w.add_name(str(ckpt.source))
     w.add_context_length(d.max_positions)

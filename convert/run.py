@@ -63,7 +63,8 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
     t0 = time.perf_counter()
     ckpt = src if isinstance(src, Checkpoint) else resolve_source(str(src))
     d = ckpt.dims
-    _, _, _, special = load_vocab(ckpt.path, d.vocab_rows)  # the tokenizer is checked before any long work
+    vocab = load_vocab(ckpt.path, d.vocab_rows)  # the tokenizer is checked before any long work
+    special = vocab[3]
     log(f"converting {ckpt.source}: encoder d={d.enc_d} x{d.enc_layers}, "
         f"LLM hidden={d.hidden} x{d.llm_layers}, vocab {d.vocab_rows}")
 
@@ -81,7 +82,7 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
         base = "f32" if quant == "f32" else "f16"
         base_path = tmp / (llm_name if quant in ("f32", "f16") else "llm-f16.gguf")
         bar, upd = _bar(f"llm ({base})", quiet)
-        write_gguf(ckpt, base_path, base, progress=upd)
+        write_gguf(ckpt, base_path, base, vocab, progress=upd)
         bar.close()
         if quant not in ("f32", "f16"):
             log(f"quantizing to {quant} with llama.cpp ...")

@@ -170,27 +170,6 @@ def _reason(exc: BaseException) -> str:
     return text[:160]
 
 
-def _check_segs(segs, name: str) -> tuple[float, float]:
-    start, end = float(segs[0]), float(segs[1])
-    if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end <= start:
-        raise AudioError(f"{name}: segs {start:g}:{end:g} must satisfy 0 <= start < end")
-    return start, end
-
-
-def apply_segs(audio: Decoded, segs: tuple[float, float] | None, name: str = "audio") -> Decoded:
-    """Cut (start, end) seconds at the native rate, as the original does before resampling."""
-    if segs is None:
-        return audio
-    start, end = _check_segs(segs, name)
-    if start >= audio.seconds:
-        raise AudioError(f"{name}: segs start {start:g} s is beyond the end of the audio "
-                         f"({audio.seconds:.2f} s)")
-    cut = audio.samples[int(start * audio.rate):int(end * audio.rate)]
-    if cut.size == 0:
-        raise AudioError(f"{name}: segs {start:g}:{end:g} select no samples")
-    return Decoded(cut, audio.rate)
-
-
 # ----------------------------------------------------------------------------- resampling
 
 
@@ -273,15 +252,6 @@ def resample(x: np.ndarray, orig_rate: int, new_rate: int = SAMPLE_RATE,
 # ----------------------------------------------------------------------------- windows
 
 
-def split_windows(audio16k: np.ndarray) -> list[np.ndarray]:
-    """The original's rule: <= 30 s is one window however short; longer audio is cut every
-    30 s and a piece is kept only if it has more than 8,000 samples. Views, not copies."""
-    if len(audio16k) <= WINDOW_SAMPLES:
-        return [audio16k]
-    return [audio16k[i:i + WINDOW_SAMPLES] for i in range(0, len(audio16k), WINDOW_SAMPLES)
-            if len(audio16k[i:i + WINDOW_SAMPLES]) > MIN_PIECE_SAMPLES]
-
-
 class TooLong(AudioError):
     """More windows than the caller can use; decoding stopped early."""
 
@@ -305,7 +275,9 @@ def load_windows(path: str, segs: tuple[float, float] | None = None,
     st = open_audio(path)
     blocks = st.blocks
     if segs is not None:
-        start, end = _check_segs(segs, path)
+        start, end = float(segs[0]), float(segs[1])
+        if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end <= start:
+            raise AudioError(f"{path}: segs {start:g}:{end:g} must satisfy 0 <= start < end")
         counted = _Counter(blocks)
         blocks = _cut(counted, int(start * st.rate), int(end * st.rate))
     rs = Resampler(st.rate)

@@ -78,7 +78,7 @@ class ChatSession:
         self.turns.append(turn)
         pipe.prefill(chunks, embeddings, timer)
         try:
-            for piece in pipe._generate(llm, res, timer):
+            for piece in pipe._generate(llm, res):
                 turn.answer += piece
                 yield piece
         finally:

@@ -76,9 +76,6 @@ def resolve(spec: str | None = None, quant: str = DEFAULT_QUANT,
         raise ModelError(f"{path}: not a model directory")
     if not re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", spec):
         raise ModelError(f"{spec}: no such model directory, and not a hub id like {DEFAULT_MODEL}")
-    cached = models_dir() / _cache_name(spec, quant)
-    if (cached / MANIFEST).is_file():
-        return ModelDir.open(cached)
     return _convert_cached(spec, _cache_name(spec, quant), quant, log)
 
 

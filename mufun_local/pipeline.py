@@ -133,10 +133,11 @@ class Pipeline:
     def load_windows(self, item: AudioInput, timer: Timer,
                      max_windows: int | None = None) -> tuple[list[np.ndarray], float]:
         """16 kHz windows and their seconds; decoding stops after `max_windows` (TooLong)."""
-        if item.windows is None:
+        windows = item.windows
+        if windows is None:
             with timer("decode"):
-                item = AudioInput(item.path, item.segs, audio_mod.load_windows(item.path, item.segs, max_windows))
-        return item.windows, sum(map(len, item.windows)) / audio_mod.SAMPLE_RATE
+                windows = audio_mod.load_windows(item.path, item.segs, max_windows)
+        return windows, sum(map(len, windows)) / audio_mod.SAMPLE_RATE
 
     def embed_windows(self, windows: list[np.ndarray], timer: Timer, keep_layers: bool = False):
         with timer("encoder"):  # loading the encoder, when it is not loaded yet, counts here
@@ -176,13 +177,17 @@ class Pipeline:
     def context_limit(self) -> int:
         return self.opt.n_ctx or self.llm.n_ctx_train
 
+    def _room(self, text_tokens: int, used: int) -> tuple[int, int]:
+        """(context limit, positions left for audio) once text, answer and `used` are counted."""
+        limit = self.llm.n_ctx if used else self.context_limit()
+        return limit, limit - used - text_tokens - self.opt.max_tokens
+
     def check_fits(self, text_tokens: int, windows: list[int], used: int = 0, at_least: bool = False) -> int:
         """The context size this request needs; a clear error when it cannot fit."""
         audio_tokens = sum(windows) * self.tokens_per_window
-        need = used + text_tokens + audio_tokens + self.opt.max_tokens
-        limit = self.llm.n_ctx if used else self.context_limit()
+        limit, room = self._room(text_tokens, used)
+        need = limit - room + audio_tokens
         if need > limit:
-            room = limit - used - text_tokens - self.opt.max_tokens
             fit = max(0, room // self.tokens_per_window) * 30
             raise MufunError(
                 f"too long for the context: {'at least ' if at_least else ''}{audio_tokens} audio tokens + {text_tokens} prompt "
@@ -218,15 +223,14 @@ class Pipeline:
         self.prefill(chunks, embeddings, timer)
         if self.opt.keep_logits:
             res.first_logits = llm.logits()
-        yield from self._generate(llm, res, timer)
+        yield from self._generate(llm, res)
 
     def audio_embeddings(self, audios: list[AudioInput], timer: Timer, text_tokens: int,
                          used: int = 0) -> tuple[list[np.ndarray], int]:
         """Embeddings for each audio, and the context the request needs (`used` positions are
         already taken). Cheap steps first, cache look-ups and decoding, so that a request
         that cannot fit fails before the encoder runs; the encoder is released afterwards."""
-        limit = self.llm.n_ctx if used else self.context_limit()
-        budget = max(0, limit - used - text_tokens - self.opt.max_tokens) // self.tokens_per_window
+        budget = max(0, self._room(text_tokens, used)[1]) // self.tokens_per_window
         pending: list = []
         for a in audios:
             key = self.cache_key(a) if self.cache is not None else None
@@ -268,7 +272,7 @@ class Pipeline:
                 if i < len(embeddings):
                     llm.eval_embeddings(embeddings[i], logits_at_end=last and not ids)
 
-    def _generate(self, llm: LLM, res: Result, timer: Timer) -> Iterator[str]:
+    def _generate(self, llm: LLM, res: Result) -> Iterator[str]:
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         t0 = time.perf_counter()
         res.stopped = "length"
