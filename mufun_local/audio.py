@@ -81,6 +81,8 @@ def _plain_pcm(path: str) -> Stream | None:
     """The soundfile fast path; None when the file is not plain 16-bit/float PCM."""
     import soundfile as sf
 
+    if os.path.splitext(path)[1].lower() not in (".wav", ".wave", ".flac"):
+        return None  # libsndfile would also try mp3/ogg, and its mpg123 prints to stderr
     try:
         info = sf.info(path)
     except (RuntimeError, sf.LibsndfileError, ValueError, OSError):
@@ -166,8 +168,9 @@ def decode(path: str) -> Decoded:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
+    """The cause without the path (FFmpeg errors repeat it), one line."""
+    text = (getattr(exc, "strerror", None) or str(exc)).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
 
 # ----------------------------------------------------------------------------- resampling

@@ -199,6 +199,7 @@ def chat(audio_files, model, temperature, top_p, top_k, repeat_penalty, seed, ma
     for f in audio_files:
         session.add_audio(AudioInput(f))
     tty = sys.stdin.isatty()
+    failed = 0
     if tty:
         import readline  # noqa: F401  (line editing and history for input())
         if not quiet:
@@ -227,10 +228,13 @@ def chat(audio_files, model, temperature, top_p, top_k, repeat_penalty, seed, ma
                 stream.close()
                 _stderr("\n[stopped]")
             except MufunError as exc:
+                failed += 1
                 _stderr(f"error: {exc}")
             click.echo()
     finally:
         pipe.close()
+    if failed and not tty:  # a script reading our output must see that a turn failed
+        raise MufunError(f"{failed} question(s) could not be answered")
 
 
 def _chat_command(session, line: str) -> bool:

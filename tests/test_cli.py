@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -204,3 +205,20 @@ def test_auto_device_picks_cuda_when_present(monkeypatch):
     assert enc.resolve_device("auto") == "cuda" and enc.default_compute_type("cuda") == "float16"
     monkeypatch.setattr(enc, "cuda_available", lambda: False)
     assert enc.resolve_device("auto") == "cpu" and enc.default_compute_type("cpu") == "int8"
+
+
+def test_mp3_named_text_is_one_clean_line(tmp_path):
+    (tmp_path / "notes.mp3").write_text("hello\n")
+    proc = subprocess.run([sys.executable, "-c", "from mufun_local import audio; audio.decode('notes.mp3')"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert "Note:" not in proc.stderr  # no decoder chatter before the error
+    assert "not a readable audio file (Invalid data found when processing input)" in proc.stderr
+
+
+def test_chat_from_a_pipe_fails_when_a_turn_fails(tmp_path, tiny_q4):
+    bad = tmp_path / "bad.flac"
+    bad.write_bytes(b"fLaC" + b"\0" * 500)
+    proc = subprocess.run([sys.executable, "-m", "mufun_local.cli", "chat", "-m", str(tiny_q4), str(bad)],
+                          input="Genre?\n", capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, MUFUN_HOME=str(tmp_path / "home")))
+    assert proc.returncode == 1 and "bad.flac" in proc.stderr and "Traceback" not in proc.stderr
