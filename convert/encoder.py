@@ -107,10 +107,17 @@ def build_segment(get, d_heads: int, layers: range, d: int, eps: float, raw_outp
     return spec
 
 
-def write_encoder(ckpt, out_dir: Path, quant: str = "float16", progress=None) -> dict:
-    """Write encoder/{frontend.npz, seg0..2/, encoder.json}; returns the manifest entry."""
+ENCODER_ARTIFACTS = ("ctranslate2", "onnx")
+
+
+def write_encoder(ckpt, out_dir: Path, quant: str = "float16", artifacts=("ctranslate2",), progress=None) -> dict:
+    """Write encoder/{frontend.npz, encoder.json} and each artifact asked for: seg0..2/
+    (CTranslate2, stored as `quant`) and onnx/ (float32 + int8 graphs). Returns encoder.json."""
     if quant not in ENCODER_QUANTS:
         raise ValueError(f"encoder quantization {quant!r}: choose from {', '.join(ENCODER_QUANTS)}")
+    unknown = set(artifacts) - set(ENCODER_ARTIFACTS)
+    if unknown or not artifacts:
+        raise ValueError(f"encoder backends {sorted(unknown) or 'none'}: choose from {', '.join(ENCODER_ARTIFACTS)}")
     d = ckpt.dims
     out_dir.mkdir(parents=True, exist_ok=True)
     v = "vision_tower._vision_tower."
@@ -119,24 +126,36 @@ def write_encoder(ckpt, out_dir: Path, quant: str = "float16", progress=None) ->
              conv2_weight=ckpt.get(v + "conv2.weight"), conv2_bias=ckpt.get(v + "conv2.bias"),
              positions=ckpt.get(v + "embed_positions.weight"),
              mel_filters=mel_filters(d.n_mels))
-    final = (ckpt.get(v + "layer_norm.weight"), ckpt.get(v + "layer_norm.bias"))
     bounds = segment_bounds(d.enc_layers)
-    segments = []
-    for k, (a, b) in enumerate(bounds):
-        raw = k < len(bounds) - 1
-        spec = build_segment(ckpt.get, d.enc_heads, range(a, b), d.enc_d, d.enc_ln_eps, raw,
-                             None if raw else final)
-        spec.validate()
-        spec.optimize(quantization=quant)
-        (out_dir / f"seg{k}").mkdir(exist_ok=True)
-        spec.save(str(out_dir / f"seg{k}"))
-        segments.append({"dir": f"seg{k}", "layers": [a, b], "raw_output": raw})
-        if progress:
-            progress(k + 1, len(bounds))
+    steps = (len(bounds) if "ctranslate2" in artifacts else 0) + (3 if "onnx" in artifacts else 0)
+    done = 0
     info = {
-        "d_model": d.enc_d, "n_mels": d.n_mels, "positions": d.enc_positions,
-        "feature_layers": list(FEATURE_LAYERS), "mean_offset": MEAN_OFFSET,
-        "stored_quantization": quant, "segments": segments,
+        "d_model": d.enc_d, "layers": d.enc_layers, "n_mels": d.n_mels, "positions": d.enc_positions,
+        "feature_layers": list(FEATURE_LAYERS), "artifacts": [a for a in ENCODER_ARTIFACTS if a in artifacts],
     }
+    if "ctranslate2" in artifacts:
+        final = (ckpt.get(v + "layer_norm.weight"), ckpt.get(v + "layer_norm.bias"))
+        segments = []
+        for k, (a, b) in enumerate(bounds):
+            raw = k < len(bounds) - 1
+            spec = build_segment(ckpt.get, d.enc_heads, range(a, b), d.enc_d, d.enc_ln_eps, raw,
+                                 None if raw else final)
+            spec.validate()
+            spec.optimize(quantization=quant)
+            (out_dir / f"seg{k}").mkdir(exist_ok=True)
+            spec.save(str(out_dir / f"seg{k}"))
+            segments.append({"dir": f"seg{k}", "layers": [a, b], "raw_output": raw})
+            done += 1
+            if progress:
+                progress(done, steps)
+        info.update(mean_offset=MEAN_OFFSET, stored_quantization=quant, segments=segments)
+    if "onnx" in artifacts:
+        from .encoder_onnx import write_onnx_encoder
+
+        def onnx_progress(k, n):
+            if progress:
+                progress(done + k, steps)
+        files = write_onnx_encoder(ckpt, out_dir / "onnx", onnx_progress)
+        info["onnx"] = {ct: f"onnx/{name}" for ct, name in files.items()}
     (out_dir / "encoder.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

@@ -16,18 +16,24 @@ from mufun_local.errors import ModelError
 
 from .checkpoint import Checkpoint, resolve_source
 from .connector import write_connector
-from .encoder import ENCODER_QUANTS, write_encoder
+from .encoder import ENCODER_ARTIFACTS, ENCODER_QUANTS, write_encoder
 from .llm_gguf import LLM_QUANTS, load_vocab, quantize, write_gguf
 
 
 def _tool_versions() -> dict[str, str]:
     out = {}
-    for pkg in ("mufun-local", "ctranslate2", "gguf", "llama-cpp-python", "numpy"):
+    for pkg in ("mufun-local", "ctranslate2", "onnx", "onnxruntime", "gguf", "llama-cpp-python", "numpy"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             out[pkg] = "unknown"
     return out
+
+
+def default_encoder_backends() -> tuple[str, ...]:
+    """CTranslate2 always; the ONNX graph too when the onnxruntime extra is installed."""
+    from importlib.util import find_spec
+    return ("ctranslate2", "onnx") if find_spec("onnx") and find_spec("onnxruntime") else ("ctranslate2",)
 
 
 def _generation_defaults(gen: dict) -> dict:
@@ -48,7 +54,7 @@ def _bar(desc: str, quiet: bool):
 
 
 def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m",
-            encoder_quant: str = "float16", force: bool = False, keep_f16: bool = False,
+            encoder_quant: str = "float16", encoder_backends=("ctranslate2",), force: bool = False, keep_f16: bool = False,
             threads: int = 0, quiet: bool = False, verbose: bool = False,
             log: Callable[[str], None] | None = None) -> Path:
     """Convert `src` (directory or hub id) into a model directory at `out`; returns its path."""
@@ -57,6 +63,10 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
         raise ModelError(f"--quant {quant}: choose from {', '.join(LLM_QUANTS)}")
     if encoder_quant not in ENCODER_QUANTS:
         raise ModelError(f"--encoder-quant {encoder_quant}: choose from {', '.join(ENCODER_QUANTS)}")
+    encoder_backends = tuple(encoder_backends)
+    if not encoder_backends or set(encoder_backends) - set(ENCODER_ARTIFACTS):
+        raise ModelError(f"--encoder-backends {','.join(encoder_backends)}: "
+                         f"give one or more of {', '.join(ENCODER_ARTIFACTS)}, comma-separated")
     out = Path(out)
     if out.exists() and not force:
         raise ModelError(f"{out} already exists (use --force to replace it)")
@@ -74,7 +84,7 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
     tmp.mkdir()
     try:
         bar, upd = _bar("encoder", quiet)
-        enc = write_encoder(ckpt, tmp / "encoder", encoder_quant, progress=upd)
+        enc = write_encoder(ckpt, tmp / "encoder", encoder_quant, encoder_backends, progress=upd)
         bar.close()
         conn = write_connector(ckpt, tmp / "connector.safetensors")
 
@@ -97,7 +107,8 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "tools": _tool_versions(),
             "dims": asdict(d),
-            "encoder": {"dir": "encoder", **{k: enc[k] for k in ("feature_layers", "stored_quantization", "mean_offset")}},
+            "encoder": {"dir": "encoder", "backends": enc["artifacts"], "feature_layers": enc["feature_layers"],
+                        **({"stored_quantization": encoder_quant} if "ctranslate2" in encoder_backends else {})},
             "connector": conn,
             "llm": {"file": llm_name, "quant": quant, **({"f16_file": "llm-f16.gguf"} if keep_f16 and quant not in ("f32", "f16") else {})},
             "prompt": {"template": artifacts.TEMPLATE, "audio_marker": artifacts.AUDIO_MARKER,

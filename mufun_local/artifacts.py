@@ -3,7 +3,8 @@
 Layout written by ``mufun-local convert``::
 
     manifest.json            format version, source, dims, prompt, stop ids, hashes
-    encoder/                 frontend.npz + three CTranslate2 segment models
+    encoder/                 frontend.npz, encoder.json; seg0..2/ (three CTranslate2 models)
+                             and/or onnx/ (one ONNX graph, float32 and int8)
     connector.safetensors    the MLP in float32
     llm-<quant>.gguf         Qwen3 + tokenizer for llama.cpp
 
@@ -122,7 +123,9 @@ def describe(md: ModelDir) -> str:
         f"model      {md.path}",
         f"source     {m['source']['id']}" + (f" @ {m['source']['revision']}" if m['source'].get('revision') else ""),
         f"encoder    Whisper d={dims['enc_d']} layers={dims['enc_layers']} heads={dims['enc_heads']} "
-        f"mels={dims['n_mels']}; hidden states {enc['feature_layers']}, stored {enc['stored_quantization']}",
+        f"mels={dims['n_mels']}; hidden states {enc['feature_layers']}; "
+        + ", ".join(f"{b} ({enc['stored_quantization']})" if b == "ctranslate2" else f"{b} (float32, int8)"
+                    for b in enc.get("backends", ["ctranslate2"])),
         f"connector  {dims['connector_in']} -> {dims['connector_mid']} -> {dims['hidden']}, "
         f"pool stride {m['connector']['pool_stride']} ({m['connector']['tokens_per_window']} tokens / 30 s)",
         f"llm        Qwen3 {llm['quant']}: hidden={dims['hidden']} layers={dims['llm_layers']} "

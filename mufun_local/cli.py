@@ -1,6 +1,7 @@
 """The `mufun-local` command line: ask · embed · convert · info · models · demo."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -37,12 +38,27 @@ def _segs_list(values: tuple[str, ...], n: int) -> list:
 # ------------------------------------------------------------------ shared options
 
 def encoder_options(f):
-    f = click.option("--compute-type", type=click.Choice(["int8", "int8_float16", "int8_float32", "float16", "bfloat16", "float32"]),
-                     default=None, help="Encoder compute type (default: int8 on CPU, float16 on CUDA).")(f)
-    f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                     help="Where the encoder runs.")(f)
-    f = click.option("--threads", type=int, default=0, help="CPU threads (default: all cores).")(f)
-    return f
+    """--encoder-backend/--compute-type/--device/--threads, handed to the command as one
+    `encoder` dict of Options fields."""
+    from .encoder import BACKENDS, COMPUTE_TYPES
+
+    @functools.wraps(f)
+    def wrapper(*args, encoder_backend, compute_type, device, threads, **kw):
+        return f(*args, encoder=dict(encoder_backend=encoder_backend, compute_type=compute_type, device=device,
+                                     threads=threads, quiet=kw.get("quiet", False)), **kw)
+
+    types = sorted({t for ts in COMPUTE_TYPES.values() for t in ts})
+    wrapper = click.option("--threads", type=int, default=0, help="CPU threads (default: all cores).")(wrapper)
+    wrapper = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                           help="Where the encoder runs.")(wrapper)
+    wrapper = click.option("--compute-type", type=click.Choice(types), default=None,
+                           help="Encoder compute type (default: the backend's; int8 on CPU, float16 on CUDA, "
+                                "bfloat16 on OpenVINO where the CPU has it).")(wrapper)
+    wrapper = click.option("--encoder-backend", type=click.Choice(("auto",) + BACKENDS), default="auto",
+                           show_default=True,
+                           help="Engine for the Whisper encoder. auto: CTranslate2 on CUDA; on a CPU the fastest "
+                                "converted and installed one, measured once (-v says which and why).")(wrapper)
+    return wrapper
 
 
 def model_option(f):
@@ -92,7 +108,7 @@ def cli():
 @encoder_options
 @verbosity
 def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, max_tokens,
-        n_gpu_layers, ctx, as_json, no_cache, compute_type, device, threads, quiet, verbose):
+        n_gpu_layers, ctx, as_json, no_cache, encoder, quiet, verbose):
     """Answer QUESTION about one or more AUDIO files.
 
     \b
@@ -109,7 +125,7 @@ def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, ma
     seg_list = _segs_list(segs, len(files))
     md = _open_model(model, quiet)
     opt = _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers,
-                   ctx, compute_type, device, threads, verbose)
+                   ctx, encoder, verbose)
     pipe = Pipeline(md, opt, log=_stderr if verbose else None, cache=None if no_cache else _embedding_cache())
     try:
         stream = pipe.ask([AudioInput(f, s) for f, s in zip(files, seg_list)], question)
@@ -134,7 +150,7 @@ def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, ma
 
 
 def _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers, ctx,
-             compute_type, device, threads, verbose):
+             encoder, verbose):
     import random
 
     from .llm import Sampling
@@ -150,8 +166,7 @@ def _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_
     )
     if max_tokens < 1:
         raise MufunError("--max-tokens must be at least 1")
-    return Options(device=device, compute_type=compute_type, threads=threads,
-                   n_gpu_layers=n_gpu_layers, n_ctx=ctx, max_tokens=max_tokens,
+    return Options(**encoder, n_gpu_layers=n_gpu_layers, n_ctx=ctx, max_tokens=max_tokens,
                    sampling=sampling, verbose=verbose)
 
 
@@ -176,7 +191,7 @@ CHAT_HELP = """commands: /audio FILE [START:END]  add audio to your next questio
 @encoder_options
 @verbosity
 def chat(audio_files, model, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers, ctx,
-         no_cache, compute_type, device, threads, quiet, verbose):
+         no_cache, encoder, quiet, verbose):
     """Talk about one or more audio files, turn after turn.
 
     The audio is encoded once and earlier turns are never evaluated again.
@@ -193,7 +208,7 @@ def chat(audio_files, model, temperature, top_p, top_k, repeat_penalty, seed, ma
     _setup_logging(quiet, verbose)
     md = _open_model(model, quiet)
     opt = _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers,
-                   ctx, compute_type, device, threads, verbose)
+                   ctx, encoder, verbose)
     pipe = Pipeline(md, opt, log=_stderr if verbose else None, cache=None if no_cache else _embedding_cache())
     session = ChatSession(pipe, ctx)
     for f in audio_files:
@@ -286,7 +301,7 @@ def _embedding_cache():
 @encoder_options
 @verbosity
 def serve(model, host, port, api_key, ctx, max_tokens, max_queue, max_body_mb, n_gpu_layers, no_cache,
-          compute_type, device, threads, quiet, verbose):
+          encoder, quiet, verbose):
     """Serve an OpenAI-compatible API (and a web page at /).
 
     \b
@@ -305,8 +320,7 @@ def serve(model, host, port, api_key, ctx, max_tokens, max_queue, max_body_mb, n
 
     _setup_logging(quiet, verbose)
     md = _open_model(model, quiet)
-    opt = Options(device=device, compute_type=compute_type, threads=threads, n_gpu_layers=n_gpu_layers,
-                  max_tokens=max_tokens, verbose=verbose)
+    opt = Options(**encoder, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, verbose=verbose)
     opt.n_ctx = ctx or min(int(md.manifest["dims"]["max_positions"]), 8192)
     app = create_app(md, opt, api_key=api_key, max_queue=max_queue, max_body_mb=max_body_mb,
                      cache=None if no_cache else _embedding_cache())
@@ -330,8 +344,7 @@ def serve(model, host, port, api_key, ctx, max_tokens, max_queue, max_body_mb, n
               help="Run as a Ray Data pipeline on a Ray cluster (needs the `ray` extra).")
 @encoder_options
 @verbosity
-def batch(inputs, model, questions, out, temperature, seed, max_tokens, ctx, ray_address, compute_type, device,
-          threads, quiet, verbose):
+def batch(inputs, model, questions, out, temperature, seed, max_tokens, ctx, ray_address, encoder, quiet, verbose):
     """Ask the same questions about many files; one JSON line per (file, question).
 
     INPUTS are files, folders (searched recursively), globs, or .txt/.csv lists of paths.
@@ -354,7 +367,7 @@ def batch(inputs, model, questions, out, temperature, seed, max_tokens, ctx, ray
     if not files:
         raise MufunError("no audio files found in the given inputs")
     md = _open_model(model, quiet)
-    opt = Options(device=device, compute_type=compute_type, threads=threads, n_ctx=ctx, max_tokens=max_tokens,
+    opt = Options(**encoder, n_ctx=ctx, max_tokens=max_tokens,
                   sampling=Sampling(temperature=temperature, seed=seed), verbose=verbose)
     pipe = Pipeline(md, opt)
     bar = tqdm(total=len(files) * len(questions), unit="answer", disable=quiet, file=sys.stderr,
@@ -386,7 +399,7 @@ def batch(inputs, model, questions, out, temperature, seed, max_tokens, ctx, ray
 @click.option("--layers", is_flag=True, help="Also write hidden states hs0/hs7/hs15/hs32 (an .npz).")
 @encoder_options
 @verbosity
-def embed(audio_file, model, out, segs, layers, compute_type, device, threads, quiet, verbose):
+def embed(audio_file, model, out, segs, layers, encoder, quiet, verbose):
     """Write the audio embeddings the LLM would receive ([tokens, hidden] float32).
 
     \b
@@ -400,8 +413,7 @@ def embed(audio_file, model, out, segs, layers, compute_type, device, threads, q
 
     _setup_logging(quiet, verbose)
     md = _open_model(model, quiet)
-    pipe = Pipeline(md, Options(device=device, compute_type=compute_type, threads=threads),
-                    log=_stderr if verbose else None)
+    pipe = Pipeline(md, Options(**encoder), log=_stderr if verbose else None)
     timings: dict[str, float] = {}
     res = pipe.embed(AudioInput(audio_file, parse_segs(segs) if segs else None), keep_layers=layers,
                      timings=timings)
@@ -428,21 +440,29 @@ def embed(audio_file, model, out, segs, layers, compute_type, device, threads, q
               help="LLM weight type in the GGUF.")
 @click.option("--encoder-quant", type=click.Choice(["float16", "float32", "int8", "int8_float16"]), default="float16",
               show_default=True, help="Stored encoder weight type (any compute type can be chosen at load).")
+@click.option("--encoder-backends", default="auto", show_default=True, metavar="LIST",
+              help="Encoder artifacts to write, comma-separated: ctranslate2, onnx (ONNX Runtime and OpenVINO; "
+                   "float32 + int8, about 1.9 GB more). auto: ctranslate2, plus onnx when the onnxruntime extra "
+                   "is installed.")
 @click.option("--keep-f16", is_flag=True, help="Keep the F16 GGUF made on the way to a quantized one.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--threads", type=int, default=0, help="Quantizer threads (default: all cores).")
 @verbosity
-def convert(src, out, quant, encoder_quant, keep_f16, force, threads, quiet, verbose):
+def convert(src, out, quant, encoder_quant, encoder_backends, keep_f16, force, threads, quiet, verbose):
     """Convert an original MuFun checkpoint (directory or hub id) into a model directory.
 
     \b
     mufun-local convert ./MuFun-Base ./mufun-base-q4
     mufun-local convert Yi3852/MuFun-Base ./mufun-base-q8 --quant q8_0
+    mufun-local convert ./MuFun-Base ./mufun-base-q4 --encoder-backends ctranslate2,onnx
     """
-    from .convert.run import convert as run_convert
+    from .convert.run import convert as run_convert, default_encoder_backends
 
     _setup_logging(quiet, verbose)
-    run_convert(src, out, quant=quant, encoder_quant=encoder_quant, force=force, keep_f16=keep_f16,
+    backends = (default_encoder_backends() if encoder_backends == "auto"
+                else tuple(b.strip() for b in encoder_backends.split(",") if b.strip()))
+    run_convert(src, out, quant=quant, encoder_quant=encoder_quant, encoder_backends=backends,
+                force=force, keep_f16=keep_f16,
                 threads=threads, quiet=quiet, verbose=verbose)
 
 

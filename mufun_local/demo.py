@@ -26,7 +26,7 @@ def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print
     from filelock import FileLock
 
     from .artifacts import MANIFEST, ModelDir
-    from .convert.run import convert
+    from .convert.run import convert, default_encoder_backends
     from .llm import Sampling
     from .pipeline import AudioInput, Options, Pipeline
     from .synthetic import generate
@@ -44,7 +44,8 @@ def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print
             echo(f"[1/4] synthetic MuFun checkpoint (tiny, random weights): {ckpt} (cached)")
         t0 = time.perf_counter()
         if not (model_dir / MANIFEST).is_file():
-            convert(str(ckpt), model_dir, quant="q4_k_m", force=True, quiet=True)
+            convert(str(ckpt), model_dir, quant="q4_k_m", encoder_backends=default_encoder_backends(),
+                    force=True, quiet=True)
             echo(f"[2/4] converted to CTranslate2 encoder + connector + q4_k_m GGUF in {model_dir} "
                  f"({time.perf_counter() - t0:.1f} s)")
         else:

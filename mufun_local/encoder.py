@@ -1,8 +1,12 @@
-"""Whisper encoder on CTranslate2, returning hidden states 0, 7, 15 and 32.
+"""The Whisper encoder behind one interface: hidden states 0, 7, 15 and 32 per log-mel window.
 
-Hidden state 0 (conv1 -> GELU -> conv2/stride 2 -> GELU -> + positions) is computed here in
-numpy; the 32 layers run as three CTranslate2 models written by the converter (see
-mufun_local/convert/encoder.py for how segments A and B return un-normalised states).
+Backends (each in its own module, loaded only when used):
+
+    ctranslate2   encoder/seg0..2 (three CTranslate2 models), CPU or CUDA     encoder_ct2.py
+    onnxruntime   encoder/onnx/*.onnx on ONNX Runtime, CPU: float32, int8     encoder_onnx.py
+    openvino      the same ONNX graph on OpenVINO, CPU: float32, bfloat16     encoder_onnx.py
+
+`auto` (encoder_choice.py) picks among what is installed and converted.
 """
 from __future__ import annotations
 
@@ -11,16 +15,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.special import erf
 
 from .errors import ModelError
 
-COMPUTE_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16",
-                 "float16", "bfloat16", "float32")
+BACKENDS = ("ctranslate2", "onnxruntime", "openvino")
+# The artifact each backend reads, as the converter's --encoder-backends names it.
+ARTIFACT = {"ctranslate2": "ctranslate2", "onnxruntime": "onnx", "openvino": "onnx"}
+COMPUTE_TYPES = {
+    "ctranslate2": ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16",
+                    "float16", "bfloat16", "float32"),
+    "onnxruntime": ("int8", "float32"),
+    "openvino": ("bfloat16", "float32"),
+}
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
     """Exact (erf) GELU, in place."""
+    from scipy.special import erf  # here: the CLI imports this module for its option lists
     t = erf(x * np.float32(1 / np.sqrt(2)))
     t += 1.0
     x *= t
@@ -47,7 +58,10 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def default_compute_type(device: str) -> str:
+def default_compute_type(device: str, backend: str = "ctranslate2") -> str:
+    if backend == "openvino":
+        from .encoder_onnx import openvino_bf16
+        return "bfloat16" if openvino_bf16() else "float32"
     return "float16" if device == "cuda" else "int8"
 
 
@@ -62,71 +76,29 @@ class HiddenStates:
         return [self.hs0, self.hs7, self.hs15, self.hs32]
 
 
-class Encoder:
-    """Loads `encoder/` from a converted model directory."""
+class EncoderBase:
+    """Reads encoder/encoder.json and frontend.npz; batches windows for `_hidden_batch`."""
 
-    def __init__(self, encoder_dir: str | Path, device: str = "auto", compute_type: str | None = None,
-                 threads: int = 0, batch_size: int = 4):
-        import ctranslate2
+    backend = ""
 
+    def __init__(self, encoder_dir: str | Path, device: str, compute_type: str | None, batch_size: int):
         self.dir = Path(encoder_dir)
         try:
             self.info = json.loads((self.dir / "encoder.json").read_text())
-            fe = np.load(self.dir / "frontend.npz")
-            self.w1 = np.ascontiguousarray(fe["conv1_weight"].reshape(fe["conv1_weight"].shape[0], -1).T)
-            self.b1 = fe["conv1_bias"]
-            self.w2 = np.ascontiguousarray(fe["conv2_weight"].reshape(fe["conv2_weight"].shape[0], -1).T)
-            self.b2 = fe["conv2_bias"]
-            self.positions = fe["positions"]
-            self.mel_filters = fe["mel_filters"]
+            self.frontend = np.load(self.dir / "frontend.npz")
+            self.mel_filters = self.frontend["mel_filters"]
         except (OSError, KeyError, ValueError) as exc:
             raise ModelError(f"{self.dir}: encoder files missing or damaged ({exc})") from None
-        self.device = resolve_device(device)
-        self.compute_type = compute_type or default_compute_type(self.device)
-        if self.compute_type not in COMPUTE_TYPES:
-            raise ModelError(f"compute type {self.compute_type!r}: choose from {', '.join(COMPUTE_TYPES)}")
+        self.device = device
+        self.compute_type = compute_type or default_compute_type(device, self.backend)
+        if self.compute_type not in COMPUTE_TYPES[self.backend]:
+            raise ModelError(f"compute type {self.compute_type!r} on {self.backend}: choose from "
+                             f"{', '.join(COMPUTE_TYPES[self.backend])}")
         self.d = int(self.info["d_model"])
-        self.offset = float(self.info["mean_offset"])
         self.batch_size = max(1, batch_size)
-        self.segments = []
-        for seg in self.info["segments"]:
-            try:
-                model = ctranslate2.models.Wav2Vec2(str(self.dir / seg["dir"]), device=self.device,
-                                                    compute_type=self.compute_type, intra_threads=threads)
-            except (RuntimeError, ValueError) as exc:
-                raise ModelError(f"{self.dir / seg['dir']}: cannot load ({str(exc).splitlines()[0]})") from None
-            self.segments.append((model, bool(seg["raw_output"])))
 
-    # -- host front end
-    def front_end(self, mel: np.ndarray) -> np.ndarray:
-        """[B, n_mels, 3000] log-mel -> hidden state 0 [B, 1500, d]."""
-        B, C, T = mel.shape
-        x = np.zeros((B, C, T + 2), np.float32)
-        x[:, :, 1:-1] = mel
-        cols = np.lib.stride_tricks.sliding_window_view(x, 3, axis=2)  # [B, C, T, 3]
-        cols = cols.transpose(0, 2, 1, 3).reshape(B, T, C * 3)
-        h = gelu(cols @ self.w1 + self.b1)                               # [B, T, d]
-        hp = np.zeros((B, T + 2, self.d), np.float32)
-        hp[:, 1:-1] = h
-        cols = np.lib.stride_tricks.sliding_window_view(hp, 3, axis=1)[:, 0:T:2]  # [B, T/2, d, 3]
-        h2 = gelu(cols.reshape(B, T // 2, self.d * 3) @ self.w2 + self.b2)
-        h2 += self.positions[: T // 2]
-        return h2
-
-    def _run(self, model, x: np.ndarray) -> np.ndarray:
-        import ctranslate2
-        out = model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(x)), to_cpu=True)
-        return np.asarray(out, dtype=np.float32)
-
-    def _raw_segment(self, model, h: np.ndarray) -> np.ndarray:
-        widened = np.empty(h.shape[:-1] + (self.d + 1,), np.float32)
-        widened[..., :self.d] = h
-        np.mean(h, axis=-1, out=widened[..., self.d])
-        o = self._run(model, widened)
-        body = o[..., :self.d]
-        scale = self.offset / (o[..., self.d] - body.mean(axis=-1))
-        body *= scale[..., None]
-        return np.ascontiguousarray(body)
+    def describe(self) -> str:
+        return f"{self.backend} on {self.device}, {self.compute_type}"
 
     def hidden_states(self, mel: np.ndarray) -> HiddenStates:
         """Hidden states 0/7/15/32, each [B, 1500, d] float32, batched by `batch_size`."""
@@ -140,8 +112,33 @@ class Encoder:
         return HiddenStates(*(np.concatenate(x) for x in zip(*(p.as_list() for p in parts))))
 
     def _hidden_batch(self, mel: np.ndarray) -> HiddenStates:
-        states = [self.front_end(mel)]
-        for model, raw in self.segments:
-            h = states[-1]
-            states.append(self._raw_segment(model, h) if raw else self._run(model, h))
-        return HiddenStates(*states)
+        raise NotImplementedError
+
+
+def converted_backends(encoder_dir: str | Path) -> list[str]:
+    """The backends whose artifacts this model directory holds."""
+    try:
+        info = json.loads((Path(encoder_dir) / "encoder.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{encoder_dir}: encoder files missing or damaged ({exc})") from None
+    written = set(info.get("artifacts", ["ctranslate2"]))
+    return [b for b in BACKENDS if ARTIFACT[b] in written]
+
+
+def load_encoder(encoder_dir: str | Path, backend: str, device: str = "cpu", compute_type: str | None = None,
+                 threads: int = 0, batch_size: int = 4) -> EncoderBase:
+    """One concrete backend (not `auto`: see encoder_choice.choose)."""
+    if backend not in BACKENDS:
+        raise ModelError(f"unknown encoder backend {backend!r}: choose from auto, {', '.join(BACKENDS)}")
+    if backend not in converted_backends(encoder_dir):
+        raise ModelError(f"this model has no {ARTIFACT[backend]} encoder for --encoder-backend {backend}; "
+                         f"convert it again with --encoder-backends ctranslate2,{ARTIFACT[backend]}")
+    if backend == "ctranslate2":
+        from .encoder_ct2 import CT2Encoder
+        return CT2Encoder(encoder_dir, device, compute_type, threads, batch_size)
+    if device == "cuda":
+        raise ModelError(f"--encoder-backend {backend} runs on the CPU here; use --device cpu "
+                         f"or --encoder-backend ctranslate2 for CUDA")
+    from .encoder_onnx import OnnxRuntimeEncoder, OpenVinoEncoder
+    cls = OnnxRuntimeEncoder if backend == "onnxruntime" else OpenVinoEncoder
+    return cls(encoder_dir, device, compute_type, threads, batch_size)

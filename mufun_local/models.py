@@ -54,10 +54,10 @@ def _convert_cached(src: str, name: str, quant: str, log: Callable[[str], None])
         if (target / MANIFEST).is_file():  # another process converted it while we waited
             return ModelDir.open(target)
         from .convert.checkpoint import resolve_source
-        from .convert.run import convert
+        from .convert.run import convert, default_encoder_backends
         ckpt = resolve_source(src)  # a hub id that is not available fails here, before any message
         log(f"converting {src} into {target} (once) ...")
-        convert(ckpt, target, quant=quant, force=True, log=log)
+        convert(ckpt, target, quant=quant, encoder_backends=default_encoder_backends(), force=True, log=log)
     return ModelDir.open(target)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import gc
 import math
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class Options:
     """Everything a request can set; defaults come from the model's manifest."""
 
     device: str = "auto"
+    encoder_backend: str = "auto"
     compute_type: str | None = None
     threads: int = 0
     encoder_batch: int = 4
@@ -40,6 +42,7 @@ class Options:
     max_tokens: int = 256
     sampling: Sampling = field(default_factory=Sampling)
     verbose: bool = False
+    quiet: bool = False           # no notices on stderr (the one-off encoder measurement)
     keep_logits: bool = False     # keep the first step's logits (parity checks)
 
 
@@ -69,6 +72,10 @@ class Result:
     first_logits: np.ndarray | None = None
 
 
+def _stderr_line(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 class Timer:
     """Adds the wall time of each `with timer("stage"):` block to timings["stage"]."""
 
@@ -92,6 +99,7 @@ class Pipeline:
         self.opt = options or Options()
         self.log = log or (lambda msg: None)
         self._encoder = None
+        self._choice = None
         self._connector = None
         self._llm: LLM | None = None
         m = model.manifest
@@ -100,12 +108,26 @@ class Pipeline:
 
     # ---------------------------------------------------------------- audio half
     @property
+    def encoder_choice(self):
+        """(backend, compute type) for this machine; `auto` may time each candidate once."""
+        if self._choice is None:
+            from .encoder_choice import choose
+            from .models import home
+
+            notice = self.log if self.opt.verbose or self.opt.quiet else _stderr_line
+            self._choice = choose(self.model.encoder_dir, self.opt.encoder_backend, self.opt.device,
+                                  self.opt.compute_type, self.opt.threads, home() / "encoder-choice.json", notice)
+            self.log(f"encoder: {self._choice.backend} {self._choice.compute_type} ({self._choice.reason})")
+        return self._choice
+
+    @property
     def encoder(self):
         if self._encoder is None:
-            from .encoder import Encoder
-            self._encoder = Encoder(self.model.encoder_dir, self.opt.device, self.opt.compute_type,
-                                    self.opt.threads, self.opt.encoder_batch)
-            self.log(f"encoder: CTranslate2 on {self._encoder.device}, {self._encoder.compute_type}")
+            from .encoder import load_encoder
+            c = self.encoder_choice
+            self._encoder = load_encoder(self.model.encoder_dir, c.backend, self.opt.device, c.compute_type,
+                                         self.opt.threads, self.opt.encoder_batch)
+            self.log(f"encoder: {self._encoder.describe()}")
         return self._encoder
 
     @property
@@ -120,11 +142,11 @@ class Pipeline:
 
     def cache_key(self, item: AudioInput) -> str:
         from .embcache import EmbeddingCache, file_hash
-        from .encoder import default_compute_type, resolve_device
 
         audio_mod.check_file(item.path)
-        ct = self.opt.compute_type or default_compute_type(resolve_device(self.opt.device))
-        return EmbeddingCache.key(file_hash(item.path), item.segs, self.model.audio_hash, ct)
+        c = self.encoder_choice
+        return EmbeddingCache.key(file_hash(item.path), item.segs, self.model.audio_hash,
+                                  f"{c.backend}:{c.compute_type}")
 
     def release_audio_models(self) -> None:
         self._encoder = self._connector = None

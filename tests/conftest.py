@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Caches the runtime writes (embeddings, the encoder-backend measurement) stay out of the user's.
+os.environ["MUFUN_HOME"] = tempfile.mkdtemp(prefix="mufun-test-home-")
 
 
 @pytest.fixture(scope="session")
@@ -20,16 +23,22 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", seed=0)
 
 
-def _converted(tmp_path_factory, ckpt, quant, encoder_quant):
+def _converted(tmp_path_factory, ckpt, quant, encoder_quant, backends=("ctranslate2",)):
     from mufun_local.convert.run import convert
-    out = tmp_path_factory.mktemp("models") / f"tiny-{quant}-{encoder_quant}"
-    return convert(str(ckpt), out, quant=quant, encoder_quant=encoder_quant, quiet=True)
+    out = tmp_path_factory.mktemp("models") / f"tiny-{quant}-{encoder_quant}-{'-'.join(backends)}"
+    return convert(str(ckpt), out, quant=quant, encoder_quant=encoder_quant, encoder_backends=backends, quiet=True)
 
 
 @pytest.fixture(scope="session")
 def tiny_f32(tmp_path_factory, tiny_ckpt) -> Path:
     """The parity model: F32 GGUF, float32 encoder."""
     return _converted(tmp_path_factory, tiny_ckpt, "f32", "float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_all(tmp_path_factory, tiny_ckpt) -> Path:
+    """F32 GGUF with every encoder artifact: CTranslate2 float32 and the ONNX graphs."""
+    return _converted(tmp_path_factory, tiny_ckpt, "f32", "float32", ("ctranslate2", "onnx"))
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +81,7 @@ def small_encoder(tmp_path_factory, small_ckpt):
     from mufun_local.convert.checkpoint import Checkpoint
     from mufun_local.convert.encoder import write_encoder
     out = tmp_path_factory.mktemp("small-encoder") / "encoder"
-    write_encoder(Checkpoint(small_ckpt), out, "float32")
+    write_encoder(Checkpoint(small_ckpt), out, "float32", ("ctranslate2", "onnx"))
     return small_ckpt, out
 
 

@@ -95,7 +95,7 @@ def test_killed_midway_resumes_without_duplicates_or_losses(tmp_path, tiny_q4, l
 
 def test_questions_share_one_encoding(tmp_path, tiny_q4, library, monkeypatch):
     from mufun_local.batch import run_batch
-    from mufun_local.encoder import Encoder
+    from mufun_local.encoder import EncoderBase as Encoder
     calls = []
     real = Encoder.hidden_states
     monkeypatch.setattr(Encoder, "hidden_states", lambda self, mel: calls.append(1) or real(self, mel))

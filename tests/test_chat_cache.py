@@ -14,7 +14,7 @@ import pytest
 from mufun_local.artifacts import ModelDir
 from mufun_local.chat import ChatSession
 from mufun_local.embcache import EmbeddingCache
-from mufun_local.encoder import Encoder
+from mufun_local.encoder import EncoderBase as Encoder
 from mufun_local.llm import Sampling
 from mufun_local.pipeline import AudioInput, Options, Pipeline
 

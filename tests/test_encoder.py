@@ -1,4 +1,4 @@
-"""CTranslate2 encoder (hidden states 0/7/15/32) and connector vs transformers' WhisperEncoder."""
+"""Every encoder backend (hidden states 0/7/15/32) and the connector vs transformers' WhisperEncoder."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ from audio_fixtures import music
 from mufun_local import features
 from mufun_local.artifacts import ModelDir
 from mufun_local.connector import Connector, pool
-from mufun_local.encoder import Encoder
+from mufun_local.encoder import load_encoder
 
 
 def rel(a, b) -> float:
@@ -33,31 +33,39 @@ def ref_states(reference, mel):
     return [h.numpy() for h in reference.hidden_states(torch.from_numpy(mel))]
 
 
-def _parts(model_dir, compute_type, batch=4):
+BACKENDS = ("ctranslate2", "onnxruntime", "openvino")
+# each backend's reduced-precision compute type: int8 weights, or bfloat16 on OpenVINO
+LOW = {"ctranslate2": "int8", "onnxruntime": "int8", "openvino": "bfloat16"}
+
+
+def _parts(model_dir, compute_type, batch=4, backend="ctranslate2"):
     md = ModelDir.open(model_dir)
-    enc = Encoder(md.encoder_dir, "cpu", compute_type, threads=2, batch_size=batch)
+    enc = load_encoder(md.encoder_dir, backend, "cpu", compute_type, threads=2, batch_size=batch)
     con = Connector(md.connector_file, md.manifest["connector"]["pool_stride"])
     return enc, con
 
 
-def test_float32_hidden_states_match(tiny_f32, mel, ref_states):
-    enc, _ = _parts(tiny_f32, "float32")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_hidden_states_match(tiny_all, mel, ref_states, backend):
+    enc, _ = _parts(tiny_all, "float32", backend=backend)
     hs = enc.hidden_states(mel)
     for ours, theirs in zip(hs.as_list(), ref_states):
         assert ours.shape == theirs.shape == (2, 1500, 64)
         assert rel(ours, theirs) <= 1e-5
 
 
-def test_float32_embeddings_match(tiny_f32, reference, mel):
-    enc, con = _parts(tiny_f32, "float32")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_embeddings_match(tiny_all, reference, mel, backend):
+    enc, con = _parts(tiny_all, "float32", backend=backend)
     ours = con(enc.hidden_states(mel))
     theirs = reference.embed_windows(torch.from_numpy(mel)).numpy()
     assert ours.shape == theirs.shape == (600, 64)
     assert rel(ours, theirs) <= 1e-5
 
 
-def test_int8_within_tolerance(tiny_f32, reference, mel, ref_states):
-    enc, con = _parts(tiny_f32, "int8")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reduced_precision_within_tolerance(tiny_all, reference, mel, ref_states, backend):
+    enc, con = _parts(tiny_all, LOW[backend], backend=backend)
     hs = enc.hidden_states(mel)
     assert rel(hs.hs32, ref_states[3]) <= 5e-2
     emb = con(hs)
@@ -65,9 +73,10 @@ def test_int8_within_tolerance(tiny_f32, reference, mel, ref_states):
     assert cosine_rows(emb, theirs).min() >= 0.99
 
 
-def test_batches_equal_single_windows(tiny_f32, mel):
-    enc1, _ = _parts(tiny_f32, "float32", batch=1)
-    enc2, _ = _parts(tiny_f32, "float32", batch=2)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batches_equal_single_windows(tiny_all, mel, backend):
+    enc1, _ = _parts(tiny_all, "float32", batch=1, backend=backend)
+    enc2, _ = _parts(tiny_all, "float32", batch=2, backend=backend)
     a, b = enc1.hidden_states(mel), enc2.hidden_states(mel)
     for x, y in zip(a.as_list(), b.as_list()):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-5 * np.abs(y).max())
@@ -86,25 +95,32 @@ def test_float16_storage_default(tiny_q4, tiny_f32, mel):
     assert rel(enc16.hidden_states(mel).hs32, enc32.hidden_states(mel).hs32) < 1e-2
 
 
-@pytest.mark.skipif(os.environ.get("MUFUN_SKIP_SMALL") == "1", reason="MUFUN_SKIP_SMALL=1")
-def test_real_encoder_dims(small_encoder, mel):
-    """Whisper-large-v3 dims (small preset): float32 within 1e-5 at every hidden state."""
+@pytest.fixture(scope="module")
+def real_dims(small_encoder, mel):
+    """Whisper-large-v3 dims (small preset): transformers' hidden states for one window."""
     from transformers import WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    ckpt, enc_dir = small_encoder
     from mufun_local.convert.checkpoint import Checkpoint
+    ckpt, enc_dir = small_encoder
     c = Checkpoint(ckpt)
     ref = WhisperEncoder(WhisperConfig(**c.config["vision_config"])).eval()
-    state = {k[len("vision_tower._vision_tower."):]: torch.from_numpy(c.get(k))
-             for k in c.tensors if k.startswith("vision_tower._vision_tower.")}
-    ref.load_state_dict(state)
+    prefix = "vision_tower._vision_tower."
+    ref.load_state_dict({k[len(prefix):]: torch.from_numpy(c.get(k)) for k in c.tensors if k.startswith(prefix)})
     x = mel[:1]
     with torch.no_grad():
         theirs = ref(torch.from_numpy(x), output_hidden_states=True).hidden_states
-    enc = Encoder(enc_dir, "cpu", "float32", threads=2)
-    ours = enc.hidden_states(x)
-    for o, i in zip(ours.as_list(), (0, 7, 15, 32)):
-        assert rel(o, theirs[i].numpy()) <= 1e-5, i
-    int8 = Encoder(enc_dir, "cpu", "int8", threads=2).hidden_states(x)
-    assert rel(int8.hs32, theirs[32].numpy()) <= 5e-2
+    return enc_dir, x, [theirs[i].numpy() for i in (0, 7, 15, 32)]
+
+
+@pytest.mark.skipif(os.environ.get("MUFUN_SKIP_SMALL") == "1", reason="MUFUN_SKIP_SMALL=1")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_real_encoder_dims(real_dims, backend):
+    """float32 within 1e-5 at every hidden state; the reduced type within 5e-2 at hs32."""
+    enc_dir, x, theirs = real_dims
+    if backend != "openvino":  # OpenVINO float32 runs the same graph as ONNX Runtime float32
+        ours = load_encoder(enc_dir, backend, "cpu", "float32", threads=2).hidden_states(x)
+        for o, t, i in zip(ours.as_list(), theirs, (0, 7, 15, 32)):
+            assert rel(o, t) <= 1e-5, i
+    low = load_encoder(enc_dir, backend, "cpu", LOW[backend], threads=2).hidden_states(x)
+    assert rel(low.hs32, theirs[3]) <= 5e-2

@@ -1,0 +1,202 @@
+"""The Whisper encoder as one ONNX graph with hidden states 0/7/15/32 as its outputs.
+
+Built node by node from the checkpoint's tensors with `onnx.helper` (no torch, no export
+trace): input log-mel [B, n_mels, 3000] -> conv1/GELU/conv2(stride 2)/GELU/+positions ->
+32 pre-norm layers -> final LayerNorm. Every operator is a plain ONNX one (opset 20), so
+ONNX Runtime and OpenVINO both read the same file. Weights are streamed into one external
+data file as the graph is built, so only one tensor is in memory at a time.
+
+`int8` runs ONNX Runtime's dynamic quantisation (`quantize_dynamic`) over the float32 graph:
+the weight MatMuls become int8 MatMulInteger with per-channel scales, activations are
+quantised per call.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mufun_local.errors import ModelError
+
+from .encoder import FEATURE_LAYERS, segment_bounds
+
+OPSET = 20
+
+
+class _Graph:
+    """Accumulates nodes and initializers; initializers go straight to the data file."""
+
+    def __init__(self, data_path: Path, compact: bool):
+        from onnx import helper
+        self.helper = helper
+        self.nodes, self.inits = [], []
+        self.data_path = data_path
+        self.data = open(data_path, "wb")
+        self.n = 0
+        self.names = set()
+        self.compact = compact
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        from onnx import TensorProto, numpy_helper
+        if name in self.names:  # shared shape constants
+            return name
+        self.names.add(name)
+        array = np.ascontiguousarray(array)
+        if array.size < 64:  # shapes, scalars: inline
+            self.inits.append(numpy_helper.from_array(array, name))
+            return name
+        if self.compact and array.dtype == np.float32:
+            bits = array.view(np.uint32)
+            if not (bits & 0xFFFF).any():  # exactly a bfloat16 (the release's weights are)
+                return self.op("Cast", [self._external(name + ".bf16", (bits >> 16).astype(np.uint16),
+                                                       TensorProto.BFLOAT16)], name, to=TensorProto.FLOAT)
+        return self._external(name, array, self.helper.np_dtype_to_tensor_dtype(array.dtype))
+
+    def _external(self, name: str, array: np.ndarray, data_type: int) -> str:
+        from onnx import TensorProto
+        pad = (-self.data.tell()) % 64
+        self.data.write(b"\0" * pad)
+        offset = self.data.tell()
+        self.data.write(array.tobytes())
+        t = TensorProto()
+        t.name = name
+        t.data_type = data_type
+        t.dims.extend(array.shape)
+        for key, value in (("location", self.data_path.name), ("offset", offset), ("length", array.nbytes)):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, str(value)
+        t.data_location = TensorProto.EXTERNAL
+        self.inits.append(t)
+        return name
+
+    def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs) -> str:
+        self.n += 1
+        out = out or f"{op_type.lower()}_{self.n}"
+        self.nodes.append(self.helper.make_node(op_type, inputs, [out], name=f"n{self.n}_{op_type}", **attrs))
+        return out
+
+    def linear(self, x: str, name: str, w: np.ndarray, b: np.ndarray) -> str:
+        """x @ w.T + b for a torch-layout weight [out, in]."""
+        y = self.op("MatMul", [x, self.const(name + ".weight", w.T.astype(np.float32))])
+        return self.op("Add", [y, self.const(name + ".bias", b.astype(np.float32))])
+
+    def layer_norm(self, x: str, name: str, gamma: np.ndarray, beta: np.ndarray, eps: float, out=None) -> str:
+        return self.op("LayerNormalization", [x, self.const(name + ".weight", gamma), self.const(name + ".bias", beta)],
+                       out, axis=-1, epsilon=eps)
+
+
+def _attention(g: _Graph, x: str, get, p: str, d: int, heads: int) -> str:
+    hd = d // heads
+    scale = hd ** -0.5
+    # q, k, v in one MatMul; Whisper's q scaling folded into the q weights (k has no bias)
+    w = np.concatenate([get(p + "q_proj.weight") * scale, get(p + "k_proj.weight"), get(p + "v_proj.weight")])
+    b = np.concatenate([get(p + "q_proj.bias") * scale, np.zeros(d, np.float32), get(p + "v_proj.bias")])
+    qkv = g.linear(x, p + "qkv", w, b)                                       # [B, T, 3d]
+    shape = g.const("shape_bt3hd", np.array([0, 0, 3, heads, hd], np.int64))
+    qkv = g.op("Reshape", [qkv, shape])                                      # [B, T, 3, H, hd]
+    qkv = g.op("Transpose", [qkv], perm=[2, 0, 3, 1, 4])                     # [3, B, H, T, hd]
+    split = g.const("split_3", np.array([1, 1, 1], np.int64))
+    q, k, v = (f"{p}{n}" for n in "qkv")
+    g.nodes.append(g.helper.make_node("Split", [qkv, split], [q + "5", k + "5", v + "5"], axis=0, name=p + "split"))
+    axes0 = g.const("axes_0", np.array([0], np.int64))
+    q, k, v = (g.op("Squeeze", [t + "5", axes0]) for t in (q, k, v))          # [B, H, T, hd]
+    kt = g.op("Transpose", [k], perm=[0, 1, 3, 2])
+    probs = g.op("Softmax", [g.op("MatMul", [q, kt])], axis=-1)
+    ctx = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])  # [B, T, H, hd]
+    ctx = g.op("Reshape", [ctx, g.const("shape_btd", np.array([0, 0, d], np.int64))])
+    return g.linear(ctx, p + "out_proj", get(p + "out_proj.weight"), get(p + "out_proj.bias"))
+
+
+def build_graph(get, dims, onnx_path: Path, compact: bool = True):
+    """Write the float32 graph to onnx_path (+ onnx_path.data).
+
+    compact: weights that are exactly bfloat16 are stored as such behind a Cast (half the
+    file, same numbers; engines fold the Cast when they load)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    d, heads, eps = dims.enc_d, dims.enc_heads, dims.enc_ln_eps
+    segment_bounds(dims.enc_layers)  # refuses a layer count MuFun cannot read
+    v = "vision_tower._vision_tower."
+    g = _Graph(Path(str(onnx_path) + ".data"), compact)
+    try:
+        x = g.op("Conv", ["mel", g.const("conv1.weight", get(v + "conv1.weight")),
+                          g.const("conv1.bias", get(v + "conv1.bias"))], pads=[1, 1], kernel_shape=[3])
+        x = g.op("Gelu", [x])
+        x = g.op("Conv", [x, g.const("conv2.weight", get(v + "conv2.weight")),
+                          g.const("conv2.bias", get(v + "conv2.bias"))], pads=[1, 1], strides=[2], kernel_shape=[3])
+        x = g.op("Transpose", [g.op("Gelu", [x])], perm=[0, 2, 1])            # [B, 1500, d]
+        x = g.op("Add", [x, g.const("positions", get(v + "embed_positions.weight"))], "hs0")
+        for i in range(dims.enc_layers):
+            p = f"{v}layers.{i}."
+            h = g.layer_norm(x, p + "ln1", get(p + "self_attn_layer_norm.weight"),
+                             get(p + "self_attn_layer_norm.bias"), eps)
+            x = g.op("Add", [x, _attention(g, h, get, p + "self_attn.", d, heads)])
+            h = g.layer_norm(x, p + "ln2", get(p + "final_layer_norm.weight"), get(p + "final_layer_norm.bias"), eps)
+            h = g.op("Gelu", [g.linear(h, p + "fc1", get(p + "fc1.weight"), get(p + "fc1.bias"))])
+            out = f"hs{i + 1}" if i + 1 in FEATURE_LAYERS[1:-1] else None
+            x = g.op("Add", [x, g.linear(h, p + "fc2", get(p + "fc2.weight"), get(p + "fc2.bias"))], out)
+        g.layer_norm(x, v + "layer_norm", get(v + "layer_norm.weight"), get(v + "layer_norm.bias"), eps,
+                     f"hs{FEATURE_LAYERS[-1]}")
+    finally:
+        g.data.close()
+    T = dims.enc_positions
+    outputs = [helper.make_tensor_value_info(f"hs{k}", TensorProto.FLOAT, ["batch", T, d]) for k in FEATURE_LAYERS]
+    graph = helper.make_graph(g.nodes, "mufun_whisper_encoder",
+                              [helper.make_tensor_value_info("mel", TensorProto.FLOAT, ["batch", dims.n_mels, 2 * T])],
+                              outputs, g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="mufun-local")
+    model.ir_version = 9
+    onnx.save_model(model, str(onnx_path))
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """ONNX Runtime dynamic int8 quantisation of the weight MatMuls (per output channel)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    logging.disable(logging.WARNING)  # its advice to run shape pre-processing does not apply here
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"], use_external_data_format=True,
+                         extra_options={"MatMulConstBOnly": True})
+    finally:
+        logging.disable(logging.NOTSET)
+    for f in (dst, Path(str(dst) + ".data")):  # it writes the data file 0600; match the others
+        os.chmod(f, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_onnx_encoder(ckpt, out_dir: Path, progress=None) -> dict[str, str]:
+    """Write out_dir/encoder.onnx (float32, weights stored as exact bfloat16) and
+    out_dir/encoder.int8.onnx, each with its .data file; returns {compute type: file name}."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ModelError("--encoder-backends onnx needs onnx and onnxruntime: "
+                         "pip install 'mufun-local[onnxruntime]'") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"float32": "encoder.onnx", "int8": "encoder.int8.onnx"}
+    build_graph(ckpt.get, ckpt.dims, out_dir / files["float32"])
+    if progress:
+        progress(1, 3)
+    tmp = out_dir / "float32-plain.onnx"
+    try:
+        build_graph(ckpt.get, ckpt.dims, tmp, compact=False)  # quantize_dynamic reads float32 weights
+        if progress:
+            progress(2, 3)
+        quantize_int8(tmp, out_dir / files["int8"])
+    finally:
+        for f in (tmp, Path(str(tmp) + ".data")):
+            if f.exists():
+                os.unlink(f)
+    if progress:
+        progress(3, 3)
+    return files

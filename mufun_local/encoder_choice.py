@@ -1,0 +1,158 @@
+"""`--encoder-backend auto`: the fastest converted, installed backend on this machine.
+
+On CUDA, CTranslate2 (float16). On a CPU, the candidates are each usable backend's default
+compute type (CTranslate2 int8, ONNX Runtime int8, OpenVINO bfloat16 where the CPU runs
+bfloat16 natively), or every backend offering the compute type the user asked for. With
+more than one, each runs one 30 s window once and the fastest wins; the figures are kept
+in $MUFUN_HOME/encoder-choice.json, keyed on the CPU, threads, encoder size and engine
+versions, so the measurement happens once per machine and model size.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .encoder import BACKENDS, COMPUTE_TYPES, EncoderBase, converted_backends, load_encoder, resolve_device
+from .errors import ModelError
+
+CPU_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni", "avx2")
+
+
+@dataclass
+class Choice:
+    backend: str
+    compute_type: str
+    reason: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def cpu_signature() -> str:
+    """CPU model name and the matrix-unit flags that decide which engine is fastest."""
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not name:
+                    name = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        import platform
+        name = platform.processor() or platform.machine()
+    return f"{name} [{' '.join(f for f in CPU_FLAGS if f in flags)}] x{os.cpu_count()}"
+
+
+def _installed(backend: str) -> bool:
+    if backend == "ctranslate2":
+        return True
+    from .encoder_onnx import installed
+    return installed(backend)
+
+
+def candidates(encoder_dir: Path, compute_type: str | None) -> list[tuple[str, str]]:
+    """(backend, compute type) pairs worth measuring on this CPU."""
+    from .encoder_onnx import openvino_bf16
+    out = []
+    for b in converted_backends(encoder_dir):
+        if not _installed(b):
+            continue
+        if compute_type is not None:
+            if compute_type in COMPUTE_TYPES[b]:
+                out.append((b, compute_type))
+        elif b == "openvino":
+            if openvino_bf16():  # OpenVINO float32 is no faster than the others' int8
+                out.append((b, "bfloat16"))
+        else:
+            out.append((b, "int8"))
+    return out
+
+
+def _versions(backends) -> str:
+    out = []
+    for b in sorted(set(backends)):
+        try:
+            out.append(f"{b}={version(b)}")
+        except PackageNotFoundError:
+            out.append(f"{b}=?")
+    return ",".join(out)
+
+
+def measure(encoder_dir: Path, pairs: list[tuple[str, str]], threads: int, n_mels: int,
+            log: Callable[[str], None]) -> dict[str, float]:
+    """Seconds for one 30 s window on each (backend, compute type), loading one at a time."""
+    rng = np.random.default_rng(0)
+    mel = np.clip(rng.standard_normal((1, n_mels, 3000)).astype(np.float32) * 0.4, -1.0, 1.5)
+    seconds = {}
+    for backend, ct in pairs:
+        log(f"encoder: timing {backend} {ct} on one window (once per machine) ...")
+        enc = load_encoder(encoder_dir, backend, "cpu", ct, threads, 1)
+        enc.hidden_states(mel)  # first call pays lazy allocations
+        t0 = time.perf_counter()
+        enc.hidden_states(mel)
+        seconds[f"{backend} {ct}"] = time.perf_counter() - t0
+        del enc
+    return seconds
+
+
+def choose(encoder_dir: str | Path, backend: str = "auto", device: str = "auto", compute_type: str | None = None,
+           threads: int = 0, cache_file: Path | None = None, log: Callable[[str], None] = lambda m: None) -> Choice:
+    """Which backend and compute type to load (measuring once when `auto` has a choice)."""
+    encoder_dir = Path(encoder_dir)
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise ModelError(f"unknown encoder backend {backend!r}: choose from auto, {', '.join(BACKENDS)}")
+        dev = resolve_device(device) if backend == "ctranslate2" else "cpu"
+        from .encoder import default_compute_type
+        return Choice(backend, compute_type or default_compute_type(dev, backend), "as requested")
+    if resolve_device(device) == "cuda":
+        return Choice("ctranslate2", compute_type or "float16", "CUDA: CTranslate2 is the GPU backend")
+    pairs = candidates(encoder_dir, compute_type)
+    if not pairs:
+        raise ModelError(f"no converted, installed encoder backend runs compute type {compute_type} "
+                         f"(converted: {', '.join(converted_backends(encoder_dir))})")
+    if len(pairs) == 1:
+        return Choice(*pairs[0], f"the only candidate converted and installed for this CPU")
+
+    info = json.loads((encoder_dir / "encoder.json").read_text())
+    key = " | ".join([cpu_signature(), f"threads={threads or os.cpu_count()}",
+                      f"d={info['d_model']}x{info.get('layers', '?')}", _versions(b for b, _ in pairs),
+                      ",".join(f"{b}:{c}" for b, c in pairs)])
+    cache = {}
+    if cache_file is not None and cache_file.is_file():
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    seconds = cache.get(key)
+    how = "measured earlier on this machine"
+    if seconds is None:
+        seconds = measure(encoder_dir, pairs, threads, int(info.get("n_mels", 128)), log)
+        how = "measured now"
+        if cache_file is not None:
+            cache[key] = seconds
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(cache, indent=2) + "\n")
+            os.replace(tmp, cache_file)
+    best = min(seconds, key=seconds.get)
+    backend, ct = best.split(" ")
+    figures = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(seconds.items(), key=lambda kv: kv[1]))
+    return Choice(backend, ct, f"fastest per 30 s window ({how}): {figures}", seconds)
+
+
+def open_encoder(encoder_dir: str | Path, backend: str = "auto", device: str = "auto",
+                 compute_type: str | None = None, threads: int = 0, batch_size: int = 4,
+                 cache_file: Path | None = None, log: Callable[[str], None] = lambda m: None) -> EncoderBase:
+    choice = choose(encoder_dir, backend, device, compute_type, threads, cache_file, log)
+    enc = load_encoder(encoder_dir, choice.backend, device if choice.backend == "ctranslate2" else "cpu",
+                       choice.compute_type, threads, batch_size)
+    enc.choice = choice
+    return enc

@@ -1,0 +1,103 @@
+"""ONNX Runtime and OpenVINO encoder backends, both reading the converter's ONNX graph.
+
+The graph (mufun_local/convert/encoder_onnx.py) takes log-mel windows and returns hidden
+states 0/7/15/32 as its four outputs, so the whole encoder is one engine call. ONNX Runtime
+runs it in float32 or, from the int8 file, with int8 weight MatMuls (VNNI where the CPU has
+it); OpenVINO runs the float32 file in float32 or bfloat16 (AVX512-BF16 / AMX where the
+CPU has them).
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from .encoder import EncoderBase, HiddenStates
+from .errors import ModelError
+
+OUTPUTS = ("hs0", "hs7", "hs15", "hs32")
+
+
+def _import(backend: str):
+    try:
+        if backend == "onnxruntime":
+            import onnxruntime
+            return onnxruntime
+        import openvino
+        return openvino
+    except ImportError:
+        raise ModelError(f"--encoder-backend {backend} needs {backend}: "
+                         f"pip install 'mufun-local[{backend}]'") from None
+
+
+def installed(backend: str) -> bool:
+    try:
+        _import(backend)
+        return True
+    except ModelError:
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def openvino_bf16() -> bool:
+    """Whether OpenVINO runs bfloat16 natively on this CPU (AVX512-BF16 or AMX)."""
+    try:
+        import openvino
+        return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # not installed, or no CPU plugin
+        return False
+
+
+class _OnnxEncoder(EncoderBase):
+    def __init__(self, encoder_dir: str | Path, device: str, compute_type: str | None, batch_size: int):
+        super().__init__(encoder_dir, "cpu", compute_type, batch_size)
+        files = self.info.get("onnx", {})
+        name = files.get("int8" if self.compute_type == "int8" else "float32")
+        if name is None or not (self.dir / name).is_file():
+            raise ModelError(f"{self.dir}: no ONNX encoder for {self.compute_type}; "
+                             f"convert the model again with --encoder-backends ctranslate2,onnx")
+        self.path = self.dir / name
+
+    def _load_error(self, exc: Exception) -> ModelError:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return ModelError(f"{self.path}: cannot load ({first[:300]})")
+
+
+class OnnxRuntimeEncoder(_OnnxEncoder):
+    backend = "onnxruntime"
+
+    def __init__(self, encoder_dir, device="cpu", compute_type=None, threads=0, batch_size=4):
+        ort = _import("onnxruntime")
+        super().__init__(encoder_dir, device, compute_type, batch_size)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = max(0, threads)
+        so.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise self._load_error(exc) from None
+
+    def _hidden_batch(self, mel: np.ndarray) -> HiddenStates:
+        return HiddenStates(*self.session.run(list(OUTPUTS), {"mel": mel}))
+
+
+class OpenVinoEncoder(_OnnxEncoder):
+    backend = "openvino"
+
+    def __init__(self, encoder_dir, device="cpu", compute_type=None, threads=0, batch_size=4):
+        ov = _import("openvino")
+        super().__init__(encoder_dir, device, compute_type, batch_size)
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if self.compute_type == "bfloat16" else "f32",
+                  "PERFORMANCE_HINT": "LATENCY"}
+        if threads > 0:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            self.compiled = ov.Core().compile_model(str(self.path), "CPU", config)
+        except Exception as exc:
+            raise self._load_error(exc) from None
+        self.request = self.compiled.create_infer_request()
+
+    def _hidden_batch(self, mel: np.ndarray) -> HiddenStates:
+        self.request.infer({"mel": np.ascontiguousarray(mel)})
+        return HiddenStates(*(np.array(self.request.get_tensor(name).data, dtype=np.float32) for name in OUTPUTS))

@@ -1,0 +1,137 @@
+"""--encoder-backend: the auto choice, its cache, and what a user sees when a backend is missing."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mufun_local import encoder_choice
+from mufun_local.artifacts import ModelDir
+from mufun_local.errors import ModelError
+from mufun_local.pipeline import AudioInput, Options, Pipeline
+from test_cli import assert_one_line_error, run_cli
+
+
+def test_auto_times_each_candidate_once_then_reads_the_cache(tiny_all, tmp_path, monkeypatch):
+    enc_dir = ModelDir.open(tiny_all).encoder_dir
+    cache = tmp_path / "choice.json"
+    msgs = []
+    first = encoder_choice.choose(enc_dir, "auto", "cpu", None, 2, cache, msgs.append)
+    timed = {f"{b} {c}" for b, c in encoder_choice.candidates(enc_dir, None)}
+    assert set(first.seconds) == timed and {"ctranslate2 int8", "onnxruntime int8"} <= timed
+    assert f"{first.backend} {first.compute_type}" == min(first.seconds, key=first.seconds.get)
+    assert len(msgs) == len(timed) and "measured now" in first.reason
+
+    monkeypatch.setattr(encoder_choice, "measure", lambda *a: pytest.fail("measured twice"))
+    again = encoder_choice.choose(enc_dir, "auto", "cpu", None, 2, cache)
+    assert (again.backend, again.compute_type) == (first.backend, first.compute_type)
+    assert "measured earlier" in again.reason
+
+    # the fastest in the cache wins, whatever it is
+    key, = json.loads(cache.read_text())
+    cache.write_text(json.dumps({key: {"ctranslate2 int8": 9.0, "onnxruntime int8": 1.0, "openvino bfloat16": 5.0}}))
+    assert encoder_choice.choose(enc_dir, "auto", "cpu", None, 2, cache).backend == "onnxruntime"
+
+
+def test_auto_with_a_compute_type_measures_only_backends_that_have_it(tiny_all):
+    pairs = encoder_choice.candidates(ModelDir.open(tiny_all).encoder_dir, "float32")
+    assert {b for b, _ in pairs} == {"ctranslate2", "onnxruntime", "openvino"}
+    assert {c for _, c in pairs} == {"float32"}
+    assert encoder_choice.candidates(ModelDir.open(tiny_all).encoder_dir, "int8_float16") == [("ctranslate2", "int8_float16")]
+
+
+def test_auto_without_a_choice_does_not_measure(tiny_q4, tiny_all, monkeypatch):
+    monkeypatch.setattr(encoder_choice, "measure", lambda *a: pytest.fail("nothing to choose from"))
+    only_ct2 = encoder_choice.choose(ModelDir.open(tiny_q4).encoder_dir, "auto", "cpu")
+    assert (only_ct2.backend, only_ct2.compute_type) == ("ctranslate2", "int8")
+    import mufun_local.encoder as enc
+    monkeypatch.setattr(enc, "cuda_available", lambda: True)
+    on_gpu = encoder_choice.choose(ModelDir.open(tiny_all).encoder_dir, "auto", "auto")
+    assert (on_gpu.backend, on_gpu.compute_type) == ("ctranslate2", "float16")
+
+
+def test_answers_match_across_float32_backends(tiny_all, audio_dir):
+    """ask through each engine: the same first-step logits as CTranslate2 float32."""
+    logits = {}
+    for backend in ("ctranslate2", "onnxruntime", "openvino"):
+        pipe = Pipeline(ModelDir.open(tiny_all), Options(device="cpu", encoder_backend=backend, compute_type="float32",
+                                                         f32_kv=True, keep_logits=True, max_tokens=4))
+        list(pipe.ask([AudioInput(str(audio_dir / "song44k.wav"))], "What genre is this?"))
+        logits[backend] = pipe.result.first_logits
+        pipe.close()
+    base = logits.pop("ctranslate2")
+    for backend, x in logits.items():
+        assert np.abs(x - base).max() <= 1e-3 * np.abs(base).max(), backend
+
+
+def test_cli_verbose_says_what_it_picked(capsys, tiny_all, audio_dir):
+    code, out, err = run_cli(capsys, "embed", "-m", str(tiny_all), str(audio_dir / "song22k.flac"), "-o",
+                             str(audio_dir.parent / "e.npy"), "--encoder-backend", "onnxruntime", "-v")
+    assert code == 0 and "encoder: onnxruntime int8 (as requested)" in err
+
+
+def test_backend_not_converted_is_one_line(capsys, tiny_q4, audio_dir):
+    code, _, err = run_cli(capsys, "ask", "-m", str(tiny_q4), str(audio_dir / "song22k.flac"), "Q?",
+                           "--encoder-backend", "openvino")
+    assert_one_line_error(code, err, "has no onnx encoder for --encoder-backend openvino")
+
+
+def test_compute_type_the_backend_lacks_is_one_line(capsys, tiny_all, audio_dir):
+    code, _, err = run_cli(capsys, "ask", "-m", str(tiny_all), str(audio_dir / "song22k.flac"), "Q?",
+                           "--encoder-backend", "onnxruntime", "--compute-type", "float16")
+    assert_one_line_error(code, err, "compute type 'float16' on onnxruntime: choose from int8, float32")
+
+
+def test_missing_extra_says_how_to_install(tiny_all, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    from mufun_local.encoder import load_encoder
+    with pytest.raises(ModelError, match=r"pip install 'mufun-local\[onnxruntime\]'"):
+        load_encoder(ModelDir.open(tiny_all).encoder_dir, "onnxruntime")
+    assert ("onnxruntime", "int8") not in encoder_choice.candidates(ModelDir.open(tiny_all).encoder_dir, None)
+
+
+def test_damaged_onnx_file_is_one_line(tiny_all, tmp_path):
+    import shutil
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_all, copy)
+    (copy / "encoder" / "onnx" / "encoder.int8.onnx").write_bytes(b"\x08\x07garbage")
+    from mufun_local.encoder import load_encoder
+    with pytest.raises(ModelError, match="encoder.int8.onnx: cannot load") as exc:
+        load_encoder(copy / "encoder", "onnxruntime", "cpu", "int8")
+    assert "\n" not in str(exc.value)
+
+
+def test_manifest_lists_and_hashes_the_onnx_files(tiny_all):
+    md = ModelDir.open(tiny_all)
+    assert md.manifest["encoder"]["backends"] == ["ctranslate2", "onnx"]
+    for name in ("encoder.onnx", "encoder.onnx.data", "encoder.int8.onnx", "encoder.int8.onnx.data"):
+        assert f"encoder/onnx/{name}" in md.manifest["files"]
+    assert md.verify() == []
+
+
+def test_onnx_weights_are_stored_exactly(tiny_all, tiny_ckpt):
+    """bfloat16-stored weights behind a Cast are the checkpoint's numbers, bit for bit."""
+    import onnx
+    from onnx import numpy_helper
+
+    from mufun_local.convert.checkpoint import Checkpoint
+    m = onnx.load(str(ModelDir.open(tiny_all).encoder_dir / "onnx" / "encoder.onnx"))
+    inits = {t.name: t for t in m.graph.initializer}
+    stored = numpy_helper.to_array(inits["vision_tower._vision_tower.layers.3.fc1.weight.bf16"])
+    assert stored.dtype != np.float32
+    want = Checkpoint(tiny_ckpt).get("vision_tower._vision_tower.layers.3.fc1.weight").T
+    np.testing.assert_array_equal(np.asarray(stored, dtype=np.float32), want)
+
+
+def test_convert_cli_encoder_backends(capsys, tiny_ckpt, tmp_path):
+    code, _, err = run_cli(capsys, "convert", str(tiny_ckpt), str(tmp_path / "m"), "--encoder-backends", "onnx",
+                           "--quant", "f16", "-q")
+    assert code == 0, err
+    md = ModelDir.open(tmp_path / "m")
+    assert md.manifest["encoder"]["backends"] == ["onnx"] and not (md.encoder_dir / "seg0").exists()
+    assert encoder_choice.choose(md.encoder_dir, "auto", "cpu").backend in ("onnxruntime", "openvino")
+    code, _, err = run_cli(capsys, "convert", str(tiny_ckpt), str(tmp_path / "n"), "--encoder-backends", "tensorrt")
+    assert_one_line_error(code, err, "--encoder-backends tensorrt: give one or more of ctranslate2, onnx")
+    assert not (tmp_path / "n").exists()
