@@ -16,7 +16,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from .errors import MufunError
 from .pipeline import AudioInput, Pipeline
@@ -105,66 +105,89 @@ class Summary:
     failed: int = 0
 
 
-def _prefetch(pipe: Pipeline, path: str):
+def prepare(path: str, mel_filters=None) -> dict:
+    """Decode one file into 16 kHz windows (the work that overlaps with the LLM), or its error;
+    with `mel_filters`, go on to the log-mels (Ray's CPU tasks do, so actors only encode)."""
+    from . import audio, features
+    from .embcache import file_hash
     from .pipeline import Timer
+
     timings: dict[str, float] = {}
-    windows, _ = pipe.load_windows(AudioInput(path), Timer(timings))
-    return windows, timings
+    timer = Timer(timings)
+    try:
+        with timer("decode"):
+            windows = audio.load_windows(path)
+        if mel_filters is not None:
+            with timer("features"):
+                windows = list(features.log_mel(windows, mel_filters))
+        return {"windows": windows, "timings": timings, "sha256": file_hash(path), "error": None}
+    except MufunError as exc:
+        return {"windows": None, "timings": timings, "sha256": None, "error": str(exc)}
+
+
+def answer_file(pipe: Pipeline, path: str, questions: list[str], prepared: dict, model_id: str) -> Iterator[dict]:
+    """One record per question about one prepared file (the audio is encoded once)."""
+    base = {"path": path, "sha256": prepared["sha256"], "segs": None, "model": model_id}
+    for q in questions:
+        rec = {**base, "question": q}
+        if prepared["error"] is not None:
+            yield {**rec, "answer": None, "error": prepared["error"]}
+            continue
+        t0 = time.perf_counter()
+        try:
+            answer = "".join(pipe.ask([AudioInput(path, windows=prepared["windows"])], q))
+            r = pipe.result
+            timings = {**prepared["timings"], **r.timings} if "encoder" in r.timings else dict(r.timings)
+            rec.update(answer=answer, prompt_tokens=r.prompt_tokens, audio_tokens=r.audio_tokens,
+                       completion_tokens=len(r.tokens), timings={k: round(v, 4) for k, v in timings.items()},
+                       seconds=round(time.perf_counter() - t0, 3), error=None)
+        except MufunError as exc:
+            rec.update(answer=None, error=str(exc))
+        yield rec
+
+
+def pending(files: list[str], questions: list[str], out: Path) -> tuple[list[tuple[str, list[str]]], int]:
+    """(file, questions not yet in `out`) for each file with any left, and how many are done."""
+    done = read_done(out)
+    todo = [(f, [q for q in questions if (f, q) not in done]) for f in files]
+    skipped = sum(len(questions) - len(qs) for _, qs in todo)
+    return [(f, qs) for f, qs in todo if qs], skipped
+
+
+def count(summary: Summary, rec: dict) -> None:
+    if rec["error"] is None:
+        summary.done += 1
+    else:
+        summary.failed += 1
 
 
 def run_batch(pipe: Pipeline, files: list[str], questions: list[str], out: Path, model_id: str,
               progress: Callable[[int], object] | None = None, prefetch: int = 2) -> Summary:
-    from .embcache import file_hash
-
     pipe.cache = MemoryCache()
-    done = read_done(out)
-    todo = [(f, [q for q in questions if (f, q) not in done]) for f in files]
-    summary = Summary(skipped=sum(len(questions) - len(qs) for _, qs in todo))
-    todo = [(f, qs) for f, qs in todo if qs]
+    todo, skipped = pending(files, questions, out)
+    summary = Summary(skipped=skipped)
     pool = ThreadPoolExecutor(max_workers=max(1, prefetch))
     futures: dict[str, Future] = {}
 
     def schedule(i: int) -> None:
         for f, _ in todo[i:i + prefetch + 1]:
             if f not in futures:
-                futures[f] = pool.submit(_prefetch, pipe, f)
+                futures[f] = pool.submit(prepare, f)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(out, "a", encoding="utf-8") as fh:
             for i, (path, qs) in enumerate(todo):
                 schedule(i)
-                base = {"path": path, "sha256": None, "segs": None, "model": model_id}
-                try:
-                    windows, decode_t = futures.pop(path).result()
-                    base["sha256"] = file_hash(path)
-                except MufunError as exc:
-                    for q in qs:
-                        _write(fh, {**base, "question": q, "answer": None, "error": str(exc)})
-                        summary.failed += 1
-                        progress and progress(1)
-                    continue
-                for q in qs:
-                    rec = {**base, "question": q}
-                    t0 = time.perf_counter()
-                    try:
-                        answer = "".join(pipe.ask([AudioInput(path, windows=windows)], q))
-                        r = pipe.result
-                        timings = {**decode_t, **r.timings} if "encoder" in r.timings else dict(r.timings)
-                        rec.update(answer=answer, prompt_tokens=r.prompt_tokens, audio_tokens=r.audio_tokens,
-                                   completion_tokens=len(r.tokens), timings={k: round(v, 4) for k, v in timings.items()},
-                                   seconds=round(time.perf_counter() - t0, 3), error=None)
-                        summary.done += 1
-                    except MufunError as exc:
-                        rec.update(answer=None, error=str(exc))
-                        summary.failed += 1
-                    _write(fh, rec)
+                for rec in answer_file(pipe, path, qs, futures.pop(path).result(), model_id):
+                    write_record(fh, rec)
+                    count(summary, rec)
                     progress and progress(1)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return summary
 
 
-def _write(fh, rec: dict) -> None:
+def write_record(fh, rec: dict) -> None:
     fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     fh.flush()

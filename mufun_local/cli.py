@@ -341,10 +341,14 @@ def serve(model, host, port, api_key, ctx, max_tokens, max_queue, max_body_mb, n
 @click.option("--max-tokens", type=int, default=128, show_default=True)
 @click.option("--ctx", type=int, default=None)
 @click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="auto", metavar="[ADDRESS]",
-              help="Run as a Ray Data pipeline on a Ray cluster (needs the `ray` extra).")
+              help="Run as a Ray Data pipeline (needs the `ray` extra): bare or `auto` joins the running cluster "
+                   "(RAY_ADDRESS / `ray start`), `local` starts one on this machine, or give host:port / ray://host:10001.")
+@click.option("--ray-actors", type=int, default=1, show_default=True,
+              help="With --ray: answering actors, each holding the encoder and the LLM (one GPU each when there are GPUs).")
 @encoder_options
 @verbosity
-def batch(inputs, model, questions, out, temperature, seed, max_tokens, ctx, ray_address, encoder, quiet, verbose):
+def batch(inputs, model, questions, out, temperature, seed, max_tokens, ctx, ray_address, ray_actors, encoder,
+          quiet, verbose):
     """Ask the same questions about many files; one JSON line per (file, question).
 
     INPUTS are files, folders (searched recursively), globs, or .txt/.csv lists of paths.
@@ -352,6 +356,7 @@ def batch(inputs, model, questions, out, temperature, seed, max_tokens, ctx, ray
 
     \b
     mufun-local batch ~/Music --question "What genre is this?" --question "Describe the mood." --out tags.jsonl
+    mufun-local batch songs.csv --question "What genre is this?" --out tags.jsonl --ray        # on a Ray cluster
     """
     from tqdm import tqdm
 
@@ -360,29 +365,34 @@ def batch(inputs, model, questions, out, temperature, seed, max_tokens, ctx, ray
     from .pipeline import Options, Pipeline
 
     _setup_logging(quiet, verbose)
-    if ray_address is not None:
-        raise MufunError("--ray is not available in this version; run without it "
-                         "(the local batch resumes and overlaps decoding with the LLM)")
     files = expand_inputs(inputs)
     if not files:
         raise MufunError("no audio files found in the given inputs")
     md = _open_model(model, quiet)
     opt = Options(**encoder, n_ctx=ctx, max_tokens=max_tokens,
                   sampling=Sampling(temperature=temperature, seed=seed), verbose=verbose)
-    pipe = Pipeline(md, opt)
+    if ray_actors < 1:
+        raise MufunError("--ray-actors must be at least 1")
+    pipe = None if ray_address else Pipeline(md, opt)
     bar = tqdm(total=len(files) * len(questions), unit="answer", disable=quiet, file=sys.stderr,
                dynamic_ncols=True)
     summary = None
+    model_id = str(md.manifest["source"]["id"])
     try:
-        summary = run_batch(pipe, files, list(questions), Path(out), str(md.manifest["source"]["id"]),
-                            progress=bar.update)
+        if ray_address:
+            from .batch_ray import run_batch_ray
+            summary = run_batch_ray(ray_address, md.path, opt, files, list(questions), Path(out), model_id,
+                                    progress=bar.update, actors=ray_actors, log=_stderr if verbose else (lambda m: None))
+        else:
+            summary = run_batch(pipe, files, list(questions), Path(out), model_id, progress=bar.update)
     except KeyboardInterrupt:
         bar.close()
         _stderr(f"interrupted; everything answered so far is in {out} (run again to resume)")
         raise
     finally:
         bar.close()
-        pipe.close()
+        if pipe is not None:
+            pipe.close()
     if summary and not quiet:
         _stderr(f"done {summary.done}, skipped {summary.skipped} (already in {out}), failed {summary.failed}")
     if summary and summary.failed and not summary.done:

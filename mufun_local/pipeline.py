@@ -50,7 +50,7 @@ class Options:
 class AudioInput:
     path: str
     segs: tuple[float, float] | None = None
-    windows: list | None = None   # already decoded 16 kHz windows (batch prefetch)
+    windows: list | None = None   # already decoded 16 kHz windows, or their log-mels (batch)
 
 
 @dataclass
@@ -162,10 +162,15 @@ class Pipeline:
         return windows, sum(map(len, windows)) / audio_mod.SAMPLE_RATE
 
     def embed_windows(self, windows: list[np.ndarray], timer: Timer, keep_layers: bool = False):
+        """`windows`: 16 kHz samples (1-D each), or their log-mels [n_mels, 3000] when the
+        caller made them already (batch --ray does, in CPU tasks)."""
         with timer("encoder"):  # loading the encoder, when it is not loaded yet, counts here
             enc = self.encoder
-        with timer("features"):
-            mel = features.log_mel(windows, enc.mel_filters)
+        if windows[0].ndim == 2:
+            mel = np.stack(windows)
+        else:
+            with timer("features"):
+                mel = features.log_mel(windows, enc.mel_filters)
         with timer("encoder"):
             hs = enc.hidden_states(mel)
         with timer("connector"):

@@ -113,7 +113,30 @@ def test_inputs_from_lists_and_globs(tmp_path, library):
     assert [os.path.basename(f) for f in files] == ["a.wav", "b.flac", "c.mp3"]
 
 
-def test_ray_says_what_to_do(capsys, tmp_path, tiny_q4, library):
+def _comparable(recs):
+    keys = ("path", "question", "sha256", "answer", "error", "audio_tokens", "prompt_tokens", "completion_tokens")
+    return sorted(json.dumps({k: r.get(k) for k in keys}, sort_keys=True) for r in recs)
+
+
+def test_ray_local_gives_the_same_records_and_resumes(capsys, tmp_path, tiny_q4, library):
+    """--ray local (a 2-CPU Ray on this machine): the local run's records, and a partial
+    output file is completed without duplicates."""
+    pytest.importorskip("ray")
+    local = tmp_path / "local.jsonl"
+    assert run_batch_cli(capsys, tiny_q4, library, local) == 0
+    out = tmp_path / "ray.jsonl"
+    out.write_text("".join(local.read_text().splitlines(keepends=True)[:3]))  # as if stopped after 3
+    cmd = [sys.executable, "-m", "mufun_local.cli", "batch", str(library), "-m", str(tiny_q4), "--out", str(out),
+           "--max-tokens", "8", "--ray", "local"] + sum((["--question", q] for q in QUESTIONS), [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, RAY_ENABLE_UV_RUN_RUNTIME_ENV="0"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "done 4, skipped 3" in proc.stderr and "failed 3" in proc.stderr
+    assert _comparable(lines(out)) == _comparable(lines(local))
+
+
+def test_ray_not_installed_says_how(capsys, tmp_path, tiny_q4, library, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
     code = main(["batch", str(library), "-m", str(tiny_q4), "--question", "Q?", "--out", str(tmp_path / "o.jsonl"), "--ray"])
     err = capsys.readouterr().err
-    assert code == 1 and "--ray" in err
+    assert code == 1 and "pip install 'mufun-local[ray]'" in err and "Traceback" not in err

@@ -1,0 +1,104 @@
+"""`mufun-local batch --ray`: the same job as a Ray Data pipeline on a Ray cluster.
+
+    files ──map (CPU tasks: decode, resample, log-mel)──> map_batches (actors: encoder + LLM)
+          ──> JSON lines, written and flushed by this process as they arrive
+
+Each actor holds one Pipeline (one GPU each when the cluster has GPUs and --device is not
+cpu). Records are the ones `batch.answer_file` makes locally, so the output is the same
+JSONL as a local run, in completion order; resume works the same way. Ray Data streams, so
+only a few files' log-mels are in flight at once. The model directory and the audio paths
+must be readable at the same paths on every node (a shared filesystem).
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Callable
+
+from .batch import MemoryCache, Summary, answer_file, count, pending, prepare
+from .errors import MufunError
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+        return ray
+    except ImportError:
+        raise MufunError("--ray needs Ray Data: pip install 'mufun-local[ray]'") from None
+
+
+def connect(address: str, log: Callable[[str], None]):
+    """`local`: start a private Ray on this machine; `auto`: the cluster RAY_ADDRESS or
+    `ray start` made; anything else: that address (host:port or ray://host:10001)."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        return ray
+    kwargs = dict(include_dashboard=False, configure_logging=True, logging_level="ERROR", log_to_driver=False)
+    try:
+        if address == "local":
+            ray.init(**kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        hint = " (start one with `ray start --head`, or use --ray local)" if address == "auto" else ""
+        raise MufunError(f"--ray {address}: cannot connect to a Ray cluster{hint}: "
+                         f"{(str(exc).strip().splitlines() or [''])[0][:200]}") from None
+    res = ray.cluster_resources()
+    log(f"ray: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs")
+    return ray
+
+
+def _prepare_row(row: dict, filters) -> dict:
+    """CPU task: path -> the pickled prepare() result, windows as log-mels."""
+    return {"path": row["path"], "questions": row["questions"],
+            "prepared": pickle.dumps(prepare(row["path"], filters), protocol=5)}
+
+
+class _Answer:
+    """Actor: one Pipeline answering every question about each prepared file."""
+
+    def __init__(self, model_dir: str, options, model_id: str):
+        from .artifacts import ModelDir
+        from .pipeline import Pipeline
+        self.pipe = Pipeline(ModelDir.open(model_dir), options, cache=MemoryCache())
+        self.model_id = model_id
+
+    def __call__(self, batch: dict) -> dict:
+        lines = []
+        for path, qs, blob in zip(batch["path"], batch["questions"], batch["prepared"]):
+            recs = answer_file(self.pipe, str(path), [str(q) for q in qs], pickle.loads(blob), self.model_id)
+            lines.append("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+        return {"lines": lines}
+
+
+def run_batch_ray(address: str, model_dir: Path, options, files: list[str], questions: list[str], out: Path,
+                  model_id: str, progress: Callable[[int], object] | None = None, actors: int = 1,
+                  log: Callable[[str], None] = lambda m: None) -> Summary:
+    todo, skipped = pending(files, questions, out)
+    summary = Summary(skipped=skipped)
+    if not todo:
+        return summary
+    ray = connect(address, log)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and options.device != "cpu" else 0
+    # Ray sets OMP_NUM_THREADS=1 in workers: give the engines an explicit thread count.
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    options.threads = options.threads or max(1, cpus // max(1, actors))
+    import numpy as np
+    filters = np.load(model_dir / "encoder" / "frontend.npz")["mel_filters"]
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ds = ray.data.from_items([{"path": f, "questions": qs} for f, qs in todo], override_num_blocks=len(todo))
+    ds = ds.map(_prepare_row, fn_kwargs={"filters": filters}, num_cpus=1)
+    ds = ds.map_batches(_Answer, fn_constructor_args=(str(model_dir), options, model_id), batch_size=1,
+                        concurrency=actors, num_gpus=gpus, num_cpus=0 if gpus else 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a", encoding="utf-8") as fh:
+        for row in ds.iter_rows():
+            for line in row["lines"].splitlines(keepends=True):
+                fh.write(line)
+                fh.flush()
+                count(summary, json.loads(line))
+                progress and progress(1)
+    return summary
