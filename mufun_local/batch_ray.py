@@ -12,6 +12,7 @@ must be readable at the same paths on every node (a shared filesystem).
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 from typing import Callable
@@ -82,17 +83,20 @@ def run_batch_ray(address: str, model_dir: Path, options, files: list[str], ques
         return summary
     ray = connect(address, log)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and options.device != "cpu" else 0
-    # Ray sets OMP_NUM_THREADS=1 in workers: give the engines an explicit thread count.
+    # Ray sets OMP_NUM_THREADS to a worker's CPU count (1). OpenBLAS rounds float32 products
+    # differently with another thread count, so tasks and actors get this process's default,
+    # as a local run has: the same log-mels, the same answers.
     cpus = int(ray.cluster_resources().get("CPU", 1))
     options.threads = options.threads or max(1, cpus // max(1, actors))
+    env = {"env_vars": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1))}}
     import numpy as np
     filters = np.load(model_dir / "encoder" / "frontend.npz")["mel_filters"]
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ds = ray.data.from_items([{"path": f, "questions": qs} for f, qs in todo], override_num_blocks=len(todo))
-    ds = ds.map(_prepare_row, fn_kwargs={"filters": filters}, num_cpus=1)
+    ds = ds.map(_prepare_row, fn_kwargs={"filters": filters}, num_cpus=1, runtime_env=env)
     ds = ds.map_batches(_Answer, fn_constructor_args=(str(model_dir), options, model_id), batch_size=1,
-                        concurrency=actors, num_gpus=gpus, num_cpus=0 if gpus else 1)
+                        concurrency=actors, num_gpus=gpus, num_cpus=0 if gpus else 1, runtime_env=env)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a", encoding="utf-8") as fh:
         for row in ds.iter_rows():

@@ -128,8 +128,7 @@ def test_ray_local_gives_the_same_records_and_resumes(capsys, tmp_path, tiny_q4,
     out.write_text("".join(local.read_text().splitlines(keepends=True)[:3]))  # as if stopped after 3
     cmd = [sys.executable, "-m", "mufun_local.cli", "batch", str(library), "-m", str(tiny_q4), "--out", str(out),
            "--max-tokens", "8", "--ray", "local"] + sum((["--question", q] for q in QUESTIONS), [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, RAY_ENABLE_UV_RUN_RUNTIME_ENV="0"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "done 4, skipped 3" in proc.stderr and "failed 3" in proc.stderr
     assert _comparable(lines(out)) == _comparable(lines(local))
