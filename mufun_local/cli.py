@@ -369,7 +369,7 @@ def batch(inputs, model, questions, out, temperature, seed, max_tokens, ctx, ray
     if not files:
         raise MufunError("no audio files found in the given inputs")
     md = _open_model(model, quiet)
-    opt = Options(**encoder, n_ctx=ctx, max_tokens=max_tokens,
+    opt = Options(**encoder, n_ctx=ctx, max_tokens=max_tokens, keep_audio_models=True,
                   sampling=Sampling(temperature=temperature, seed=seed), verbose=verbose)
     if ray_actors < 1:
         raise MufunError("--ray-actors must be at least 1")

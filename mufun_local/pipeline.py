@@ -43,6 +43,7 @@ class Options:
     sampling: Sampling = field(default_factory=Sampling)
     verbose: bool = False
     quiet: bool = False           # no notices on stderr (the one-off encoder measurement)
+    keep_audio_models: bool = False  # keep the encoder loaded between requests (batch jobs)
     keep_logits: bool = False     # keep the first step's logits (parity checks)
 
 
@@ -256,7 +257,8 @@ class Pipeline:
                          used: int = 0) -> tuple[list[np.ndarray], int]:
         """Embeddings for each audio, and the context the request needs (`used` positions are
         already taken). Cheap steps first, cache look-ups and decoding, so that a request
-        that cannot fit fails before the encoder runs; the encoder is released afterwards."""
+        that cannot fit fails before the encoder runs; the encoder is released afterwards
+        (its memory goes back before the LLM's long work) unless keep_audio_models."""
         budget = max(0, self._room(text_tokens, used)[1]) // self.tokens_per_window
         pending: list = []
         for a in audios:
@@ -281,7 +283,7 @@ class Pipeline:
                 if key:
                     self.cache.put(key, hit)
             embeddings.append(hit)
-        if any(h is None for h, _, _ in pending):
+        if any(h is None for h, _, _ in pending) and not self.opt.keep_audio_models:
             self.release_audio_models()
         return embeddings, need
 
