@@ -31,7 +31,8 @@ from .errors import AudioError
 log = logging.getLogger("mufun_local")
 
 SAMPLE_RATE = 16000
-WINDOW_SAMPLES = 30 * SAMPLE_RATE   # one encoder window
+WINDOW_SECONDS = 30
+WINDOW_SAMPLES = WINDOW_SECONDS * SAMPLE_RATE   # one encoder window
 MIN_PIECE_SAMPLES = SAMPLE_RATE // 2  # the original keeps a later piece only above this
 
 
@@ -67,6 +68,7 @@ class Stream:
     path: str
     rate: int
     blocks: Iterator[np.ndarray]
+    seconds: float | None = None  # the length the container declares (exact for PCM, else an estimate)
 
 
 def _downmix(x: np.ndarray) -> np.ndarray:
@@ -111,7 +113,7 @@ def _plain_pcm(path: str) -> Stream | None:
                 return
             log.warning("%s: decoding stopped after %.1f s (%s); using what was decoded",
                         path, got / info.samplerate, _reason(exc))
-    return Stream(path, int(info.samplerate), blocks())
+    return Stream(path, int(info.samplerate), blocks(), info.frames / info.samplerate)
 
 
 def _ffmpeg(path: str) -> Stream:
@@ -148,7 +150,8 @@ def _ffmpeg(path: str) -> Stream:
                     raise AudioError(f"{path}: cannot decode audio ({_reason(exc)})") from None
                 log.warning("%s: decoding stopped after %.1f s (%s); using what was decoded",
                             path, got / rate, _reason(exc))
-    return Stream(path, int(rate), blocks())
+    declared = container.duration / 1e6 if container.duration and container.duration > 0 else None
+    return Stream(path, int(rate), blocks(), declared)
 
 
 def open_audio(path: str) -> Stream:
@@ -283,6 +286,11 @@ def load_windows(path: str, segs: tuple[float, float] | None = None,
             raise AudioError(f"{path}: segs {start:g}:{end:g} must satisfy 0 <= start < end")
         counted = _Counter(blocks)
         blocks = _cut(counted, int(start * st.rate), int(end * st.rate))
+    if max_windows is not None and st.seconds is not None:
+        span = st.seconds if segs is None else min(end, st.seconds) - start
+        # declared lengths of compressed files are estimates: refuse early only when far over
+        if span > (max_windows + 1) * WINDOW_SECONDS * 1.1 + 1.0:
+            raise TooLong(f"{path}: about {span:.0f} s, more than {max_windows} x 30 s windows")
     rs = Resampler(st.rate)
     windows: list[np.ndarray] = []
     cur = np.empty(WINDOW_SAMPLES, np.float32)

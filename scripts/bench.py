@@ -111,13 +111,15 @@ def main() -> int:
     ap.add_argument("--quant", default="q4_k_m")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--encoder-backend", default="auto", help="ours: auto, ctranslate2, onnxruntime or openvino")
     ap.add_argument("--scaling", default="30,180,600", help="audio lengths (s) for the scaling table; '' to skip")
     ap.add_argument("--no-reference", action="store_true", help="skip the PyTorch reference runs")
     ap.add_argument("--work", help="keep checkpoints/models here (reused between runs)")
     ap.add_argument("--json", help="write all results here")
     args = ap.parse_args()
 
-    from mufun_local.convert.run import convert
+    from mufun_local.convert.run import convert, default_encoder_backends
+    from mufun_local.encoder_choice import choose
     from mufun_local.synthetic import generate
 
     work = Path(args.work or tempfile.mkdtemp(prefix="mufun-bench-"))
@@ -129,15 +131,20 @@ def main() -> int:
     model = work / f"model-{args.preset}-{args.quant}"
     if not (model / "manifest.json").is_file():
         print(f"converting ({args.quant}) ...", file=sys.stderr)
-        convert(str(ckpt), model, quant=args.quant, force=True, quiet=True)
+        convert(str(ckpt), model, quant=args.quant, encoder_backends=default_encoder_backends(), force=True,
+                quiet=True)
     audio = Path(args.audio) if args.audio else make_song(work / f"song-{int(args.seconds)}s.wav", args.seconds)
 
     env = dict(os.environ, MUFUN_HOME=str(work / "home"), OMP_NUM_THREADS=str(args.threads))
     ours_cmd = [sys.executable, "-m", "mufun_local.cli", "ask", "-m", str(model), str(audio), QUESTION,
                 "--json", "--temperature", "0", "--max-tokens", str(args.max_tokens), "--no-cache",
-                "--threads", str(args.threads), "-q"]
+                "--threads", str(args.threads), "--encoder-backend", args.encoder_backend, "-q"]
+    # auto's one-off measurement happens here, not inside the timed run
+    choice = choose(model / "encoder", args.encoder_backend, "cpu", None, args.threads,
+                    work / "home" / "encoder-choice.json", lambda m: print(m, file=sys.stderr))
     results: dict = {"machine": platform.processor() or platform.machine(), "preset": args.preset,
-                     "quant": args.quant, "audio": str(audio), "threads": args.threads}
+                     "quant": args.quant, "audio": str(audio), "threads": args.threads,
+                     "encoder": f"{choice.backend} {choice.compute_type}"}
     print("running mufun-local ...", file=sys.stderr)
     ours = measured(ours_cmd, env)
     ours["json"] = json.loads(ours.pop("out"))
@@ -181,7 +188,7 @@ def report(r: dict) -> None:
     print(f"\n### {r['preset']} preset, {r['quant']}, {Path(r['audio']).name}, {r['threads']} threads, {r['machine']}\n")
     print("| run | wall s | peak RSS MB | ours is faster by | ours uses (memory) | first 4 tokens |")
     print("|---|---|---|---|---|---|")
-    print(f"| mufun-local | {o['wall']:.1f} | {o['rss_mb']:.0f} | | | |")
+    print(f"| mufun-local ({r['encoder']} encoder, {r['quant']} LLM) | {o['wall']:.1f} | {o['rss_mb']:.0f} | | | |")
     for label in ("reference_fp32", "reference_bf16"):
         if label in r:
             x = r[label]

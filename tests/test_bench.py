@@ -21,7 +21,8 @@ def test_bench_tiny(tmp_path):
     assert r["ours"]["json"]["audio_tokens"] == 300
     assert r["llm"]["embeddings_vs_tokens"] > 0 and r["llm"]["bandwidth_bound_tok_s"] > 0
     assert [s["seconds"] for s in r["scaling"]] == [5.0, 35.0]
-    assert "| mufun-local |" in proc.stdout and "| reference fp32 |" in proc.stdout
+    assert "| mufun-local (" in proc.stdout and "| reference fp32 |" in proc.stdout
+    assert r["encoder"].split()[0] in ("ctranslate2", "onnxruntime", "openvino")
 
 
 def test_bench_encoder_tiny(tmp_path, tiny_ckpt):
