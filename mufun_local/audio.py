@@ -276,8 +276,14 @@ def _cut(blocks: Iterator[np.ndarray], start: int, end: int | None) -> Iterator[
 
 def load_windows(path: str, segs: tuple[float, float] | None = None,
                  max_windows: int | None = None) -> list[np.ndarray]:
-    """decode -> segs -> 16 kHz -> 30 s windows (the original ``load_audio_single``), streamed:
-    peak memory is the windows plus one block. More than `max_windows` raises TooLong."""
+    """decode -> segs -> 16 kHz -> 30 s windows (the original ``load_audio_single``)."""
+    return list(iter_windows(path, segs, max_windows))
+
+
+def iter_windows(path: str, segs: tuple[float, float] | None = None,
+                 max_windows: int | None = None) -> Iterator[np.ndarray]:
+    """`load_windows` streamed: each window is yielded as soon as it is complete, so peak
+    memory is one window plus one block. More than `max_windows` raises TooLong."""
     st = open_audio(path)
     blocks = st.blocks
     if segs is not None:
@@ -292,26 +298,26 @@ def load_windows(path: str, segs: tuple[float, float] | None = None,
         if span > (max_windows + 1) * WINDOW_SECONDS * 1.1 + 1.0:
             raise TooLong(f"{path}: about {span:.0f} s, more than {max_windows} x 30 s windows")
     rs = Resampler(st.rate)
-    windows: list[np.ndarray] = []
     cur = np.empty(WINDOW_SAMPLES, np.float32)
-    fill = 0
+    fill = n_windows = 0
 
-    def feed(y: np.ndarray) -> None:
-        nonlocal cur, fill
+    def feed(y: np.ndarray) -> Iterator[np.ndarray]:
+        nonlocal cur, fill, n_windows
         while len(y):
             k = min(len(y), WINDOW_SAMPLES - fill)
             cur[fill:fill + k] = y[:k]
             fill += k
             y = y[k:]
             if fill == WINDOW_SAMPLES:
-                windows.append(cur)
-                if max_windows is not None and len(windows) > max_windows:
+                n_windows += 1
+                if max_windows is not None and n_windows > max_windows:
                     raise TooLong(f"{path}: more than {max_windows} x 30 s windows")
+                yield cur
                 cur, fill = np.empty(WINDOW_SAMPLES, np.float32), 0
 
     for block in blocks:
-        feed(rs.push(block))
-    feed(rs.finish())
+        yield from feed(rs.push(block))
+    yield from feed(rs.finish())
     if segs is not None and rs.n_in == 0:
         total = counted.n / st.rate
         if int(start * st.rate) >= counted.n:
@@ -321,9 +327,8 @@ def load_windows(path: str, segs: tuple[float, float] | None = None,
         raise AudioError(f"{path}: contains no audio samples")
     # the original's rule: <= 30 s is one window however short; a later piece is kept only
     # if it has more than 8,000 samples
-    if fill and (not windows or fill > MIN_PIECE_SAMPLES):
-        windows.append(cur[:fill])
-    return windows
+    if fill and (not n_windows or fill > MIN_PIECE_SAMPLES):
+        yield cur[:fill]
 
 
 class _Counter:

@@ -1,8 +1,8 @@
 """`mufun-local batch`: many files x many questions -> one JSON line each, resumable.
 
 Lines are written and flushed as each answer finishes, so a crash loses nothing; running
-again with the same --out skips every (path, question) already there. Decoding of the next
-files runs in a small thread pool while the LLM answers about the current one; several
+again with the same --out skips every (path, question) already there. Decoding and log-mels
+of the next files run in a small thread pool while the LLM answers about the current one; several
 questions about one file encode it once (an in-memory embedding cache).
 """
 from __future__ import annotations
@@ -105,22 +105,16 @@ class Summary:
     failed: int = 0
 
 
-def prepare(path: str, mel_filters=None) -> dict:
-    """Decode one file into 16 kHz windows (the work that overlaps with the LLM), or its error;
-    with `mel_filters`, go on to the log-mels (Ray's CPU tasks do, so actors only encode)."""
-    from . import audio, features
+def prepare(path: str, mel_filters) -> dict:
+    """One file's log-mel windows (the work that overlaps with the LLM), or its error."""
     from .embcache import file_hash
+    from .frontend import load_log_mels
     from .pipeline import Timer
 
     timings: dict[str, float] = {}
-    timer = Timer(timings)
     try:
-        with timer("decode"):
-            windows = audio.load_windows(path)
-        if mel_filters is not None:
-            with timer("features"):
-                windows = list(features.log_mel(windows, mel_filters))
-        return {"windows": windows, "timings": timings, "sha256": file_hash(path), "error": None}
+        mels, _ = load_log_mels(path, None, mel_filters, timer=Timer(timings))
+        return {"windows": mels, "timings": timings, "sha256": file_hash(path), "error": None}
     except MufunError as exc:
         return {"windows": None, "timings": timings, "sha256": None, "error": str(exc)}
 
@@ -172,7 +166,7 @@ def run_batch(pipe: Pipeline, files: list[str], questions: list[str], out: Path,
     def schedule(i: int) -> None:
         for f, _ in todo[i:i + prefetch + 1]:
             if f not in futures:
-                futures[f] = pool.submit(prepare, f)
+                futures[f] = pool.submit(prepare, f, pipe.mel_filters)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -101,6 +101,7 @@ class Pipeline:
         self.log = log or (lambda msg: None)
         self._encoder = None
         self._choice = None
+        self._mel_filters = None
         self._connector = None
         self._llm: LLM | None = None
         m = model.manifest
@@ -153,27 +154,36 @@ class Pipeline:
         self._encoder = self._connector = None
         gc.collect()
 
+    @property
+    def mel_filters(self) -> np.ndarray:
+        """The Slaney filters the converter stored (no need to load the encoder for them)."""
+        if self._mel_filters is None:
+            from .errors import ModelError
+            try:
+                self._mel_filters = np.load(self.model.encoder_dir / "frontend.npz")["mel_filters"]
+            except (OSError, KeyError, ValueError) as exc:
+                raise ModelError(f"{self.model.encoder_dir}: encoder files missing or damaged ({exc})") from None
+        return self._mel_filters
+
     def load_windows(self, item: AudioInput, timer: Timer,
                      max_windows: int | None = None) -> tuple[list[np.ndarray], float]:
-        """16 kHz windows and their seconds; decoding stops after `max_windows` (TooLong)."""
-        windows = item.windows
-        if windows is None:
-            with timer("decode"):
-                windows = audio_mod.load_windows(item.path, item.segs, max_windows)
-        return windows, sum(map(len, windows)) / audio_mod.SAMPLE_RATE
+        """Log-mels of the item's 30 s windows (decoding overlapped with them) and their
+        seconds; decoding stops after `max_windows` (TooLong). Windows the caller already
+        made (16 kHz samples or log-mels) pass through."""
+        if item.windows is not None:
+            return item.windows, sum(w.shape[-1] for w in item.windows if w.ndim == 1) / audio_mod.SAMPLE_RATE
+        from .frontend import load_log_mels
+        return load_log_mels(item.path, item.segs, self.mel_filters, max_windows, timer)
 
     def embed_windows(self, windows: list[np.ndarray], timer: Timer, keep_layers: bool = False):
-        """`windows`: 16 kHz samples (1-D each), or their log-mels [n_mels, 3000] when the
-        caller made them already (batch --ray does, in CPU tasks)."""
-        with timer("encoder"):  # loading the encoder, when it is not loaded yet, counts here
-            enc = self.encoder
+        """`windows`: log-mels [n_mels, 3000], or 16 kHz samples (1-D each)."""
         if windows[0].ndim == 2:
             mel = np.stack(windows)
         else:
             with timer("features"):
-                mel = features.log_mel(windows, enc.mel_filters)
+                mel = features.log_mel(windows, self.mel_filters)
         with timer("encoder"):
-            hs = enc.hidden_states(mel)
+            hs = self.encoder.hidden_states(mel)  # loading the encoder, when it is not loaded yet, counts here
         with timer("connector"):
             emb = self.connector(hs)
         return emb, (hs if keep_layers else None)

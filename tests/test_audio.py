@@ -253,3 +253,25 @@ def test_segs_stream_equals_whole_then_cut(tmp_path):
         assert [len(w) for w in got] == [len(w) for w in expected]
         for a, b in zip(got, expected):
             np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_overlapped_front_end_equals_the_sequential_one(tmp_path):
+    """frontend.load_log_mels (decoding in a worker thread) = log_mel(load_windows), exactly;
+    its errors reach the caller and leave no thread behind."""
+    import threading
+
+    from mufun_local import features
+    from mufun_local.frontend import load_log_mels, one_blas_thread
+    path = write_audio(tmp_path / "x.flac", music(75.0, 44100, 2), 44100)
+    filters = features.mel_filters(128)
+    mels, seconds = load_log_mels(str(path), (2.0, 70.0), filters)
+    with one_blas_thread():  # as the front end runs it: float32 GEMMs round by thread count
+        want = features.log_mel(audio.load_windows(str(path), (2.0, 70.0)), filters)
+    np.testing.assert_array_equal(np.stack(mels), want)
+    assert seconds == pytest.approx(68.0, abs=1e-3) and len(mels) == 3
+    with pytest.raises(audio.TooLong):
+        load_log_mels(str(path), None, filters, max_windows=1)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    with pytest.raises(audio.AudioError, match="empty"):
+        load_log_mels(str(tmp_path / "empty.wav"), None, filters)
+    assert not [t for t in threading.enumerate() if t.name == "mufun-decode"]
