@@ -44,9 +44,9 @@ def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print
             echo(f"[1/4] synthetic MuFun checkpoint (tiny, random weights): {ckpt} (cached)")
         t0 = time.perf_counter()
         if not (model_dir / MANIFEST).is_file():
-            convert(str(ckpt), model_dir, quant="q4_k_m", encoder_backends=default_encoder_backends(),
-                    force=True, quiet=True)
-            echo(f"[2/4] converted to CTranslate2 encoder + connector + q4_k_m GGUF in {model_dir} "
+            backends = default_encoder_backends()
+            convert(str(ckpt), model_dir, quant="q4_k_m", encoder_backends=backends, force=True, quiet=True)
+            echo(f"[2/4] converted to {' + '.join(backends)} encoder, connector and q4_k_m GGUF in {model_dir} "
                  f"({time.perf_counter() - t0:.1f} s)")
         else:
             echo(f"[2/4] converted model: {model_dir} (cached)")
@@ -54,7 +54,7 @@ def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print
             test_chord(wav)
         echo(f"[3/4] test audio: {wav} (3 s stereo A-minor chord, 44.1 kHz)")
     md = ModelDir.open(model_dir)
-    pipe = Pipeline(md, Options(max_tokens=max_tokens, sampling=Sampling(temperature=0.0)))
+    pipe = Pipeline(md, Options(max_tokens=max_tokens, sampling=Sampling(temperature=0.0)), log=echo)
     echo(f"[4/4] mufun-local ask {wav.name} {question!r} --temperature 0")
     try:
         answer = "".join(pipe.ask([AudioInput(str(wav))], question))
