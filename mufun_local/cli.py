@@ -479,7 +479,7 @@ def convert(src, out, quant, encoder_quant, encoder_backends, keep_f16, force, t
 @cli.command()
 @click.argument("model", required=False, metavar="[MODEL]")
 @click.option("--verify", is_flag=True, help="Check every file's sha256 against the manifest.")
-@click.option("--system", is_flag=True, help="Show the backends llama.cpp and CTranslate2 were built with.")
+@click.option("--system", is_flag=True, help="Show what llama.cpp and the encoder engines were built with, and the CPU.")
 def info(model, verify, system):
     """Describe a converted model (and with --verify, check its files).
 
@@ -507,17 +507,29 @@ def _system_info() -> str:
     import ctranslate2
     import llama_cpp
 
+    from importlib.metadata import version
+
+    from .encoder_choice import cpu_signature
+    from .encoder_onnx import installed, openvino_bf16
     from .llm import cpu_has_amx, use_extra_bufts
     try:
         cuda = ctranslate2.get_cuda_device_count()
     except Exception:
         cuda = 0
+    extra = []
+    for backend in ("onnxruntime", "openvino"):
+        if not installed(backend):
+            extra.append(f"{backend:<11} not installed (pip install 'mufun-local[{backend}]')")
+            continue
+        line = f"{backend:<11} {version(backend)}"
+        extra.append(line + (f"; native bfloat16: {openvino_bf16()}" if backend == "openvino" else ""))
     return "\n".join([
         f"llama.cpp   {llama_cpp.__version__}; GPU offload: {bool(llama_cpp.llama_supports_gpu_offload())}",
         f"            {llama_cpp.llama_print_system_info().decode().strip()}",
         f"ctranslate2 {ctranslate2.__version__}; CUDA devices: {cuda}; "
         f"CPU compute types: {', '.join(sorted(ctranslate2.get_supported_compute_types('cpu')))}",
-        f"cpu         AMX: {cpu_has_amx()}; llama.cpp extra buffer types: {use_extra_bufts()}",
+        *extra,
+        f"cpu         {cpu_signature()}; AMX: {cpu_has_amx()}; llama.cpp extra buffer types: {use_extra_bufts()}",
     ])
 
 

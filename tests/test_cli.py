@@ -123,6 +123,7 @@ def test_info_and_verify(capsys, tiny_q4):
 def test_info_system(capsys):
     code, out, _ = run_cli(capsys, "info", "--system")
     assert code == 0 and "llama.cpp" in out and "ctranslate2" in out and "AMX" in out
+    assert "onnxruntime 1." in out and "openvino " in out  # the test extra installs both
 
 
 def test_convert_cli_refuses_existing(capsys, tmp_path, tiny_ckpt):
