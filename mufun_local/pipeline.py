@@ -119,7 +119,6 @@ class Pipeline:
             notice = self.log if self.opt.verbose or self.opt.quiet else _stderr_line
             self._choice = choose(self.model.encoder_dir, self.opt.encoder_backend, self.opt.device,
                                   self.opt.compute_type, self.opt.threads, home() / "encoder-choice.json", notice)
-            self.log(f"encoder: {self._choice.backend} {self._choice.compute_type} ({self._choice.reason})")
         return self._choice
 
     @property
@@ -129,7 +128,7 @@ class Pipeline:
             c = self.encoder_choice
             self._encoder = load_encoder(self.model.encoder_dir, c.backend, self.opt.device, c.compute_type,
                                          self.opt.threads, self.opt.encoder_batch)
-            self.log(f"encoder: {self._encoder.describe()}")
+            self.log(f"encoder: {self._encoder.describe()} ({c.reason})")
         return self._encoder
 
     @property

@@ -68,7 +68,7 @@ def test_answers_match_across_float32_backends(tiny_all, audio_dir):
 def test_cli_verbose_says_what_it_picked(capsys, tiny_all, audio_dir):
     code, out, err = run_cli(capsys, "embed", "-m", str(tiny_all), str(audio_dir / "song22k.flac"), "-o",
                              str(audio_dir.parent / "e.npy"), "--encoder-backend", "onnxruntime", "-v")
-    assert code == 0 and "encoder: onnxruntime int8 (as requested)" in err
+    assert code == 0 and "encoder: onnxruntime on cpu, int8 (as requested)" in err
 
 
 def test_backend_not_converted_is_one_line(capsys, tiny_q4, audio_dir):
