@@ -320,7 +320,8 @@ def serve(model, host, port, api_key, ctx, max_tokens, max_queue, max_body_mb, n
 
     _setup_logging(quiet, verbose)
     md = _open_model(model, quiet)
-    opt = Options(**encoder, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, verbose=verbose)
+    # a server answers request after request: reloading the encoder each time would cost seconds
+    opt = Options(**encoder, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, verbose=verbose, keep_audio_models=True)
     opt.n_ctx = ctx or min(int(md.manifest["dims"]["max_positions"]), 8192)
     app = create_app(md, opt, api_key=api_key, max_queue=max_queue, max_body_mb=max_body_mb,
                      cache=None if no_cache else _embedding_cache())
