@@ -105,22 +105,26 @@ class Summary:
     failed: int = 0
 
 
-def prepare(path: str, mel_filters) -> dict:
-    """One file's log-mel windows (the work that overlaps with the LLM), or its error."""
+def prepare(path: str, mel_filters, file: str | None = None) -> dict:
+    """One file's log-mel windows (the work that overlaps with the LLM), or its error.
+    `file`: where to read `path` (an absolute path for Ray workers); errors name `path`."""
     from .embcache import file_hash
     from .frontend import load_log_mels
     from .pipeline import Timer
 
     timings: dict[str, float] = {}
+    file = file or path
     try:
-        mels, _ = load_log_mels(path, None, mel_filters, timer=Timer(timings))
-        return {"windows": mels, "timings": timings, "sha256": file_hash(path), "error": None}
+        mels, _ = load_log_mels(file, None, mel_filters, timer=Timer(timings))
+        return {"windows": mels, "timings": timings, "sha256": file_hash(file), "error": None}
     except MufunError as exc:
-        return {"windows": None, "timings": timings, "sha256": None, "error": str(exc)}
+        return {"windows": None, "timings": timings, "sha256": None, "error": str(exc).replace(file, path)}
 
 
-def answer_file(pipe: Pipeline, path: str, questions: list[str], prepared: dict, model_id: str) -> Iterator[dict]:
-    """One record per question about one prepared file (the audio is encoded once)."""
+def answer_file(pipe: Pipeline, path: str, questions: list[str], prepared: dict, model_id: str,
+                file: str | None = None) -> Iterator[dict]:
+    """One record per question about one prepared file (the audio is encoded once). Records
+    carry `path` as the user gave it; `file` is where to read it (default: `path`)."""
     base = {"path": path, "sha256": prepared["sha256"], "segs": None, "model": model_id}
     for q in questions:
         rec = {**base, "question": q}
@@ -129,14 +133,14 @@ def answer_file(pipe: Pipeline, path: str, questions: list[str], prepared: dict,
             continue
         t0 = time.perf_counter()
         try:
-            answer = "".join(pipe.ask([AudioInput(path, windows=prepared["windows"])], q))
+            answer = "".join(pipe.ask([AudioInput(file or path, windows=prepared["windows"])], q))
             r = pipe.result
             timings = {**prepared["timings"], **r.timings} if "encoder" in r.timings else dict(r.timings)
             rec.update(answer=answer, prompt_tokens=r.prompt_tokens, audio_tokens=r.audio_tokens,
                        completion_tokens=len(r.tokens), timings={k: round(v, 4) for k, v in timings.items()},
                        seconds=round(time.perf_counter() - t0, 3), error=None)
         except MufunError as exc:
-            rec.update(answer=None, error=str(exc))
+            rec.update(answer=None, error=str(exc).replace(file, path) if file else str(exc))
         yield rec
 
 

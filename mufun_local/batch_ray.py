@@ -14,8 +14,11 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from .batch import MemoryCache, Summary, answer_file, count, pending, prepare
 from .errors import MufunError
@@ -52,9 +55,8 @@ def connect(address: str, log: Callable[[str], None]):
 
 
 def _prepare_row(row: dict, filters) -> dict:
-    """CPU task: path -> the pickled prepare() result, windows as log-mels."""
-    return {"path": row["path"], "questions": row["questions"],
-            "prepared": pickle.dumps(prepare(row["path"], filters), protocol=5)}
+    """CPU task: file -> the pickled prepare() result, windows as log-mels."""
+    return {**row, "prepared": pickle.dumps(prepare(row["path"], filters, row["file"]), protocol=5)}
 
 
 class _Answer:
@@ -68,8 +70,9 @@ class _Answer:
 
     def __call__(self, batch: dict) -> dict:
         lines = []
-        for path, qs, blob in zip(batch["path"], batch["questions"], batch["prepared"]):
-            recs = answer_file(self.pipe, str(path), [str(q) for q in qs], pickle.loads(blob), self.model_id)
+        for path, file, qs, blob in zip(batch["path"], batch["file"], batch["questions"], batch["prepared"]):
+            recs = answer_file(self.pipe, str(path), [str(q) for q in qs], pickle.loads(blob), self.model_id,
+                               str(file))
             lines.append("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
         return {"lines": lines}
 
@@ -84,16 +87,17 @@ def run_batch_ray(address: str, model_dir: Path, options, files: list[str], ques
     ray = connect(address, log)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and options.device != "cpu" else 0
     # Ray sets OMP_NUM_THREADS to a worker's CPU count (1). OpenBLAS rounds float32 products
-    # differently with another thread count, so tasks and actors get this process's default,
-    # as a local run has: the same log-mels, the same answers.
+    # (the connector's) differently with another thread count, so workers get this process's
+    # default, as a local run has: the same numbers, the same answers.
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    options.threads = options.threads or max(1, cpus // max(1, actors))
+    options = replace(options, threads=options.threads or max(1, cpus // max(1, actors)))
     env = {"env_vars": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1))}}
-    import numpy as np
+    model_dir = Path(model_dir).resolve()  # workers need not share this process's directory
     filters = np.load(model_dir / "encoder" / "frontend.npz")["mel_filters"]
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    ds = ray.data.from_items([{"path": f, "questions": qs} for f, qs in todo], override_num_blocks=len(todo))
+    items = [{"path": f, "file": os.path.abspath(f), "questions": qs} for f, qs in todo]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map(_prepare_row, fn_kwargs={"filters": filters}, num_cpus=1, runtime_env=env)
     ds = ds.map_batches(_Answer, fn_constructor_args=(str(model_dir), options, model_id), batch_size=1,
                         concurrency=actors, num_gpus=gpus, num_cpus=0 if gpus else 1, runtime_env=env)

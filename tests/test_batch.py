@@ -118,17 +118,19 @@ def _comparable(recs):
     return sorted(json.dumps({k: r.get(k) for k in keys}, sort_keys=True) for r in recs)
 
 
-def test_ray_local_gives_the_same_records_and_resumes(capsys, tmp_path, tiny_q4, library):
+def test_ray_local_gives_the_same_records_and_resumes(capsys, tmp_path, tiny_q4, library, monkeypatch):
     """--ray local (a 2-CPU Ray on this machine): the local run's records, and a partial
-    output file is completed without duplicates."""
+    output file is completed without duplicates. Paths relative to the working directory."""
     pytest.importorskip("ray")
+    monkeypatch.chdir(tmp_path)
     local = tmp_path / "local.jsonl"
-    assert run_batch_cli(capsys, tiny_q4, library, local) == 0
+    assert run_batch_cli(capsys, tiny_q4, "lib", local) == 0
+    assert lines(local)[0]["path"].startswith("lib" + os.sep)
     out = tmp_path / "ray.jsonl"
     out.write_text("".join(local.read_text().splitlines(keepends=True)[:3]))  # as if stopped after 3
-    cmd = [sys.executable, "-m", "mufun_local.cli", "batch", str(library), "-m", str(tiny_q4), "--out", str(out),
+    cmd = [sys.executable, "-m", "mufun_local.cli", "batch", "lib", "-m", str(tiny_q4), "--out", str(out),
            "--max-tokens", "8", "--ray", "local"] + sum((["--question", q] for q in QUESTIONS), [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "done 4, skipped 3" in proc.stderr and "failed 3" in proc.stderr
     assert _comparable(lines(out)) == _comparable(lines(local))
