@@ -173,14 +173,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
                          extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1})  # 1: FLOAT
     finally:
         logging.disable(logging.NOTSET)
-    for f in (dst, Path(str(dst) + ".data")):  # it writes the data file 0600; match the others
-        os.chmod(f, 0o666 & ~_umask())
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_onnx_encoder(ckpt, out_dir: Path, progress=None) -> dict[str, str]:

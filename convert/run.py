@@ -36,6 +36,15 @@ def default_encoder_backends() -> tuple[str, ...]:
     return ("ctranslate2", "onnx") if find_spec("onnx") and find_spec("onnxruntime") else ("ctranslate2",)
 
 
+def _usual_modes(root: Path) -> None:
+    """Some writers (safetensors, ONNX Runtime's quantizer) create files 0600; a model
+    directory others may share gets the modes the umask gives."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in root.rglob("*"):
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def _generation_defaults(gen: dict) -> dict:
     keys = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "do_sample")
     return {k: gen[k] for k in keys if k in gen}
@@ -119,6 +128,7 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
             "files": artifacts.hash_tree(tmp),
         }
         (tmp / artifacts.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _usual_modes(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -30,9 +30,10 @@ class Connector:
         except Exception as exc:  # safetensors raises its own error types for damaged files
             raise ModelError(f"{path}: cannot read connector ({str(exc).splitlines()[0]})") from None
         self.stride = pool_stride
-        self.w1 = np.ascontiguousarray(w["linear1.weight"].T)
+        # [in, out] views of torch's [out, in] weights: BLAS reads them transposed, no copy
+        self.w1 = w["linear1.weight"].T
         self.b1 = w["linear1.bias"]
-        self.w2 = np.ascontiguousarray(w["linear2.weight"].T)
+        self.w2 = w["linear2.weight"].T
         self.b2 = w["linear2.bias"]
         self.hidden = self.w2.shape[1]
         self.device = device

@@ -135,3 +135,12 @@ def test_convert_cli_encoder_backends(capsys, tiny_ckpt, tmp_path):
     code, _, err = run_cli(capsys, "convert", str(tiny_ckpt), str(tmp_path / "n"), "--encoder-backends", "tensorrt")
     assert_one_line_error(code, err, "--encoder-backends tensorrt: give one or more of ctranslate2, onnx")
     assert not (tmp_path / "n").exists()
+
+
+def test_converted_files_get_the_usual_modes(tiny_all):
+    """safetensors and ONNX Runtime's quantizer create files 0600; a shared model dir must not."""
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    for rel in ModelDir.open(tiny_all).manifest["files"]:
+        assert (tiny_all / rel).stat().st_mode & 0o777 == 0o666 & ~mask, rel
