@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from .encoder import BACKENDS, COMPUTE_TYPES, EncoderBase, converted_backends, load_encoder, resolve_device
+from .encoder import BACKENDS, COMPUTE_TYPES, converted_backends, load_encoder, resolve_device
 from .errors import ModelError
 
 CPU_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni", "avx2")
@@ -119,7 +119,7 @@ def choose(encoder_dir: str | Path, backend: str = "auto", device: str = "auto",
         raise ModelError(f"no converted, installed encoder backend runs compute type {compute_type} "
                          f"(converted: {', '.join(converted_backends(encoder_dir))})")
     if len(pairs) == 1:
-        return Choice(*pairs[0], f"the only candidate converted and installed for this CPU")
+        return Choice(*pairs[0], "the only candidate converted and installed for this CPU")
 
     info = json.loads((encoder_dir / "encoder.json").read_text())
     key = " | ".join([cpu_signature(), f"threads={threads or os.cpu_count()}",
@@ -146,13 +146,3 @@ def choose(encoder_dir: str | Path, backend: str = "auto", device: str = "auto",
     backend, ct = best.split(" ")
     figures = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(seconds.items(), key=lambda kv: kv[1]))
     return Choice(backend, ct, f"fastest per 30 s window ({how}): {figures}", seconds)
-
-
-def open_encoder(encoder_dir: str | Path, backend: str = "auto", device: str = "auto",
-                 compute_type: str | None = None, threads: int = 0, batch_size: int = 4,
-                 cache_file: Path | None = None, log: Callable[[str], None] = lambda m: None) -> EncoderBase:
-    choice = choose(encoder_dir, backend, device, compute_type, threads, cache_file, log)
-    enc = load_encoder(encoder_dir, choice.backend, device if choice.backend == "ctranslate2" else "cpu",
-                       choice.compute_type, threads, batch_size)
-    enc.choice = choice
-    return enc
