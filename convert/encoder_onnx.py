@@ -6,9 +6,9 @@ trace): input log-mel [B, n_mels, 3000] -> conv1/GELU/conv2(stride 2)/GELU/+posi
 ONNX Runtime and OpenVINO both read the same file. Weights are streamed into one external
 data file as the graph is built, so only one tensor is in memory at a time.
 
-The int8 file is ONNX Runtime's dynamic quantisation (`quantize_dynamic`) of the float32
-graph: the weight MatMuls become int8 with per-channel scales, activations are quantised
-per call.
+The int8 file is ONNX Runtime's dynamic quantisation (`quantize_dynamic`) of a float32
+copy whose attention is ONNX Runtime's fused MultiHeadAttention: the weight MatMuls become
+int8 with per-channel scales, activations are quantised per call. Only ONNX Runtime reads it.
 """
 from __future__ import annotations
 
@@ -173,7 +173,6 @@ def quantize_int8(src: Path, dst: Path) -> None:
                          extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1})  # 1: FLOAT
     finally:
         logging.disable(logging.NOTSET)
-
 
 
 def write_onnx_encoder(ckpt, out_dir: Path, progress=None) -> dict[str, str]:
