@@ -24,7 +24,7 @@ from .batch import MemoryCache, Summary, answer_file, count, pending, prepare
 from .errors import MufunError
 
 
-def _import_ray():
+def import_ray():
     try:
         import ray
         import ray.data  # noqa: F401
@@ -36,7 +36,7 @@ def _import_ray():
 def connect(address: str, log: Callable[[str], None]):
     """`local`: start a private Ray on this machine; `auto`: the cluster RAY_ADDRESS or
     `ray start` made; anything else: that address (host:port or ray://host:10001)."""
-    ray = _import_ray()
+    ray = import_ray()
     if ray.is_initialized():
         return ray
     kwargs = dict(include_dashboard=False, configure_logging=True, logging_level="ERROR", log_to_driver=False)

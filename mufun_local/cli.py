@@ -374,6 +374,9 @@ def batch(inputs, model, questions, out, temperature, seed, max_tokens, ctx, ray
                   sampling=Sampling(temperature=temperature, seed=seed), verbose=verbose)
     if ray_actors < 1:
         raise MufunError("--ray-actors must be at least 1")
+    if ray_address:
+        from .batch_ray import import_ray, run_batch_ray
+        import_ray()  # says how to install it before anything starts
     pipe = None if ray_address else Pipeline(md, opt)
     bar = tqdm(total=len(files) * len(questions), unit="answer", disable=quiet, file=sys.stderr,
                dynamic_ncols=True)
@@ -381,7 +384,6 @@ def batch(inputs, model, questions, out, temperature, seed, max_tokens, ctx, ray
     model_id = str(md.manifest["source"]["id"])
     try:
         if ray_address:
-            from .batch_ray import run_batch_ray
             summary = run_batch_ray(ray_address, md.path, opt, files, list(questions), Path(out), model_id,
                                     progress=bar.update, actors=ray_actors, log=_stderr if verbose else (lambda m: None))
         else:
