@@ -115,10 +115,10 @@ def prepare(path: str, mel_filters, file: str | None = None) -> dict:
     timings: dict[str, float] = {}
     file = file or path
     try:
-        mels, _ = load_log_mels(file, None, mel_filters, timer=Timer(timings))
-        return {"windows": mels, "timings": timings, "sha256": file_hash(file), "error": None}
+        mels, seconds = load_log_mels(file, None, mel_filters, timer=Timer(timings))
+        return {"mels": mels, "seconds": seconds, "timings": timings, "sha256": file_hash(file), "error": None}
     except MufunError as exc:
-        return {"windows": None, "timings": timings, "sha256": None, "error": str(exc).replace(file, path)}
+        return {"timings": timings, "sha256": None, "error": str(exc).replace(file, path)}
 
 
 def answer_file(pipe: Pipeline, path: str, questions: list[str], prepared: dict, model_id: str,
@@ -133,7 +133,9 @@ def answer_file(pipe: Pipeline, path: str, questions: list[str], prepared: dict,
             continue
         t0 = time.perf_counter()
         try:
-            answer = "".join(pipe.ask([AudioInput(file or path, windows=prepared["windows"])], q))
+            audio = AudioInput(file or path, mels=prepared["mels"], seconds=prepared["seconds"],
+                               sha256=prepared["sha256"])
+            answer = "".join(pipe.ask([audio], q))
             r = pipe.result
             timings = {**prepared["timings"], **r.timings} if "encoder" in r.timings else dict(r.timings)
             rec.update(answer=answer, prompt_tokens=r.prompt_tokens, audio_tokens=r.audio_tokens,
@@ -186,6 +188,10 @@ def run_batch(pipe: Pipeline, files: list[str], questions: list[str], out: Path,
     return summary
 
 
+def record_line(rec: dict) -> str:
+    return json.dumps(rec, ensure_ascii=False) + "\n"
+
+
 def write_record(fh, rec: dict) -> None:
-    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    fh.write(record_line(rec))
     fh.flush()

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from .batch import MemoryCache, Summary, answer_file, count, pending, prepare
+from .batch import MemoryCache, Summary, answer_file, count, pending, prepare, record_line
 from .errors import MufunError
 
 
@@ -73,7 +73,7 @@ class _Answer:
         for path, file, qs, blob in zip(batch["path"], batch["file"], batch["questions"], batch["prepared"]):
             recs = answer_file(self.pipe, str(path), [str(q) for q in qs], pickle.loads(blob), self.model_id,
                                str(file))
-            lines.append("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+            lines.append("".join(map(record_line, recs)))
         return {"lines": lines}
 
 

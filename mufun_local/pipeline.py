@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import audio as audio_mod
-from . import features, prompt as prompt_mod
+from . import prompt as prompt_mod
 from .artifacts import ModelDir
 from .errors import MufunError
 from .llm import LLM, Sampling
@@ -51,7 +51,10 @@ class Options:
 class AudioInput:
     path: str
     segs: tuple[float, float] | None = None
-    windows: list | None = None   # already decoded 16 kHz windows, or their log-mels (batch)
+    # made already by the caller (batch prefetch, Ray tasks): log-mels, seconds, content hash
+    mels: list | None = None
+    seconds: float = 0.0
+    sha256: str | None = None
 
 
 @dataclass
@@ -144,9 +147,10 @@ class Pipeline:
     def cache_key(self, item: AudioInput) -> str:
         from .embcache import EmbeddingCache, file_hash
 
-        audio_mod.check_file(item.path)
+        if item.sha256 is None:
+            audio_mod.check_file(item.path)
         c = self.encoder_choice
-        return EmbeddingCache.key(file_hash(item.path), item.segs, self.model.audio_hash,
+        return EmbeddingCache.key(item.sha256 or file_hash(item.path), item.segs, self.model.audio_hash,
                                   f"{c.backend}:{c.compute_type}")
 
     def release_audio_models(self) -> None:
@@ -167,22 +171,17 @@ class Pipeline:
     def load_windows(self, item: AudioInput, timer: Timer,
                      max_windows: int | None = None) -> tuple[list[np.ndarray], float]:
         """Log-mels of the item's 30 s windows (decoding overlapped with them) and their
-        seconds; decoding stops after `max_windows` (TooLong). Windows the caller already
-        made (16 kHz samples or log-mels) pass through."""
-        if item.windows is not None:
-            return item.windows, sum(w.shape[-1] for w in item.windows if w.ndim == 1) / audio_mod.SAMPLE_RATE
+        seconds; decoding stops after `max_windows` (TooLong). Log-mels the caller already
+        made pass through."""
+        if item.mels is not None:
+            return item.mels, item.seconds
         from .frontend import load_log_mels
         return load_log_mels(item.path, item.segs, self.mel_filters, max_windows, timer)
 
-    def embed_windows(self, windows: list[np.ndarray], timer: Timer, keep_layers: bool = False):
-        """`windows`: log-mels [n_mels, 3000], or 16 kHz samples (1-D each)."""
-        if windows[0].ndim == 2:
-            mel = np.stack(windows)
-        else:
-            with timer("features"):
-                mel = features.log_mel(windows, self.mel_filters)
-        with timer("encoder"):
-            hs = self.encoder.hidden_states(mel)  # loading the encoder, when it is not loaded yet, counts here
+    def embed_windows(self, mels: list[np.ndarray], timer: Timer, keep_layers: bool = False):
+        """Embeddings (and hidden states, if asked) of log-mel windows [n_mels, 3000]."""
+        with timer("encoder"):  # loading the encoder, when it is not loaded yet, counts here
+            hs = self.encoder.hidden_states(np.stack(mels))
         with timer("connector"):
             emb = self.connector(hs)
         return emb, (hs if keep_layers else None)
