@@ -19,6 +19,24 @@ class Offload:
     reason: str
 
 
+def cpu_info(cpuinfo: str | None = None) -> tuple[str, set[str]]:
+    """(model name, feature flags) from /proc/cpuinfo (or its text); ("", set()) elsewhere."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return "", set()
+    name, flags = "", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not name:
+            name = value.strip()
+        elif key.strip() in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    return name, flags
+
+
 def free_vram_bytes() -> int | None:
     """Free memory of GPU 0, from nvidia-smi (or torch when it has CUDA); None if unknown."""
     if shutil.which("nvidia-smi"):

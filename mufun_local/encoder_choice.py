@@ -35,18 +35,11 @@ class Choice:
 
 def cpu_signature() -> str:
     """CPU model name and the matrix-unit flags that decide which engine is fastest."""
-    name, flags = "", set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and not name:
-                    name = value.strip()
-                elif key.strip() in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-    except OSError:
-        import platform
-        name = platform.processor() or platform.machine()
+    import platform
+
+    from .devices import cpu_info
+    name, flags = cpu_info()
+    name = name or platform.processor() or platform.machine()
     return f"{name} [{' '.join(f for f in CPU_FLAGS if f in flags)}] x{os.cpu_count()}"
 
 

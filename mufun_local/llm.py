@@ -26,16 +26,8 @@ from .errors import ModelError, MufunError
 
 def cpu_has_amx(cpuinfo: str | None = None) -> bool:
     """True when /proc/cpuinfo lists an AMX flag (Linux; elsewhere False)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-                cpuinfo = fh.read()
-        except OSError:
-            return False
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            return any(f.startswith("amx") for f in line.split(":", 1)[1].split())
-    return False
+    from .devices import cpu_info
+    return any(f.startswith("amx") for f in cpu_info(cpuinfo)[1])
 
 
 def use_extra_bufts(cpuinfo: str | None = None, env: dict | None = None) -> bool:
