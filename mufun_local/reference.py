@@ -157,19 +157,27 @@ class ReferenceMuFun:
         self.dtype = dtype
         state = _read_shards(ckpt, dtype)
 
+        # Modules are built on the meta device and take the loaded tensors as they are
+        # (assign=True): no second copy of the weights, so the 8B model fits in bf16 on 24 GB.
         wcfg = WhisperConfig(**self.config["vision_config"])
-        self.encoder = WhisperEncoder(wcfg).to(dtype).eval()
+        with torch.device("meta"):
+            self.encoder = WhisperEncoder(wcfg)
         self._load(self.encoder, state, "vision_tower._vision_tower.")
 
         import re
         ix, hx = map(int, re.findall(r"(\d+)[ix]", self.config["connector_type"]))
         vdim = self.config["vision_hidden_size"] * ix
-        self.connector = Connector(vdim, hx, self.config["hidden_size"]).to(dtype).eval()
+        with torch.device("meta"):
+            self.connector = Connector(vdim, hx, self.config["hidden_size"])
         self._load(self.connector, state, "connector._connector.")
 
         qcfg = Qwen3Config(**self.config["text_config"])
-        self.llm = Qwen3ForCausalLM(qcfg).to(dtype).eval()
+        with torch.device("meta"):
+            self.llm = Qwen3ForCausalLM(qcfg)
         self._load(self.llm, state, "language_model.")
+        # the rotary table is computed, not stored: build it for real
+        self.llm.model.rotary_emb = type(self.llm.model.rotary_emb)(config=qcfg)
+        del state
         self.tokenizer = Qwen2Tokenizer.from_pretrained(str(ckpt))
         self.stop_ids = {self.tokenizer.convert_tokens_to_ids("<|im_end|>"),
                          self.tokenizer.convert_tokens_to_ids("<|endoftext|>")}
@@ -177,10 +185,11 @@ class ReferenceMuFun:
     @staticmethod
     def _load(module: nn.Module, state: dict, prefix: str) -> None:
         sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        missing, unexpected = module.load_state_dict(sub, strict=False)
+        missing, unexpected = module.load_state_dict(sub, strict=False, assign=True)
         missing = [m for m in missing if "rotary" not in m]
         if missing or unexpected:
             raise ValueError(f"{prefix}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        module.eval()
 
     # -- audio half
     @torch.no_grad()
