@@ -107,6 +107,11 @@ class ModelDir:
         return self.path / self.manifest["llm"]["file"]
 
     @property
+    def llm_sha256(self) -> str:
+        """The GGUF's sha256 from the manifest (identifies the LLM for the prefix cache)."""
+        return self.manifest["files"][self.manifest["llm"]["file"]]["sha256"]
+
+    @property
     def audio_hash(self) -> str:
         """Identifies the encoder + connector weights (for the audio-embedding cache)."""
         files = self.manifest["files"]

@@ -38,7 +38,7 @@ class ChatSession:
         self.pipe = pipe
         llm = pipe.llm
         self.n_ctx = n_ctx or min(llm.n_ctx_train, DEFAULT_CHAT_CTX)
-        llm.open_context(self.n_ctx, pipe.opt.n_batch, pipe.opt.f32_kv)
+        llm.open_context(self.n_ctx, pipe.opt.n_batch, pipe.opt.f32_kv, pipe.opt.flash_attn)
         prm = pipe.model.manifest["prompt"]
         self.template, self.marker = prm["template"], prm["audio_marker"]
         self.turn_template = prm.get("turn_template", TURN_TEMPLATE)
@@ -71,12 +71,13 @@ class ChatSession:
         res = self.result = Result()
         timer = Timer(res.timings)
         res.prompt_tokens = sum(map(len, chunks))
-        embeddings, _ = pipe.audio_embeddings(audios, timer, res.prompt_tokens, used=llm.n_past)
+        keys = [pipe.cache_key(a) for a in audios]
+        embeddings, _ = pipe.audio_embeddings(audios, timer, res.prompt_tokens, used=llm.n_past, keys=keys)
         res.audio_tokens = sum(len(e) for e in embeddings)
         self.pending = []
         turn = Turn(question, [{"path": a.path, "segs": a.segs} for a in audios])
         self.turns.append(turn)
-        pipe.prefill(chunks, embeddings, timer)
+        pipe.prefill(pipe.plan(chunks, keys), embeddings, timer)
         try:
             for piece in pipe._generate(llm, res):
                 turn.answer += piece

@@ -12,8 +12,20 @@ import click
 
 from . import __version__
 from .errors import MufunError
+from .progress import StatusLine
 
 log = logging.getLogger("mufun_local")
+
+
+class FiniteRange(click.FloatRange):
+    """A float range that also refuses nan and inf (which pass click's comparisons)."""
+
+    def convert(self, value, param, ctx):
+        import math
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
 
 
 def _stderr(msg: str) -> None:
@@ -48,7 +60,7 @@ def encoder_options(f):
                                      threads=threads, quiet=kw.get("quiet", False)), **kw)
 
     types = sorted({t for ts in COMPUTE_TYPES.values() for t in ts})
-    wrapper = click.option("--threads", type=int, default=0, help="CPU threads (default: all cores).")(wrapper)
+    wrapper = click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads (default: all cores).")(wrapper)
     wrapper = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                            help="Where the encoder runs.")(wrapper)
     wrapper = click.option("--compute-type", type=click.Choice(types), default=None,
@@ -59,6 +71,12 @@ def encoder_options(f):
                            help="Engine for the Whisper encoder. auto: CTranslate2 on CUDA; on a CPU the fastest "
                                 "converted and installed one, measured once (-v says which and why).")(wrapper)
     return wrapper
+
+
+def flash_attn_option(f):
+    return click.option("--flash-attn", is_flag=True,
+                        help="llama.cpp's flash attention. Off by default: on CPUs it is no faster and "
+                             "moves the answer's logits on long audio (see README, Accuracy).")(f)
 
 
 def model_option(f):
@@ -95,20 +113,21 @@ def cli():
 @click.argument("inputs", nargs=-1, required=True, metavar="AUDIO... QUESTION")
 @model_option
 @click.option("--segs", multiple=True, metavar="START:END", help="Seconds of each audio to use (repeat per file).")
-@click.option("--temperature", type=float, default=None, help="0 = greedy (default: the model's generation config).")
-@click.option("--top-p", type=float, default=None)
-@click.option("--top-k", type=int, default=None)
-@click.option("--repeat-penalty", type=float, default=1.0, show_default=True)
+@click.option("--temperature", type=FiniteRange(0, 2), default=None, help="0 = greedy (default: the model's generation config).")
+@click.option("--top-p", type=FiniteRange(0, 1), default=None)
+@click.option("--top-k", type=click.IntRange(min=0), default=None)
+@click.option("--repeat-penalty", type=FiniteRange(0, 10), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=None, help="Sampling seed (default: random).")
-@click.option("--max-tokens", type=int, default=256, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--n-gpu-layers", type=int, default=-1, help="LLM layers on the GPU (default: all, when built with a GPU backend).")
-@click.option("--ctx", type=int, default=None, help="Context size (default: sized to prompt + audio + answer).")
+@click.option("--ctx", type=click.IntRange(min=64), default=None, help="Context size (default: sized to prompt + audio + answer).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, tokens and timings.")
-@click.option("--no-cache", is_flag=True, help="Do not use or fill the audio-embedding cache.")
+@click.option("--no-cache", is_flag=True, help="Do not use or fill the audio-embedding and prefix caches.")
+@flash_attn_option
 @encoder_options
 @verbosity
 def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, max_tokens,
-        n_gpu_layers, ctx, as_json, no_cache, encoder, quiet, verbose):
+        n_gpu_layers, ctx, as_json, no_cache, flash_attn, encoder, quiet, verbose):
     """Answer QUESTION about one or more AUDIO files.
 
     \b
@@ -125,8 +144,10 @@ def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, ma
     seg_list = _segs_list(segs, len(files))
     md = _open_model(model, quiet)
     opt = _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers,
-                   ctx, encoder, verbose)
-    pipe = Pipeline(md, opt, log=_stderr if verbose else None, cache=None if no_cache else _embedding_cache())
+                   ctx, encoder, verbose, flash_attn)
+    status = StatusLine(enabled=None if not quiet else False)
+    pipe = Pipeline(md, opt, log=_stderr if verbose else None, cache=None if no_cache else _embedding_cache(),
+                    prefix_cache=None if no_cache else _prefix_cache(), progress=status)
     try:
         stream = pipe.ask([AudioInput(f, s) for f, s in zip(files, seg_list)], question)
         for piece in stream:
@@ -135,13 +156,16 @@ def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, ma
                 sys.stdout.flush()
         res = pipe.result
     finally:
+        status.clear()
         pipe.close()
     if as_json:
         click.echo(json.dumps({
             "text": res.text, "tokens": res.tokens, "prompt_tokens": res.prompt_tokens,
             "audio_tokens": res.audio_tokens, "stopped": res.stopped,
             "timings": {k: round(res.timings.get(k, 0.0), 4)
-                        for k in ("decode", "features", "encoder", "connector", "prefill", "generate")},
+                        for k in ("decode", "features", "encoder", "connector", "prefill", "generate")
+                        + tuple(k for k in ("load", "prefix_load", "prefix_save") if k in res.timings)},
+            "peak_rss_mb": {k: round(v) for k, v in res.peaks.items()},
         }, ensure_ascii=False))
     else:
         click.echo()
@@ -150,7 +174,7 @@ def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, ma
 
 
 def _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers, ctx,
-             encoder, verbose):
+             encoder, verbose, flash_attn=False):
     import random
 
     from .llm import Sampling
@@ -167,7 +191,7 @@ def _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_
     if max_tokens < 1:
         raise MufunError("--max-tokens must be at least 1")
     return Options(**encoder, n_gpu_layers=n_gpu_layers, n_ctx=ctx, max_tokens=max_tokens,
-                   sampling=sampling, verbose=verbose)
+                   sampling=sampling, verbose=verbose, flash_attn=flash_attn)
 
 
 # ------------------------------------------------------------------ chat
@@ -179,19 +203,20 @@ CHAT_HELP = """commands: /audio FILE [START:END]  add audio to your next questio
 @cli.command()
 @click.argument("audio_files", nargs=-1, metavar="[AUDIO...]")
 @model_option
-@click.option("--temperature", type=float, default=None, help="0 = greedy (default: the model's generation config).")
-@click.option("--top-p", type=float, default=None)
-@click.option("--top-k", type=int, default=None)
-@click.option("--repeat-penalty", type=float, default=1.0, show_default=True)
+@click.option("--temperature", type=FiniteRange(0, 2), default=None, help="0 = greedy (default: the model's generation config).")
+@click.option("--top-p", type=FiniteRange(0, 1), default=None)
+@click.option("--top-k", type=click.IntRange(min=0), default=None)
+@click.option("--repeat-penalty", type=FiniteRange(0, 10), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=None)
-@click.option("--max-tokens", type=int, default=512, show_default=True, help="Per answer.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Per answer.")
 @click.option("--n-gpu-layers", type=int, default=-1)
-@click.option("--ctx", type=int, default=None, help="Context size for the whole conversation (default 8192).")
+@click.option("--ctx", type=click.IntRange(min=64), default=None, help="Context size for the whole conversation (default 8192).")
 @click.option("--no-cache", is_flag=True, help="Do not use or fill the audio-embedding cache.")
+@flash_attn_option
 @encoder_options
 @verbosity
 def chat(audio_files, model, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers, ctx,
-         no_cache, encoder, quiet, verbose):
+         no_cache, flash_attn, encoder, quiet, verbose):
     """Talk about one or more audio files, turn after turn.
 
     The audio is encoded once and earlier turns are never evaluated again.
@@ -208,8 +233,10 @@ def chat(audio_files, model, temperature, top_p, top_k, repeat_penalty, seed, ma
     _setup_logging(quiet, verbose)
     md = _open_model(model, quiet)
     opt = _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers,
-                   ctx, encoder, verbose)
-    pipe = Pipeline(md, opt, log=_stderr if verbose else None, cache=None if no_cache else _embedding_cache())
+                   ctx, encoder, verbose, flash_attn)
+    status = StatusLine(enabled=None if not quiet else False)
+    pipe = Pipeline(md, opt, log=_stderr if verbose else None, cache=None if no_cache else _embedding_cache(),
+                    progress=status)
     session = ChatSession(pipe, ctx)
     for f in audio_files:
         session.add_audio(AudioInput(f))
@@ -240,9 +267,11 @@ def chat(audio_files, model, temperature, top_p, top_k, repeat_penalty, seed, ma
                     click.echo(piece, nl=False)
                     sys.stdout.flush()
             except KeyboardInterrupt:
+                status.clear()
                 stream.close()
                 _stderr("\n[stopped]")
             except MufunError as exc:
+                status.clear()
                 failed += 1
                 _stderr(f"error: {exc}")
             click.echo()
@@ -279,10 +308,26 @@ def _chat_command(session, line: str) -> bool:
     return True
 
 
+def _bar_stage(bar):
+    """A Pipeline.progress callback that shows the current file's stage after the bar."""
+    names = {"decode": "decoding", "encoder": "encoder", "prefill": "reading", "answer": "answering"}
+
+    def show(stage: str, done: int, total: int) -> None:
+        bar.set_postfix_str(names.get(stage, stage) + (f" {done}/{total}" if stage in ("encoder", "prefill") else ""),
+                            refresh=True)
+    return show
+
+
 def _embedding_cache():
     from .embcache import EmbeddingCache
     from .models import home
     return EmbeddingCache(home() / "embeddings")
+
+
+def _prefix_cache():
+    from .models import home
+    from .prefix_cache import PrefixCache
+    return PrefixCache(home() / "prefixes")
 
 
 # ------------------------------------------------------------------ serve
@@ -292,16 +337,17 @@ def _embedding_cache():
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
 @click.option("--port", type=int, default=8080, show_default=True)
 @click.option("--api-key", default=None, envvar="MUFUN_API_KEY", help="Require 'Authorization: Bearer KEY' (not on /health).")
-@click.option("--ctx", type=int, default=None, help="Context per request (default: min(model, 8192)).")
-@click.option("--max-tokens", type=int, default=512, show_default=True, help="Default max_tokens per request.")
+@click.option("--ctx", type=click.IntRange(min=64), default=None, help="Context per request (default: min(model, 8192)).")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Default max_tokens per request.")
 @click.option("--max-queue", type=int, default=32, show_default=True, help="Waiting requests before 503.")
 @click.option("--max-body-mb", type=float, default=64.0, show_default=True)
 @click.option("--n-gpu-layers", type=int, default=-1)
-@click.option("--no-cache", is_flag=True, help="Do not use or fill the audio-embedding cache.")
+@click.option("--no-cache", is_flag=True, help="Do not use or fill the audio-embedding and prefix caches.")
+@flash_attn_option
 @encoder_options
 @verbosity
 def serve(model, host, port, api_key, ctx, max_tokens, max_queue, max_body_mb, n_gpu_layers, no_cache,
-          encoder, quiet, verbose):
+          flash_attn, encoder, quiet, verbose):
     """Serve an OpenAI-compatible API (and a web page at /).
 
     \b
@@ -321,10 +367,12 @@ def serve(model, host, port, api_key, ctx, max_tokens, max_queue, max_body_mb, n
     _setup_logging(quiet, verbose)
     md = _open_model(model, quiet)
     # a server answers request after request: reloading the encoder each time would cost seconds
-    opt = Options(**encoder, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, verbose=verbose, keep_audio_models=True)
+    opt = Options(**encoder, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, verbose=verbose, keep_audio_models=True,
+                  flash_attn=flash_attn)
     opt.n_ctx = ctx or min(int(md.manifest["dims"]["max_positions"]), 8192)
     app = create_app(md, opt, api_key=api_key, max_queue=max_queue, max_body_mb=max_body_mb,
-                     cache=None if no_cache else _embedding_cache())
+                     cache=None if no_cache else _embedding_cache(),
+                     prefix_cache=None if no_cache else _prefix_cache())
     if not quiet:
         _stderr(f"serving {md.path} on http://{host}:{port} (OpenAI API at /v1, web page at /)")
     uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning")
@@ -337,10 +385,10 @@ def serve(model, host, port, api_key, ctx, max_tokens, max_queue, max_body_mb, n
 @model_option
 @click.option("--question", "questions", multiple=True, required=True, help="Ask this about every file (repeatable).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="JSONL results (appended; resumable).")
-@click.option("--temperature", type=float, default=0.0, show_default=True)
+@click.option("--temperature", type=FiniteRange(0, 2), default=0.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-tokens", type=int, default=128, show_default=True)
-@click.option("--ctx", type=int, default=None)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--ctx", type=click.IntRange(min=64), default=None)
 @click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="auto", metavar="[ADDRESS]",
               help="Run as a Ray Data pipeline (needs the `ray` extra): bare or `auto` joins the running cluster "
                    "(RAY_ADDRESS / `ray start`), `local` starts one on this machine, or give host:port / ray://host:10001.")
@@ -387,6 +435,7 @@ def batch(inputs, model, questions, out, temperature, seed, max_tokens, ctx, ray
             summary = run_batch_ray(ray_address, md.path, opt, files, list(questions), Path(out), model_id,
                                     progress=bar.update, actors=ray_actors, log=_stderr if verbose else (lambda m: None))
         else:
+            pipe.progress = _bar_stage(bar)
             summary = run_batch(pipe, files, list(questions), Path(out), model_id, progress=bar.update)
     except KeyboardInterrupt:
         bar.close()
@@ -459,7 +508,7 @@ def embed(audio_file, model, out, segs, layers, encoder, quiet, verbose):
                    "is installed.")
 @click.option("--keep-f16", is_flag=True, help="Keep the F16 GGUF made on the way to a quantized one.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-@click.option("--threads", type=int, default=0, help="Quantizer threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="Quantizer threads (default: all cores).")
 @verbosity
 def convert(src, out, quant, encoder_quant, encoder_backends, keep_f16, force, threads, quiet, verbose):
     """Convert an original MuFun checkpoint (directory or hub id) into a model directory.
@@ -474,9 +523,25 @@ def convert(src, out, quant, encoder_quant, encoder_backends, keep_f16, force, t
     _setup_logging(quiet, verbose)
     backends = (default_encoder_backends() if encoder_backends == "auto"
                 else tuple(b.strip() for b in encoder_backends.split(",") if b.strip()))
-    run_convert(src, out, quant=quant, encoder_quant=encoder_quant, encoder_backends=backends,
-                force=force, keep_f16=keep_f16,
-                threads=threads, quiet=quiet, verbose=verbose)
+    done = run_convert(src, out, quant=quant, encoder_quant=encoder_quant, encoder_backends=backends,
+                       force=force, keep_f16=keep_f16,
+                       threads=threads, quiet=quiet, verbose=verbose)
+    _measure_encoders(Path(done) / "encoder", quiet)
+
+
+def _measure_encoders(encoder_dir: Path, quiet: bool) -> None:
+    """Time the encoder engines now, where a wait is expected, instead of in the first `ask`
+    (about a minute at the real size; kept per machine, so later conversions reuse it)."""
+    from .encoder_choice import choose
+    from .models import home
+    try:
+        c = choose(encoder_dir, "auto", "auto", None, 0, home() / "encoder-choice.json",
+                   (lambda m: None) if quiet else _stderr)
+    except MufunError as exc:
+        log.warning("could not time the encoder engines now (the first ask will): %s", exc)
+        return
+    if not quiet:
+        _stderr(f"encoder engine for this machine: {c.backend} {c.compute_type} ({c.reason})")
 
 
 @cli.command()
@@ -562,7 +627,7 @@ def models_rm(name):
 
 @cli.command()
 @click.option("--question", default="What genre is this music?", show_default=True)
-@click.option("--max-tokens", type=int, default=24, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=24, show_default=True)
 def demo(question, max_tokens):
     """Prove the install works end to end, with no download.
 

@@ -41,7 +41,7 @@ class EmbeddingCache:
         p = self._path(key)
         try:
             emb = np.load(p)
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError):  # missing, damaged, or empty
             return None
         os.utime(p)  # recency for LRU
         return emb

@@ -100,13 +100,17 @@ class EncoderBase:
     def describe(self) -> str:
         return f"{self.backend} on {self.device}, {self.compute_type}"
 
-    def hidden_states(self, mel: np.ndarray) -> HiddenStates:
-        """Hidden states 0/7/15/32, each [B, 1500, d] float32, batched by `batch_size`."""
+    def hidden_states(self, mel: np.ndarray, on_batch=None) -> HiddenStates:
+        """Hidden states 0/7/15/32, each [B, 1500, d] float32, batched by `batch_size`;
+        `on_batch(windows done)` after each batch."""
         mel = np.asarray(mel, dtype=np.float32)
         if mel.ndim != 3:
             raise ValueError("expected log-mel windows [B, n_mels, 3000]")
-        parts = [self._hidden_batch(mel[i:i + self.batch_size])
-                 for i in range(0, len(mel), self.batch_size)]
+        parts = []
+        for i in range(0, len(mel), self.batch_size):
+            parts.append(self._hidden_batch(mel[i:i + self.batch_size]))
+            if on_batch is not None:
+                on_batch(min(len(mel), i + self.batch_size))
         if len(parts) == 1:
             return parts[0]
         return HiddenStates(*(np.concatenate(x) for x in zip(*(p.as_list() for p in parts))))

@@ -91,9 +91,19 @@ class LLM:
         self.n_ctx = self.requested_ctx = 0
         self.n_past = 0
         self.n_decoded = 0  # rows sent to llama_decode, for observing re-evaluation
+        # What the context holds, as (segment, positions) from position 0: a prompt's text
+        # and audio segments (see prefix_cache), so a later prompt can keep what it shares.
+        self.segments: list[tuple[tuple, int]] = []
+        self.settings: dict = {}
 
-    def open_context(self, n_ctx: int, n_batch: int = 512, f32_kv: bool = False) -> None:
-        """(Re)create the context: n_ctx positions, batches split to n_batch rows."""
+    def open_context(self, n_ctx: int, n_batch: int = 512, f32_kv: bool = False,
+                     flash_attn: bool = False, kv_type: str | None = None) -> None:
+        """(Re)create the context: n_ctx positions, batches split to n_batch rows.
+
+        Flash attention stays off unless asked for: llama.cpp's CPU kernel rounds through
+        F16 and, on a prefix of ~1,200 audio rows, moved the first-step logits by 0.35 (the
+        first greedy token changed) for no speed (DESIGN §8). f32_kv is the parity setting;
+        kv_type ("f16", "f32", "q8_0", ...) names any of llama.cpp's cache types."""
         L = self._L
         self._free_context()
         cp = L.llama_context_default_params()
@@ -102,9 +112,9 @@ class LLM:
         cp.n_seq_max = 1
         cp.n_threads = cp.n_threads_batch = self.threads
         cp.no_perf = True
-        if f32_kv:  # the parity setting: F32 cache, no flash attention (it rounds through F16)
-            cp.type_k = cp.type_v = L.GGML_TYPE_F32
-            cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        kv_type = "f32" if f32_kv else (kv_type or "f16")
+        cp.type_k = cp.type_v = getattr(L, f"GGML_TYPE_{kv_type.upper()}")
         self.ctx = L.llama_init_from_model(self.model, cp)
         if not self.ctx:
             raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)")
@@ -113,6 +123,10 @@ class LLM:
         self._tok_batch = L.llama_batch_init(self.n_batch, 0, 1)
         self._emb_batch = L.llama_batch_init(self.n_batch, self.n_embd, 1)
         self.n_past = 0
+        self.segments = []
+        # what else the KV bytes depend on (the prefix cache's key)
+        self.settings = {"kv": kv_type, "flash_attn": bool(flash_attn),
+                         "n_batch": self.n_batch, "extra_bufts": use_extra_bufts()}
 
     # -- text
     def tokenize(self, text: str) -> list[int]:
@@ -139,11 +153,74 @@ class LLM:
     def reset(self) -> None:
         self._L.llama_memory_clear(self._L.llama_get_memory(self.ctx), True)
         self.n_past = 0
+        self.segments = []
 
     def truncate(self, n_past: int) -> None:
         """Forget positions >= n_past (e.g. an interrupted answer)."""
-        self._L.llama_memory_seq_rm(self._L.llama_get_memory(self.ctx), 0, n_past, -1)
+        if not self._L.llama_memory_seq_rm(self._L.llama_get_memory(self.ctx), 0, n_past, -1):
+            self.reset()
+            return
         self.n_past = n_past
+        kept, pos = [], 0
+        for seg, n in self.segments:
+            if pos + n > n_past:
+                break
+            kept.append((seg, n))
+            pos += n
+        self.segments = kept
+
+    # -- what the context holds
+    def record(self, segment: tuple, n: int) -> None:
+        """Note that the last `n` positions evaluated hold `segment`."""
+        if sum(k for _, k in self.segments) + n == self.n_past:
+            self.segments.append((segment, n))
+        else:  # something unrecorded was evaluated in between: trust nothing after it
+            self.segments = []
+
+    def shared(self, segments: list[tuple]) -> tuple[int, int]:
+        """How many leading `segments` the context holds already, and their positions."""
+        k = pos = 0
+        for (have, n), want in zip(self.segments, segments):
+            if have != want:
+                break
+            k, pos = k + 1, pos + n
+        return k, pos
+
+    def keep(self, k: int) -> int:
+        """Keep the first k recorded segments, forget every position after them."""
+        n = sum(n for _, n in self.segments[:k])
+        if k == 0:
+            self.reset()
+        elif n != self.n_past:
+            self.truncate(n)
+        return self.n_past
+
+    def save_state(self) -> np.ndarray:
+        """The sequence's KV state (llama_state_seq_get_data), as bytes."""
+        L = self._L
+        size = L.llama_state_seq_get_size(self.ctx, 0)
+        buf = np.empty(size, dtype=np.uint8)
+        got = L.llama_state_seq_get_data(self.ctx, buf.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), size, 0)
+        if got != size:
+            raise MufunError(f"llama.cpp saved {got} of {size} state bytes")
+        return buf
+
+    def load_state(self, data: np.ndarray, positions: int, segments: list[tuple[tuple, int]]) -> bool:
+        """Restore a state from save_state into an empty context; False when llama.cpp refuses
+        it (another model or settings): the context is left empty."""
+        L = self._L
+        self.reset()
+        if positions > self.n_ctx:
+            return False
+        data = np.ascontiguousarray(data, dtype=np.uint8)
+        got = L.llama_state_seq_set_data(self.ctx, data.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+                                         data.nbytes, 0)
+        if got == 0:
+            self.reset()
+            return False
+        self.n_past = positions
+        self.segments = list(segments)
+        return True
 
     def _check_room(self, n: int) -> None:
         if self.n_past + n > self.n_ctx:
@@ -166,7 +243,8 @@ class LLM:
             batch.logits[i] = 0
         batch.logits[n - 1] = 1 if want_logits else 0
 
-    def eval_tokens(self, tokens: list[int], logits_at_end: bool = True) -> None:
+    def eval_tokens(self, tokens: list[int], logits_at_end: bool = True, on_batch=None) -> None:
+        """Evaluate tokens at the next positions; `on_batch(rows done)` after each batch."""
         self._check_room(len(tokens))
         for s in range(0, len(tokens), self.n_batch):
             part = tokens[s:s + self.n_batch]
@@ -178,8 +256,10 @@ class LLM:
                 b.token[i] = t
             self._fill_common(b, len(part), logits_at_end and last)
             self._decode(b, len(part))
+            if on_batch is not None:
+                on_batch(s + len(part))
 
-    def eval_embeddings(self, emb: np.ndarray, logits_at_end: bool = False) -> None:
+    def eval_embeddings(self, emb: np.ndarray, logits_at_end: bool = False, on_batch=None) -> None:
         emb = np.ascontiguousarray(emb, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.n_embd:
             raise MufunError(f"embeddings must be [n, {self.n_embd}], got {list(emb.shape)}")
@@ -191,6 +271,8 @@ class LLM:
             ctypes.memmove(b.embd, part.ctypes.data, part.nbytes)
             self._fill_common(b, len(part), logits_at_end and last)
             self._decode(b, len(part))
+            if on_batch is not None:
+                on_batch(s + len(part))
 
     def logits(self) -> np.ndarray:
         ptr = self._L.llama_get_logits_ith(self.ctx, -1)

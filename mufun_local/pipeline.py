@@ -39,6 +39,7 @@ class Options:
     n_ctx: int | None = None      # None: sized to prompt + audio + max_tokens
     n_batch: int = 512
     f32_kv: bool = False
+    flash_attn: bool = False      # llama.cpp's flash attention: off, it loses accuracy on CPUs
     max_tokens: int = 256
     sampling: Sampling = field(default_factory=Sampling)
     verbose: bool = False
@@ -74,6 +75,7 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     stopped: str = ""
     first_logits: np.ndarray | None = None
+    peaks: dict[str, float] = field(default_factory=dict)   # MB, see Timer
 
 
 def _stderr_line(msg: str) -> None:
@@ -81,10 +83,13 @@ def _stderr_line(msg: str) -> None:
 
 
 class Timer:
-    """Adds the wall time of each `with timer("stage"):` block to timings["stage"]."""
+    """Adds the wall time of each `with timer("stage"):` block to timings["stage"], and the
+    process's peak RSS so far (MB) at the end of it to peaks["stage"] (where it rises is the
+    stage that needed the memory)."""
 
-    def __init__(self, timings: dict[str, float]):
+    def __init__(self, timings: dict[str, float], peaks: dict[str, float] | None = None):
         self.timings = timings
+        self.peaks = peaks if peaks is not None else {}
 
     @contextmanager
     def __call__(self, name: str):
@@ -93,13 +98,25 @@ class Timer:
             yield
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+            self.peaks[name] = peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Pipeline:
     def __init__(self, model: ModelDir, options: Options | None = None,
-                 log: Callable[[str], None] | None = None, cache=None):
+                 log: Callable[[str], None] | None = None, cache=None, prefix_cache=None,
+                 progress: Callable[[str, int, int], None] | None = None):
         self.model = model
         self.cache = cache  # an embcache.EmbeddingCache, or None
+        self.prefix_cache = prefix_cache  # a prefix_cache.PrefixCache, or None
+        self.progress = progress  # (stage, done, total): decode, encoder, prefill, answer
         self.opt = options or Options()
         self.log = log or (lambda msg: None)
         self._encoder = None
@@ -180,8 +197,10 @@ class Pipeline:
 
     def embed_windows(self, mels: list[np.ndarray], timer: Timer, keep_layers: bool = False):
         """Embeddings (and hidden states, if asked) of log-mel windows [n_mels, 3000]."""
+        self._progress("encoder", 0, len(mels))
         with timer("encoder"):  # loading the encoder, when it is not loaded yet, counts here
-            hs = self.encoder.hidden_states(np.stack(mels))
+            hs = self.encoder.hidden_states(np.stack(mels),
+                                            on_batch=lambda k: self._progress("encoder", k, len(mels)))
         with timer("connector"):
             emb = self.connector(hs)
         return emb, (hs if keep_layers else None)
@@ -240,42 +259,119 @@ class Pipeline:
         return self.complete(prm, audios)
 
     def complete(self, prm: prompt_mod.Prompt, audios: list[AudioInput]) -> Iterator[str]:
-        """Stream the continuation of a full prompt whose pieces surround the audios."""
+        """Stream the continuation of a full prompt whose pieces surround the audios.
+
+        What the context already holds of this prompt's leading segments is kept (a second
+        question about the same audio evaluates only its own tokens); otherwise the prefix
+        (everything before the last segment) comes from the prefix cache or is computed,
+        and saved there. The prefix is always evaluated as its own batches, so all three
+        ways give the same logits."""
         if prm.n_audio != len(audios):
             raise MufunError(f"the prompt has {prm.n_audio} audio slot(s) for {len(audios)} audio(s)")
         res = self.result = Result()
-        timer = Timer(res.timings)
-        chunks = prompt_mod.tokenize(prm, self.llm.tokenize)
+        timer = Timer(res.timings, res.peaks)
+        with timer("load"):
+            llm = self.llm
+        chunks = prompt_mod.tokenize(prm, llm.tokenize)
         res.prompt_tokens = sum(map(len, chunks))
-        embeddings, need = self.audio_embeddings(audios, timer, res.prompt_tokens)
-        res.audio_tokens = sum(len(e) for e in embeddings)
+        keys = [self.cache_key(a) for a in audios]
+        plan = self.plan(chunks, keys)
+        head = [seg for seg, _ in plan[:-1]]
 
-        llm = self.llm
-        n_ctx = self.opt.n_ctx or min(self.context_limit(), math.ceil(need / CTX_ROUND) * CTX_ROUND)
-        if llm.ctx is None or llm.requested_ctx != n_ctx:
-            llm.open_context(n_ctx, self.opt.n_batch, self.opt.f32_kv)
-        else:
-            llm.reset()
-        self.prefill(chunks, embeddings, timer)
+        held, embeddings, state, need = 0, None, None, 0
+        if llm.ctx is not None and head:
+            held = llm.shared(head)[0]
+        if head and held == len(head):
+            res.audio_tokens = sum(n for seg, n in llm.segments[:held] if seg[0] == "audio")
+            need = self.check_fits(res.prompt_tokens, [res.audio_tokens // self.tokens_per_window])
+            held = held if need <= llm.n_ctx else 0
+        if not head or held < len(head):
+            state = self._stored_prefix(head)
+            if state is not None:
+                res.audio_tokens = state.audio_tokens
+                need = self.check_fits(res.prompt_tokens, [res.audio_tokens // self.tokens_per_window])
+            else:
+                embeddings, need = self.audio_embeddings(audios, timer, res.prompt_tokens, keys=keys)
+                res.audio_tokens = sum(len(e) for e in embeddings)
+
+        if llm.ctx is None or llm.n_ctx < need or llm.settings != self.context_settings():
+            auto = max(math.ceil(need / CTX_ROUND) * CTX_ROUND, self.opt.n_batch)
+            llm.open_context(self.opt.n_ctx or min(self.context_limit(), auto),
+                             self.opt.n_batch, self.opt.f32_kv, self.opt.flash_attn)
+            held = 0
+        if state is not None:
+            with timer("prefix_load"):
+                prefix = [(seg, n) for (seg, _), n in zip(plan, self._lengths(plan, state=state))][:len(head)]
+                if llm.load_state(state.data, state.positions, prefix):
+                    held = len(head)
+                else:  # llama.cpp refused it: compute the prefix as if it had not been there
+                    self.prefix_cache.discard(state.key)
+                    embeddings, _ = self.audio_embeddings(audios, timer, res.prompt_tokens, keys=keys)
+        llm.keep(held)
+        self.prefill(plan, embeddings, timer, start=held, save=held < len(head))
         if self.opt.keep_logits:
             res.first_logits = llm.logits()
         yield from self._generate(llm, res)
 
+    def context_settings(self) -> dict:
+        """The settings open_context would record for this pipeline's options."""
+        from .llm import use_extra_bufts
+        return {"kv": "f32" if self.opt.f32_kv else "f16", "flash_attn": bool(self.opt.flash_attn),
+                "n_batch": self.opt.n_batch, "extra_bufts": use_extra_bufts()}
+
+    @staticmethod
+    def plan(chunks: list[list[int]], keys: list[str]) -> list[tuple[tuple, object]]:
+        """The prompt as segments in order: (("text", ids), ids) and (("audio", key), audio index);
+        empty text pieces are left out."""
+        from .prefix_cache import audio_segment, text_segment
+        out: list[tuple[tuple, object]] = []
+        for i, ids in enumerate(chunks):
+            if ids:
+                out.append((text_segment(ids), ids))
+            if i < len(keys):
+                out.append((audio_segment(keys[i]), i))
+        return out
+
+    def _lengths(self, plan, embeddings=None, state=None) -> list[int]:
+        """Positions of each planned segment (audio rows from the embeddings or a stored state)."""
+        audio = [len(e) for e in embeddings] if embeddings is not None else None
+        n_audio = sum(1 for seg, _ in plan if seg[0] == "audio")
+        out = []
+        for seg, payload in plan:
+            if seg[0] == "text":
+                out.append(len(payload))
+            elif audio is not None:
+                out.append(audio[payload])
+            else:  # a stored state holds every audio; equal windows per audio are not assumed
+                out.append(state.audio_tokens if n_audio == 1 else -1)
+        return out
+
+    def _prefix_key(self, head: list[tuple]) -> str:
+        from .prefix_cache import prefix_key
+        return prefix_key(head, self.model.llm_sha256, self.context_settings())
+
+    def _stored_prefix(self, head: list[tuple]):
+        """The stored state of this prefix, when it holds audio and the cache has it."""
+        if self.prefix_cache is None or sum(1 for seg in head if seg[0] == "audio") != 1:
+            return None
+        return self.prefix_cache.get(self._prefix_key(head))
+
     def audio_embeddings(self, audios: list[AudioInput], timer: Timer, text_tokens: int,
-                         used: int = 0) -> tuple[list[np.ndarray], int]:
+                         used: int = 0, keys: list[str] | None = None) -> tuple[list[np.ndarray], int]:
         """Embeddings for each audio, and the context the request needs (`used` positions are
         already taken). Cheap steps first, cache look-ups and decoding, so that a request
         that cannot fit fails before the encoder runs; the encoder is released afterwards
         (its memory goes back before the LLM's long work) unless keep_audio_models."""
         budget = max(0, self._room(text_tokens, used)[1]) // self.tokens_per_window
         pending: list = []
-        for a in audios:
-            key = self.cache_key(a) if self.cache is not None else None
-            hit = self.cache.get(key) if key else None
+        for i, a in enumerate(audios):
+            key = (keys[i] if keys else self.cache_key(a)) if self.cache is not None else None
+            hit = self._usable(self.cache.get(key)) if key else None
             if hit is not None:
                 pending.append((hit, None, key))
                 budget -= len(hit) // self.tokens_per_window
                 continue
+            self._progress("decode", i, len(audios))
             try:  # stop decoding a file as soon as it cannot fit
                 wins = self.load_windows(a, timer, max_windows=max(budget, 0))[0]
             except audio_mod.TooLong:
@@ -295,21 +391,65 @@ class Pipeline:
             self.release_audio_models()
         return embeddings, need
 
+    def _usable(self, emb):
+        """A cached embedding array, or None when it is not one this model could have made
+        (another size, dtype or shape, non-finite values): then it is computed again."""
+        hidden = int(self.model.manifest["dims"]["hidden"])
+        if (isinstance(emb, np.ndarray) and emb.dtype == np.float32 and emb.ndim == 2 and emb.shape[1] == hidden
+                and len(emb) and len(emb) % self.tokens_per_window == 0 and np.isfinite(emb).all()):
+            return emb
+        return None
+
     def _windows(self, pending) -> int:
         return sum(len(h) // self.tokens_per_window if h is not None else len(w) for h, w, _ in pending)
 
-    def prefill(self, chunks: list[list[int]], embeddings: list[np.ndarray], timer: Timer) -> None:
-        """Evaluate text[0] audio[0] text[1] ... at consecutive positions; logits at the end."""
+    def prefill(self, plan: list[tuple[tuple, object]], embeddings: list[np.ndarray] | None, timer: Timer,
+                start: int = 0, save: bool = False) -> None:
+        """Evaluate the plan's segments from `start` at consecutive positions, logits at the
+        end; with `save`, the prefix (all but the last segment) goes to the prefix cache."""
         llm = self.llm
+        lengths = self._lengths(plan, embeddings) if embeddings is not None else None
+        todo = plan[start:]
+        total = sum(lengths[start:]) if lengths else sum(len(p) for s, p in todo if s[0] == "text")
+        done = 0
+
+        def step(rows: int) -> None:
+            self._progress("prefill", done + rows, total)
+
         with timer("prefill"):
-            for i, ids in enumerate(chunks):
-                last = i == len(chunks) - 1
-                if ids:
-                    llm.eval_tokens(ids, logits_at_end=last)
-                if i < len(embeddings):
-                    llm.eval_embeddings(embeddings[i], logits_at_end=last and not ids)
+            for i, (seg, payload) in enumerate(todo, start=start):
+                last = i == len(plan) - 1
+                if last and save and start < i:
+                    self._save_prefix(plan[:i], timer)
+                if seg[0] == "text":
+                    llm.eval_tokens(payload, logits_at_end=last, on_batch=step)
+                    n = len(payload)
+                else:
+                    llm.eval_embeddings(embeddings[payload], logits_at_end=last, on_batch=step)
+                    n = len(embeddings[payload])
+                llm.record(seg, n)
+                done += n
+
+    def _save_prefix(self, head_plan, timer: Timer) -> None:
+        from .prefix_cache import PrefixState
+        head = [seg for seg, _ in head_plan]
+        if self.prefix_cache is None or self.llm.settings != self.context_settings() \
+                or sum(1 for seg in head if seg[0] == "audio") != 1:
+            return
+        with timer("prefix_save"):
+            llm = self.llm
+            audio = sum(n for seg, n in llm.segments if seg[0] == "audio")
+            try:
+                self.prefix_cache.put(PrefixState(self._prefix_key(head), llm.n_past, audio, llm.save_state()))
+            except OSError as exc:  # a full disk costs the next question time, not this answer
+                self.log(f"prefix cache: not saved ({exc})")
+
+    def _progress(self, stage: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(stage, done, total)
 
     def _generate(self, llm: LLM, res: Result) -> Iterator[str]:
+        self._progress("answer", 0, self.opt.max_tokens)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         t0 = time.perf_counter()
         res.stopped = "length"
@@ -327,6 +467,7 @@ class Pipeline:
             res.text += tail
             yield tail
         res.timings["generate"] = time.perf_counter() - t0
+        res.peaks["generate"] = peak_rss_mb()
 
     def close(self) -> None:
         self.release_audio_models()

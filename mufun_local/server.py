@@ -183,6 +183,10 @@ class Worker(threading.Thread):
         pipe.opt.sampling, pipe.opt.max_tokens = job.sampling, job.max_tokens
         if job.cancel.is_set():
             return
+        # the long stages, which come after every check of the input (so a bad request
+        # still gets its 4xx): streamed to the client as SSE comments
+        pipe.progress = lambda stage, done, total: (self._emit(job, "progress", stage, done, total)
+                                                    if stage in ("encoder", "prefill") else None)
         stream = pipe.complete(job.prompt, job.audios)
         text, finish = "", "length"
         try:
@@ -228,14 +232,14 @@ class Worker(threading.Thread):
 
 
 def create_app(model: ModelDir, options: Options, api_key: str | None = None, max_queue: int = 32,
-               max_body_mb: float = 64.0, cache=None, model_id: str | None = None):
+               max_body_mb: float = 64.0, cache=None, model_id: str | None = None, prefix_cache=None):
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
 
-    pipe = Pipeline(model, options, cache=cache)
-    pipe.llm.open_context(options.n_ctx, options.n_batch, options.f32_kv)  # loaded once, up front
+    pipe = Pipeline(model, options, cache=cache, prefix_cache=prefix_cache)
+    pipe.llm.open_context(options.n_ctx, options.n_batch, options.f32_kv, options.flash_attn)  # loaded once, up front
     worker = Worker(pipe, max_queue)
     worker.start()
     mid = model_id or model.manifest["source"]["id"]
@@ -322,6 +326,8 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
         streaming = False
         try:
             first = await job.events.get()
+            while first[0] == "progress" and not body.get("stream"):
+                first = await job.events.get()
             if first[0] == "error":
                 return err(first[1], first[2])
             if not body.get("stream"):
@@ -351,7 +357,9 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
                                                   "finish_reason": None}]})
                 while True:
                     ev = await job.events.get()
-                    if ev[0] == "delta":
+                    if ev[0] == "progress":
+                        yield f": progress {ev[1]} {ev[2]}/{ev[3]}\n\n"
+                    elif ev[0] == "delta":
                         yield _sse({**chunk, "choices": [{"index": 0, "delta": {"content": ev[1]},
                                                           "finish_reason": None}]})
                     elif ev[0] == "error":

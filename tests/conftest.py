@@ -17,6 +17,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["MUFUN_HOME"] = tempfile.mkdtemp(prefix="mufun-test-home-")
 
 
+@pytest.fixture
+def encoder_calls(monkeypatch):
+    """Counts the windows of each encoder call (any backend)."""
+    from mufun_local.encoder import EncoderBase
+    calls = []
+    real = EncoderBase.hidden_states
+
+    def counting(self, mel, **kw):
+        calls.append(len(mel))
+        return real(self, mel, **kw)
+    monkeypatch.setattr(EncoderBase, "hidden_states", counting)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     from mufun_local.synthetic import generate

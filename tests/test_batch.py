@@ -98,7 +98,7 @@ def test_questions_share_one_encoding(tmp_path, tiny_q4, library, monkeypatch):
     from mufun_local.encoder import EncoderBase as Encoder
     calls = []
     real = Encoder.hidden_states
-    monkeypatch.setattr(Encoder, "hidden_states", lambda self, mel: calls.append(1) or real(self, mel))
+    monkeypatch.setattr(Encoder, "hidden_states", lambda self, mel, **kw: calls.append(1) or real(self, mel, **kw))
     pipe = Pipeline(ModelDir.open(tiny_q4), Options(max_tokens=4, sampling=Sampling(temperature=0.0)))
     s = run_batch(pipe, [str(library / "a.wav")], QUESTIONS + ["Tempo?"], tmp_path / "o.jsonl", "m")
     assert s.done == 3 and len(calls) == 1

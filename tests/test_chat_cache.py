@@ -14,21 +14,8 @@ import pytest
 from mufun_local.artifacts import ModelDir
 from mufun_local.chat import ChatSession
 from mufun_local.embcache import EmbeddingCache
-from mufun_local.encoder import EncoderBase as Encoder
 from mufun_local.llm import Sampling
 from mufun_local.pipeline import AudioInput, Options, Pipeline
-
-
-@pytest.fixture
-def encoder_calls(monkeypatch):
-    calls = []
-    real = Encoder.hidden_states
-
-    def counting(self, mel):
-        calls.append(len(mel))
-        return real(self, mel)
-    monkeypatch.setattr(Encoder, "hidden_states", counting)
-    return calls
 
 
 def _pipe(model_dir, cache=None, **opts):
@@ -71,6 +58,23 @@ def test_cache_keys_on_content_segs_model_and_compute_type(tmp_path, tiny_q4, ti
     _ask(_pipe(tiny_q4, cache), copy)                                   # same content, other name: hit
     assert len(encoder_calls) == 4
     assert len(list((tmp_path / "cache").glob("*/*.npy"))) == 4
+
+
+@pytest.mark.parametrize("bad", ["empty", "shape", "dtype", "nan"])
+def test_a_bad_cache_entry_is_computed_again(tmp_path, tiny_q4, audio_dir, encoder_calls, bad):
+    cache = EmbeddingCache(tmp_path / "cache")
+    song = audio_dir / "song22k.flac"
+    first_text, _ = _ask(_pipe(tiny_q4, cache), song)
+    (f,) = (tmp_path / "cache").glob("*/*.npy")
+    good = np.load(f)
+    if bad == "empty":
+        f.write_bytes(b"")
+    else:
+        arr = {"shape": good[:, :7], "dtype": good.astype(np.float64), "nan": np.where(good > 0, np.nan, good)}[bad]
+        np.save(f, arr)
+    text, res = _ask(_pipe(tiny_q4, cache), song)
+    assert text == first_text and "encoder" in res.timings and len(encoder_calls) == 2
+    np.testing.assert_array_equal(np.load(f), good)
 
 
 def test_cache_is_bounded_lru(tmp_path):

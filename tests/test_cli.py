@@ -26,14 +26,24 @@ def assert_one_line_error(code, err, match):
     assert match in lines[0], lines[0]
 
 
-def test_ask_json(capsys, tiny_q4, audio_dir):
+def test_ask_json(capsys, tiny_q4, audio_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MUFUN_HOME", str(tmp_path))   # empty caches
     code, out, err = run_cli(capsys, "ask", "--model", str(tiny_q4), str(audio_dir / "song22k.flac"),
                              "What genre?", "--json", "--temperature", "0", "--max-tokens", "6")
     assert code == 0, err
     res = json.loads(out)
     assert set(res) >= {"text", "tokens", "prompt_tokens", "audio_tokens", "timings"}
     assert res["audio_tokens"] == 300 and 1 <= len(res["tokens"]) <= 6
-    assert set(res["timings"]) == {"decode", "features", "encoder", "connector", "prefill", "generate"}
+    assert set(res["timings"]) == {"decode", "features", "encoder", "connector", "prefill", "generate", "load",
+                                   "prefix_save"}
+    assert set(res["peak_rss_mb"]) >= {"load", "encoder", "prefill", "generate"}
+    # another question about the same song: the prefix comes from disk, only the question runs
+    code, out, err = run_cli(capsys, "ask", "--model", str(tiny_q4), str(audio_dir / "song22k.flac"),
+                             "Which instruments?", "--json", "--temperature", "0", "--max-tokens", "6")
+    again = json.loads(out)
+    assert set(again["timings"]) == {"decode", "features", "encoder", "connector", "prefill", "generate", "load",
+                                     "prefix_load"}
+    assert again["timings"]["encoder"] == 0 and again["audio_tokens"] == 300
 
 
 def test_ask_streams_only_the_answer(capsys, tiny_q4, audio_dir):

@@ -166,3 +166,23 @@ def test_disconnect_mid_stream_frees_the_worker(server, audio_dir):
     with urllib.request.urlopen(server + "/health") as r:
         assert json.loads(r.read())["queued"] == 0
     assert time.time() - t0 < 60
+
+
+def test_streaming_reports_progress_before_the_answer(server, audio_dir):
+    """SSE comments (invisible to OpenAI clients) say what runs while the client waits."""
+    msgs = audio_message(audio_dir / "long48k.flac", "flac", "What happens here?")
+    msgs[0]["content"][0]["input_audio"]["segs"] = [0.5, 33.0]   # audio no other test sent: the encoder runs
+    req = urllib.request.Request(server + "/v1/chat/completions", method="POST",
+                                 data=json.dumps({"messages": msgs, "stream": True, "max_tokens": 4}).encode(),
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        lines = [line.decode().strip() for line in r if line.strip()]
+    progress = [line for line in lines if line.startswith(": progress")]
+    assert any(p.startswith(": progress encoder") for p in progress)
+    assert progress[-1].startswith(": progress prefill")
+    done, total = map(int, progress[-1].split()[-1].split("/"))
+    assert done == total > 600
+    first_content = next((i for i, line in enumerate(lines) if '"content": "' in line and '"content": ""' not in line),
+                         len(lines))
+    assert lines.index(progress[-1]) < first_content
+    assert lines[-1] == "data: [DONE]"
