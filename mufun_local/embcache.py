@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import lru
 from .artifacts import sha256_file
 
 DEFAULT_LIMIT_MB = 2048
@@ -43,7 +44,7 @@ class EmbeddingCache:
             emb = np.load(p)
         except (OSError, ValueError, EOFError):  # missing, damaged, or empty
             return None
-        os.utime(p)  # recency for LRU
+        lru.touch(p)
         return emb
 
     def put(self, key: str, emb: np.ndarray) -> None:
@@ -60,10 +61,4 @@ class EmbeddingCache:
         self.evict()
 
     def evict(self) -> None:
-        files = [(f.stat().st_mtime, f.stat().st_size, f) for f in self.root.glob("*/*.npy")]
-        total = sum(s for _, s, _ in files)
-        for _, size, f in sorted(files):
-            if total <= self.limit:
-                break
-            f.unlink(missing_ok=True)
-            total -= size
+        lru.evict(self.root, "*/*.npy", self.limit)

@@ -60,33 +60,82 @@ class ContextOverflow(MufunError):
     pass
 
 
-class LLM:
-    """One llama.cpp model + context holding a single sequence."""
+class Vocab:
+    """The GGUF's tokenizer and sizes without its weights (llama.cpp's `vocab_only` load), so
+    a prompt can be tokenized and sized before the weights are paged in: llama.cpp maps the
+    whole file in at load (4.9 GB resident for Qwen3-8B q4_k_m), and the encoder should have
+    come and gone by then."""
 
-    def __init__(self, path: str | Path, threads: int = 0, n_gpu_layers: int = 0,
-                 verbose: bool = False):
-        """Load the model (weights are memory-mapped); `open_context` makes the context."""
+    vocab_only = True
+
+    def __init__(self, path: str | Path, verbose: bool = False, **params):
         import llama_cpp
         from llama_cpp import _logger
 
         _logger.set_verbose(verbose)
         self._L = L = llama_cpp
-        self.ctx = None
-        self._tok_batch = self._emb_batch = None
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"{path}: LLM file missing")
         llama_cpp.llama_backend_init()
         mp = L.llama_model_default_params()
-        mp.n_gpu_layers = n_gpu_layers
-        mp.use_extra_bufts = use_extra_bufts()
+        mp.vocab_only = self.vocab_only
+        for k, v in params.items():
+            setattr(mp, k, v)
         self.model = L.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:
             raise ModelError(f"{path}: llama.cpp cannot load this GGUF (truncated or not a model)")
         self.vocab = L.llama_model_get_vocab(self.model)
-        self.n_embd = L.llama_model_n_embd(self.model)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
-        self.n_ctx_train = L.llama_model_n_ctx_train(self.model)
+        if not self.vocab_only:  # a vocab-only load has no sizes (they read 0)
+            self.n_embd = L.llama_model_n_embd(self.model)
+            self.n_ctx_train = L.llama_model_n_ctx_train(self.model)
+
+    def tokenize(self, text: str) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (self._L.llama_token * cap)()
+        n = self._L.llama_tokenize(self.vocab, data, len(data), buf, cap, False, True)
+        if n < 0:
+            raise MufunError("tokenizer buffer too small")
+        return list(buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._L.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._L.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._L.llama_vocab_is_eog(self.vocab, token))
+
+    def close(self) -> None:
+        if getattr(self, "_L", None) is None or sys is None:  # interpreter shutdown
+            return
+        if getattr(self, "model", None):
+            self._L.llama_model_free(self.model)
+            self.model = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class LLM(Vocab):
+    """One llama.cpp model + context holding a single sequence."""
+
+    vocab_only = False
+
+    def __init__(self, path: str | Path, threads: int = 0, n_gpu_layers: int = 0,
+                 verbose: bool = False):
+        """Load the model (weights are memory-mapped); `open_context` makes the context."""
+        self.ctx = None
+        self._tok_batch = self._emb_batch = None
+        super().__init__(path, verbose, n_gpu_layers=n_gpu_layers, use_extra_bufts=use_extra_bufts())
         self.threads = threads or max(1, os.cpu_count() or 1)
         self.n_ctx = self.requested_ctx = 0
         self.n_past = 0
@@ -127,27 +176,6 @@ class LLM:
         # what else the KV bytes depend on (the prefix cache's key)
         self.settings = {"kv": kv_type, "flash_attn": bool(flash_attn),
                          "n_batch": self.n_batch, "extra_bufts": use_extra_bufts()}
-
-    # -- text
-    def tokenize(self, text: str) -> list[int]:
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        buf = (self._L.llama_token * cap)()
-        n = self._L.llama_tokenize(self.vocab, data, len(data), buf, cap, False, True)
-        if n < 0:
-            raise MufunError("tokenizer buffer too small")
-        return list(buf[:n])
-
-    def token_bytes(self, token: int) -> bytes:
-        buf = ctypes.create_string_buffer(64)
-        n = self._L.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = self._L.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
-        return buf.raw[:n]
-
-    def is_eog(self, token: int) -> bool:
-        return bool(self._L.llama_vocab_is_eog(self.vocab, token))
 
     # -- evaluation
     def reset(self) -> None:
@@ -331,12 +359,4 @@ class LLM:
         if getattr(self, "_L", None) is None or sys is None:  # interpreter shutdown
             return
         self._free_context()
-        if getattr(self, "model", None):
-            self._L.llama_model_free(self.model)
-            self.model = None
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
+        super().close()

@@ -124,6 +124,7 @@ class Pipeline:
         self._mel_filters = None
         self._connector = None
         self._llm: LLM | None = None
+        self._vocab = None
         m = model.manifest
         self.tokens_per_window = int(m["connector"]["tokens_per_window"])
         self.stop_ids = set(m["stop_ids"])
@@ -227,10 +228,28 @@ class Pipeline:
                                  kv, gpu, free_vram_bytes() if gpu and self.opt.n_gpu_layers < 0 else None)
             self.log(f"llm: llama.cpp, {off.n_gpu_layers} layer(s) on the GPU: {off.reason}")
             self._llm = LLM(self.model.llm_file, self.opt.threads, off.n_gpu_layers, verbose=self.opt.verbose)
+            if self._vocab is not None:
+                self._vocab.close()
+                self._vocab = None
         return self._llm
 
+    @property
+    def tokenizer(self):
+        """The loaded LLM, or until it is needed, its vocabulary alone (see llm.Vocab)."""
+        if self._llm is not None:
+            return self._llm
+        if self._vocab is None:
+            from .llm import Vocab
+            self._vocab = Vocab(self.model.llm_file, verbose=self.opt.verbose)
+        return self._vocab
+
+    @property
+    def n_ctx_train(self) -> int:
+        """The model's context length (the converter writes the GGUF's from the same field)."""
+        return int(self.model.manifest["dims"]["max_positions"])
+
     def context_limit(self) -> int:
-        return self.opt.n_ctx or self.llm.n_ctx_train
+        return self.opt.n_ctx or self.n_ctx_train
 
     def _room(self, text_tokens: int, used: int) -> tuple[int, int]:
         """(context limit, positions left for audio) once text, answer and `used` are counted."""
@@ -248,7 +267,7 @@ class Pipeline:
                 f"too long for the context: {'at least ' if at_least else ''}{audio_tokens} audio tokens + {text_tokens} prompt "
                 f"tokens + {self.opt.max_tokens} answer tokens"
                 + (f" + {used} earlier tokens" if used else "") + f" > {limit}; at most {fit} s of audio fit "
-                f"(use --segs to pick a part, or a larger --ctx up to {self.llm.n_ctx_train})")
+                f"(use --segs to pick a part, or a larger --ctx up to {self.n_ctx_train})")
         return need
 
     def ask(self, audios: list[AudioInput], question: str) -> Iterator[str]:
@@ -270,16 +289,15 @@ class Pipeline:
             raise MufunError(f"the prompt has {prm.n_audio} audio slot(s) for {len(audios)} audio(s)")
         res = self.result = Result()
         timer = Timer(res.timings, res.peaks)
-        with timer("load"):
-            llm = self.llm
-        chunks = prompt_mod.tokenize(prm, llm.tokenize)
+        chunks = prompt_mod.tokenize(prm, self.tokenizer.tokenize)
         res.prompt_tokens = sum(map(len, chunks))
         keys = [self.cache_key(a) for a in audios]
         plan = self.plan(chunks, keys)
         head = [seg for seg, _ in plan[:-1]]
 
+        llm = self._llm  # the weights load after the audio half, when they are not loaded yet
         held, embeddings, state, need = 0, None, None, 0
-        if llm.ctx is not None and head:
+        if llm is not None and llm.ctx is not None and head:
             held = llm.shared(head)[0]
         if head and held == len(head):
             res.audio_tokens = sum(n for seg, n in llm.segments[:held] if seg[0] == "audio")
@@ -294,6 +312,8 @@ class Pipeline:
                 embeddings, need = self.audio_embeddings(audios, timer, res.prompt_tokens, keys=keys)
                 res.audio_tokens = sum(len(e) for e in embeddings)
 
+        with timer("load"):
+            llm = self.llm
         if llm.ctx is None or llm.n_ctx < need or llm.settings != self.context_settings():
             auto = max(math.ceil(need / CTX_ROUND) * CTX_ROUND, self.opt.n_batch)
             llm.open_context(self.opt.n_ctx or min(self.context_limit(), auto),
@@ -471,9 +491,10 @@ class Pipeline:
 
     def close(self) -> None:
         self.release_audio_models()
-        if self._llm is not None:
-            self._llm.close()
-            self._llm = None
+        for attr in ("_llm", "_vocab"):
+            if getattr(self, attr) is not None:
+                getattr(self, attr).close()
+                setattr(self, attr, None)
 
 
 def _torch_cuda() -> bool:

@@ -27,11 +27,12 @@ import json
 import os
 import struct
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from . import lru
 
 MAGIC = b"MUFUNKV\x00"
 FORMAT = 1
@@ -88,7 +89,7 @@ class PrefixCache:
         if state is None:
             p.unlink(missing_ok=True)
             return None
-        _touch(p)
+        lru.touch(p)
         return state
 
     def discard(self, key: str) -> None:
@@ -108,35 +109,14 @@ class PrefixCache:
                 fh.write(MAGIC + struct.pack("<I", len(header)) + header)
                 fh.write(memoryview(state.data))
             os.replace(tmp, self._path(state.key))
-            _touch(self._path(state.key))
+            lru.touch(self._path(state.key))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         self.evict()
 
     def evict(self) -> None:
-        files = []
-        for f in self.root.glob("*.kv"):
-            try:
-                st = f.stat()
-            except OSError:
-                continue
-            files.append((st.st_mtime, st.st_size, f))
-        total = sum(s for _, s, _ in files)
-        for _, size, f in sorted(files):
-            if total <= self.limit:
-                break
-            f.unlink(missing_ok=True)
-            total -= size
-
-
-def _touch(path: Path) -> None:
-    """Recency for the LRU, at the clock's resolution (file times may be coarser)."""
-    now = time.time_ns()
-    try:
-        os.utime(path, ns=(now, now))
-    except OSError:
-        pass
+        lru.evict(self.root, "*.kv", self.limit)
 
 
 def _read(fh, key: str, size: int) -> PrefixState | None:

@@ -163,3 +163,20 @@ def test_default_attention_and_kv_keep_a_long_prefix_exact(tiny_f16, reference, 
     print(f"relative logit error: flash attention off {errors[False]:.2e}, on {errors[True]:.2e}")
     # measured here: off 3.1e-4, on 7.2e-3; the bound sits between them, well inside 1e-2
     assert errors[False] <= 1e-3 < errors[True]
+
+
+def test_llm_weights_load_after_the_encoder_is_gone(tiny_q4, audio_dir, monkeypatch):
+    """llama.cpp maps the whole GGUF in at load; a one-shot ask must not hold it and the
+    encoder at once (tokenizing and sizing use the vocabulary alone)."""
+    import mufun_local.pipeline as pl
+    seen = []
+
+    class Spy(pl.LLM):
+        def __init__(self, *a, **kw):
+            seen.append(pipe._encoder is None and pipe._connector is None)
+            super().__init__(*a, **kw)
+    monkeypatch.setattr(pl, "LLM", Spy)
+    pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu", max_tokens=3, sampling=Sampling()))
+    text = "".join(pipe.ask([AudioInput(str(audio_dir / "song22k.flac"))], "Genre?"))
+    assert seen == [True] and pipe.result.text == text and pipe._vocab is None
+    pipe.close()
