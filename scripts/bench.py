@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """End-to-end benchmark: mufun-local vs the PyTorch reference, side by side, in one run.
 
+    python scripts/bench.py --preset full --seconds 103.5 --scaling ''   # the real size (~18 GB on disk)
     python scripts/bench.py --preset small --seconds 180
     python scripts/bench.py --preset tiny --seconds 10 --max-tokens 4 --scaling 10   # CI smoke test
 
 Each side runs as a child process (so its peak RSS is its own) on the same generated
 input, one after the other:
-  - `mufun-local ask --json` (greedy, fixed --max-tokens, no embedding cache),
-  - the reference in float32 and in bfloat16 (scripts/reference.py),
+  - `mufun-local ask --json` (greedy, fixed --max-tokens), first question with empty caches,
+  - a different question about the same song in a new process (the audio prefix's KV
+    state comes from disk: only the question and the answer are evaluated),
+  - `mufun-local batch` with 1 and with 5 questions about the song,
+  - the reference in float32 (skipped with the reason when it cannot fit in memory) and in
+    bfloat16 (scripts/reference.py),
 then, in this process: embedding prefill vs token prefill of the same length in llama.cpp,
 generation speed vs the memory-bandwidth bound, and how each stage grows with the audio
 length (--scaling). Prints Markdown tables and writes JSON (--json).
@@ -28,6 +33,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 QUESTION = "Describe this music: genre, mood, instruments and tempo."
+OTHER_QUESTIONS = ["Which instruments can you hear?", "What is the mood of this song?",
+                   "Is there singing, and in which language?", "How does the song develop over time?"]
 
 
 def make_song(path: Path, seconds: float, rate: int = 44100) -> Path:
@@ -51,6 +58,21 @@ def measured(cmd: list[str], env=None) -> dict:
     if res["rc"] != 0:
         raise SystemExit(f"{' '.join(cmd[:5])} ... failed:\n{res['err']}")
     return res
+
+
+def fp32_skip_reason(ckpt: Path) -> str | None:
+    """Why the float32 reference cannot run here (twice the bf16 checkpoint, plus room), or None."""
+    need = 2 * sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) * 1.15
+    avail = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    if avail and need > avail:
+        return f"float32 needs ~{need / 1e9:.0f} GB, {avail / 1e9:.0f} GB available"
+    return None
 
 
 def bandwidth_gbs(nbytes: int = 1 << 30) -> float:
@@ -114,6 +136,7 @@ def main() -> int:
     ap.add_argument("--encoder-backend", default="auto", help="ours: auto, ctranslate2, onnxruntime or openvino")
     ap.add_argument("--scaling", default="30,180,600", help="audio lengths (s) for the scaling table; '' to skip")
     ap.add_argument("--no-reference", action="store_true", help="skip the PyTorch reference runs")
+    ap.add_argument("--micro-rows", type=int, default=512, help="rows for the embedding-vs-token prefill check")
     ap.add_argument("--work", help="keep checkpoints/models here (reused between runs)")
     ap.add_argument("--json", help="write all results here")
     args = ap.parse_args()
@@ -146,11 +169,37 @@ def main() -> int:
                      "quant": args.quant, "audio": str(audio), "threads": args.threads,
                      "encoder": f"{choice.backend} {choice.compute_type}"}
     print("running mufun-local ...", file=sys.stderr)
-    ours = measured(ours_cmd, env)
+    import shutil
+    for cache in ("embeddings", "prefixes"):  # the first question finds them empty
+        shutil.rmtree(work / "home" / cache, ignore_errors=True)
+    ours = measured([c for c in ours_cmd if c != "--no-cache"], env)
     ours["json"] = json.loads(ours.pop("out"))
     results["ours"] = ours
+    print("running mufun-local: another question, new process ...", file=sys.stderr)
+    again_cmd = [c if c != QUESTION else OTHER_QUESTIONS[0] for c in ours_cmd if c != "--no-cache"]
+    again = measured(again_cmd, env)
+    again["json"] = json.loads(again.pop("out"))
+    results["ours_again"] = again
+    results["batch"] = {}
+    for n in (1, 5):
+        print(f"running mufun-local batch, {n} question(s) ...", file=sys.stderr)
+        out = work / f"batch-{n}.jsonl"
+        out.unlink(missing_ok=True)
+        qs = [QUESTION, *OTHER_QUESTIONS][:n]
+        cmd = [sys.executable, "-m", "mufun_local.cli", "batch", "-m", str(model), str(audio),
+               *[a for q in qs for a in ("--question", q)], "--out", str(out), "--temperature", "0",
+               "--max-tokens", str(args.max_tokens), "--threads", str(args.threads),
+               "--encoder-backend", args.encoder_backend, "-q"]
+        r = measured(cmd, env)
+        r.pop("out")
+        results["batch"][n] = r
     if not args.no_reference:
         for label, extra in (("reference_fp32", []), ("reference_bf16", ["--bf16"])):
+            reason = fp32_skip_reason(ckpt) if label == "reference_fp32" else None
+            if reason:
+                print(f"skipping the reference ({label}): {reason}", file=sys.stderr)
+                results[label] = {"skipped": reason}
+                continue
             print(f"running the reference ({label}) ...", file=sys.stderr)
             cmd = [sys.executable, str(HERE / "reference.py"), "--model", str(ckpt), str(audio), QUESTION,
                    "--max-tokens", str(args.max_tokens), *extra]
@@ -159,7 +208,7 @@ def main() -> int:
             results[label] = r
 
     print("measuring prefill and generation ...", file=sys.stderr)
-    rows = max(64, results["ours"]["json"]["audio_tokens"])
+    rows = max(64, min(args.micro_rows, results["ours"]["json"]["audio_tokens"]))
     results["llm"] = llm_micro(model, rows, 64, args.threads)
     bw = bandwidth_gbs()
     results["bandwidth_gbs"] = bw
@@ -190,16 +239,31 @@ def report(r: dict) -> None:
     print("|---|---|---|---|---|---|")
     print(f"| mufun-local ({r['encoder']} encoder, {r['quant']} LLM) | {o['wall']:.1f} | {o['rss_mb']:.0f} | | | |")
     for label in ("reference_fp32", "reference_bf16"):
-        if label in r:
+        if label in r and "skipped" in r[label]:
+            print(f"| {label.replace('_', ' ')} | skipped: {r[label]['skipped']} | | | | |")
+        elif label in r:
             x = r[label]
             same = "same tokens" if x["json"]["tokens"][:4] == o["json"]["tokens"][:4] else "tokens differ"
             print(f"| {label.replace('_', ' ')} | {x['wall']:.1f} | {x['rss_mb']:.0f} | "
                   f"{x['wall'] / o['wall']:.2f}x | {o['rss_mb'] / x['rss_mb']:.2f} of it | {same} |")
+    a = r["ours_again"]
+    ref = r.get("reference_bf16", {})
+    vs = f" — {ref['wall'] / a['wall']:.1f}x faster than the bf16 reference's first" if "wall" in ref else ""
+    print(f"\nAnother question about the same song, new process (prefix from disk): {a['wall']:.1f} s, "
+          f"peak {a['rss_mb']:.0f} MB; {o['wall'] / a['wall']:.1f}x faster than our first{vs}.")
+    b = r["batch"]
+    print(f"batch, one song: 1 question {b[1]['wall']:.1f} s, 5 questions {b[5]['wall']:.1f} s "
+          f"({b[5]['wall'] / b[1]['wall']:.2f}x the time of 1).")
     t = o["json"]["timings"]
     print("\n| stage | seconds |")
     print("|---|---|")
-    for k in ("decode", "features", "encoder", "connector", "prefill", "generate"):
-        print(f"| {k} | {t[k]:.2f} |")
+    for k in ("decode", "features", "encoder", "connector", "prefill", "prefix_save", "generate"):
+        if k in t:
+            print(f"| {k} | {t[k]:.2f} |")
+    ta = r["ours_again"]["json"]["timings"]
+    print("| *another question, new process:* | |")
+    for k in ("prefix_load", "prefill", "generate"):
+        print(f"| {k} | {ta.get(k, 0.0):.2f} |")
     n_prompt = o["json"]["audio_tokens"] + o["json"]["prompt_tokens"]
     n_gen = len(o["json"]["tokens"])
     print(f"| prefill rate | {n_prompt / max(t['prefill'], 1e-9):.0f} tokens/s ({n_prompt} audio + text) |")
