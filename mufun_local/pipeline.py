@@ -296,8 +296,9 @@ class Pipeline:
         head = [seg for seg, _ in plan[:-1]]
 
         llm = self._llm  # the weights load after the audio half, when they are not loaded yet
+        settings = self.context_settings()
         held, embeddings, state, need = 0, None, None, 0
-        if llm is not None and llm.ctx is not None and head:
+        if llm is not None and llm.ctx is not None and llm.settings == settings and head:
             held = llm.shared(head)[0]
         if head and held == len(head):
             res.audio_tokens = sum(n for seg, n in llm.segments[:held] if seg[0] == "audio")
@@ -314,7 +315,7 @@ class Pipeline:
 
         with timer("load"):
             llm = self.llm
-        if llm.ctx is None or llm.n_ctx < need or llm.settings != self.context_settings():
+        if llm.ctx is None or llm.n_ctx < need or llm.settings != settings:
             auto = max(math.ceil(need / CTX_ROUND) * CTX_ROUND, self.opt.n_batch)
             llm.open_context(self.opt.n_ctx or min(self.context_limit(), auto),
                              self.opt.n_batch, self.opt.f32_kv, self.opt.flash_attn)
@@ -326,7 +327,8 @@ class Pipeline:
                     held = len(head)
                 else:  # llama.cpp refused it: compute the prefix as if it had not been there
                     self.prefix_cache.discard(state.key)
-                    embeddings, _ = self.audio_embeddings(audios, timer, res.prompt_tokens, keys=keys)
+        if held < len(head) and embeddings is None:
+            embeddings, _ = self.audio_embeddings(audios, timer, res.prompt_tokens, keys=keys)
         llm.keep(held)
         self.prefill(plan, embeddings, timer, start=held, save=held < len(head))
         if self.opt.keep_logits:
@@ -334,10 +336,12 @@ class Pipeline:
         yield from self._generate(llm, res)
 
     def context_settings(self) -> dict:
-        """The settings open_context would record for this pipeline's options."""
+        """The settings open_context records for this pipeline's options (an automatic
+        context is never smaller than n_batch; a given one clips it)."""
         from .llm import use_extra_bufts
+        n_batch = min(self.opt.n_batch, self.opt.n_ctx) if self.opt.n_ctx else self.opt.n_batch
         return {"kv": "f32" if self.opt.f32_kv else "f16", "flash_attn": bool(self.opt.flash_attn),
-                "n_batch": self.opt.n_batch, "extra_bufts": use_extra_bufts()}
+                "n_batch": max(1, n_batch), "extra_bufts": use_extra_bufts()}
 
     @staticmethod
     def plan(chunks: list[list[int]], keys: list[str]) -> list[tuple[tuple, object]]:
@@ -353,18 +357,11 @@ class Pipeline:
         return out
 
     def _lengths(self, plan, embeddings=None, state=None) -> list[int]:
-        """Positions of each planned segment (audio rows from the embeddings or a stored state)."""
-        audio = [len(e) for e in embeddings] if embeddings is not None else None
-        n_audio = sum(1 for seg, _ in plan if seg[0] == "audio")
-        out = []
-        for seg, payload in plan:
-            if seg[0] == "text":
-                out.append(len(payload))
-            elif audio is not None:
-                out.append(audio[payload])
-            else:  # a stored state holds every audio; equal windows per audio are not assumed
-                out.append(state.audio_tokens if n_audio == 1 else -1)
-        return out
+        """Positions of each planned segment: audio rows from the embeddings, or from a
+        stored state (which holds exactly one audio, see _stored_prefix)."""
+        return [len(payload) if seg[0] == "text" else
+                (len(embeddings[payload]) if embeddings is not None else state.audio_tokens)
+                for seg, payload in plan]
 
     def _prefix_key(self, head: list[tuple]) -> str:
         from .prefix_cache import prefix_key

@@ -229,3 +229,14 @@ def test_serve_follow_up_keeps_the_audio(tmp_path, tiny_q4, audio_dir):
     assert pipe.llm.n_decoded - before < 300, "the 300 audio rows are not evaluated again"
     pipe.close()
 
+
+
+def test_a_given_context_smaller_than_the_batch_still_reuses(tiny_q4, audio_dir):
+    """--ctx below n_batch clips the batch; the context must still be kept between questions."""
+    song = audio_dir / "song22k.flac"
+    pipe = _pipe(tiny_q4, compute_type=None, n_ctx=448, n_batch=512)
+    _ask(pipe, song, "Genre?")
+    before = pipe.llm.n_decoded
+    _, res = _ask(pipe, song, "Mood?")
+    assert pipe.llm.n_decoded - before < 300 and res.audio_tokens == 300
+    pipe.close()
