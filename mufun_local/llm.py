@@ -151,7 +151,7 @@ class LLM(Vocab):
 
         Flash attention stays off unless asked for: llama.cpp's CPU kernel rounds through
         F16 and, on a prefix of ~1,200 audio rows, moved the first-step logits by 0.35 (the
-        first greedy token changed) for no speed (DESIGN §8). f32_kv is the parity setting;
+        first greedy token changed) for no speed (README, Accuracy). f32_kv is the parity setting;
         kv_type ("f16", "f32", "q8_0", ...) names any of llama.cpp's cache types."""
         L = self._L
         self._free_context()

@@ -364,8 +364,12 @@ class Pipeline:
                 for seg, payload in plan]
 
     def _prefix_key(self, head: list[tuple]) -> str:
+        from importlib.metadata import version
+
         from .prefix_cache import prefix_key
-        return prefix_key(head, self.model.llm_sha256, self.context_settings())
+        # llama.cpp's state layout is its own: another build may not read it the same way
+        return prefix_key(head, self.model.llm_sha256, {**self.context_settings(),
+                                                        "llama_cpp": version("llama-cpp-python")})
 
     def _stored_prefix(self, head: list[tuple]):
         """The stored state of this prefix, when it holds audio and the cache has it."""
