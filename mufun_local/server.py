@@ -16,6 +16,7 @@ import asyncio
 import base64
 import binascii
 import json
+import math
 import os
 import queue
 import random
@@ -79,7 +80,9 @@ def _user_text(content, audios: list[AudioInput], tmpdir: str, marker: str) -> s
         elif kind == "input_audio":
             text += marker
             has_audio = True
-            spec = part.get("input_audio") or {}
+            spec = part.get("input_audio")
+            if not isinstance(spec, dict):
+                raise RequestError(400, "input_audio must be an object with data and format", "messages")
             audios.append(AudioInput(_save_audio(spec, tmpdir, len(audios)), _segs(spec.get("segs"))))
         else:
             raise RequestError(400, f"unsupported content part type {kind!r} (use text or input_audio)", "messages")
@@ -91,9 +94,9 @@ def _segs(value) -> tuple[float, float] | None:
         return None
     try:
         start, end = (float(v) for v in value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise RequestError(400, "input_audio.segs must be [start, end] in seconds", "messages") from None
-    if not 0 <= start < end:
+    if not (math.isfinite(end) and 0 <= start < end):
         raise RequestError(400, "input_audio.segs must satisfy 0 <= start < end", "messages")
     return start, end
 
@@ -274,9 +277,9 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
                 v = default
             try:
                 v = cast(v)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise RequestError(400, f"{name} must be a number", name) from None
-            if (lo is not None and v < lo) or (hi is not None and v > hi):
+            if not math.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
                 raise RequestError(400, f"{name} must be between {lo} and {hi}", name)
             return v
         temperature = num("temperature", float, default["temperature"], 0, 2)
@@ -303,17 +306,18 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
             return err(413, f"request body larger than {max_body_mb:g} MB")
         tmpdir = tempfile.mkdtemp(prefix="mufun-serve-")
         try:
-            try:
-                body = json.loads(raw)
-                if not isinstance(body, dict):
-                    raise ValueError
-            except ValueError:
-                raise RequestError(400, "the request body must be a JSON object") from None
+            body = parse_body(raw)
             prm, audios = build_prompt(body.get("messages"), model.manifest, tmpdir)
             sampling, max_tokens, stop = sampling_from(body)
+            stream_options = body.get("stream_options") or {}
+            if not isinstance(stream_options, dict):
+                raise RequestError(400, "stream_options must be an object", "stream_options")
         except RequestError as exc:
             _rmtree(tmpdir)
             return err(exc.status, exc.message, exc.param, exc.code)
+        except Exception as exc:  # a shape nothing above checks: still the client's error, and no leak
+            _rmtree(tmpdir)
+            return err(400, f"malformed request ({type(exc).__name__})")
         loop = asyncio.get_running_loop()
         job = Job(prm, audios, sampling, max_tokens, stop, loop, asyncio.Queue(), tmpdir)
         try:
@@ -348,7 +352,7 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
             if not streaming:
                 job.cancel.set()  # done, failed, or the client went away while waiting
 
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        include_usage = bool(stream_options.get("include_usage"))
 
         async def sse():
             chunk = {**base, "object": "chat.completion.chunk"}
@@ -406,6 +410,20 @@ def _static_routes() -> list:
     async def index(request):
         return FileResponse(page, media_type="text/html")
     return [Route("/", index)]
+
+
+def parse_body(raw: bytes) -> dict:
+    """The request's JSON object; NaN/Infinity (which Python's json accepts) and nesting
+    deep enough to exhaust the parser are refused as 400s."""
+    def no_constants(name):
+        raise ValueError(f"{name} is not JSON")
+    try:
+        body = json.loads(raw, parse_constant=no_constants)
+    except (ValueError, RecursionError):
+        raise RequestError(400, "the request body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    return body
 
 
 def _sse(obj: dict) -> str:

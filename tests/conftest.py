@@ -114,7 +114,8 @@ def serve(tiny_q4, tmp_path_factory):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        env = dict(os.environ, MUFUN_HOME=str(tmp_path_factory.mktemp("home")))
+        tmp = tmp_path_factory.mktemp("tmp")   # the server's temporary folder, to check for leaks
+        env = dict(os.environ, MUFUN_HOME=str(tmp_path_factory.mktemp("home")), TMPDIR=str(tmp))
         proc = subprocess.Popen([sys.executable, "-m", "mufun_local.cli", "serve", "-m", str(tiny_q4),
                                  "--port", str(port), *args], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -124,6 +125,7 @@ def serve(tiny_q4, tmp_path_factory):
             try:
                 with urllib.request.urlopen(base + "/health", timeout=1) as r:
                     if r.status == 200:
+                        start.tmpdirs[base] = tmp
                         return base
             except (urllib.error.URLError, ConnectionError, OSError):
                 if proc.poll() is not None:
@@ -132,6 +134,7 @@ def serve(tiny_q4, tmp_path_factory):
         proc.kill()
         raise RuntimeError("server did not start: " + proc.stdout.read().decode()[-2000:])
 
+    start.tmpdirs = {}
     yield start
     for proc in procs:
         proc.terminate()

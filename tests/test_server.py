@@ -102,13 +102,34 @@ def test_multi_turn_and_two_audios(server, audio_dir):
     ({"messages": []}, None, 400, "messages"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}, None, 400, "temperature"),
     (None, b'{"messages": "' + b"A" * (3 * 1024 * 1024) + b'"}', 413, "larger than"),
+    # shapes that gave 500s and left the upload behind
+    (None, b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400, "JSON"),
+    (None, b'{"messages": [{"role": "user", "content": "hi"}], "top_p": Infinity}', 400, "JSON"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": "NaN"}, None, 400, "temperature"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "1e999"}, None, 400, "max_tokens"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": "x"}]}]}, None, 400,
+     "input_audio"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {
+        "data": "UklGRg==", "format": "wav", "segs": [0, 10 ** 400]}}]}]}, None, 400, "segs"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stream": True, "stream_options": [1]}, None, 400,
+     "stream_options"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, "not a part"]}]}, None, 400,
+     "content part"),
+    (None, b'{"messages": ' + b"[" * 100000 + b"]" * 100000 + b"}", 400, "JSON"),
 ])
-def test_bad_requests_get_4xx_and_server_keeps_serving(server, audio_dir, body, raw, status, match):
+def test_bad_requests_get_4xx_and_server_keeps_serving(serve, server, audio_dir, body, raw, status, match):
     code, err = post(server, body, raw=raw)
     assert code == status, err
     assert match.lower() in err["error"]["message"].lower()
     code, ok = post(server, {"messages": [{"role": "user", "content": "Hello?"}], "max_tokens": 2})
     assert code == 200, ok
+    left = []
+    for _ in range(50):  # the worker removes a finished job's folder just after answering
+        left = list(serve.tmpdirs[server].glob("mufun-serve-*"))
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left, "a request left its uploads behind"
 
 
 def test_too_long_audio_is_400(server, audio_dir):
