@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,15 +48,7 @@ class EmbeddingCache:
 
     def put(self, key: str, emb: np.ndarray) -> None:
         p = self._path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".partial")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(emb, dtype=np.float32))
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        lru.write_atomic(p, lambda fh: np.save(fh, np.ascontiguousarray(emb, dtype=np.float32)))
         self.evict()
 
     def evict(self) -> None:

@@ -1,9 +1,26 @@
-"""Size-bounded on-disk caches (embeddings, prefix states): recency and eviction."""
+"""Size-bounded on-disk caches (embeddings, prefix states): atomic writes, recency, eviction."""
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write(fh)` into a temporary sibling, renamed to `path` when complete: a reader sees
+    the whole entry or none, and an error (or Ctrl-C) leaves nothing behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    touch(path)
 
 
 def touch(path: Path) -> None:

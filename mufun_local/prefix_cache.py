@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,20 +98,14 @@ class PrefixCache:
     def put(self, state: PrefixState) -> None:
         if state.data.nbytes > self.limit:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
         header = json.dumps({"format": FORMAT, "key": state.key, "positions": state.positions,
                              "audio_tokens": state.audio_tokens, "bytes": int(state.data.nbytes),
                              "sha256": hashlib.sha256(memoryview(state.data)).hexdigest()}).encode()
-        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".partial")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(MAGIC + struct.pack("<I", len(header)) + header)
-                fh.write(memoryview(state.data))
-            os.replace(tmp, self._path(state.key))
-            lru.touch(self._path(state.key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        def write(fh) -> None:
+            fh.write(MAGIC + struct.pack("<I", len(header)) + header)
+            fh.write(memoryview(state.data))
+        lru.write_atomic(self._path(state.key), write)
         self.evict()
 
     def evict(self) -> None:
