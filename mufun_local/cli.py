@@ -75,8 +75,8 @@ def encoder_options(f):
 
 def flash_attn_option(f):
     return click.option("--flash-attn", is_flag=True,
-                        help="llama.cpp's flash attention. Off by default: on CPUs it is no faster and "
-                             "moves the answer's logits on long audio (see README, Accuracy).")(f)
+                        help="llama.cpp's flash attention. Off by default: it moves the answer's logits on "
+                             "long audio, and on CPUs its gain was within noise (see README, Accuracy).")(f)
 
 
 def model_option(f):
