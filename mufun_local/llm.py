@@ -44,6 +44,12 @@ def gpu_offload_supported() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+def context_settings(n_batch: int, kv_type: str, flash_attn: bool) -> dict:
+    """What a context's KV bytes depend on besides the model and the input (the prefix
+    cache's key): recorded by open_context, predicted by the pipeline before opening one."""
+    return {"kv": kv_type, "flash_attn": bool(flash_attn), "n_batch": n_batch, "extra_bufts": use_extra_bufts()}
+
+
 @dataclass
 class Sampling:
     """Sampling options; temperature 0 is greedy."""
@@ -173,9 +179,7 @@ class LLM(Vocab):
         self._emb_batch = L.llama_batch_init(self.n_batch, self.n_embd, 1)
         self.n_past = 0
         self.segments = []
-        # what else the KV bytes depend on (the prefix cache's key)
-        self.settings = {"kv": kv_type, "flash_attn": bool(flash_attn),
-                         "n_batch": self.n_batch, "extra_bufts": use_extra_bufts()}
+        self.settings = context_settings(self.n_batch, kv_type, flash_attn)
 
     # -- evaluation
     def reset(self) -> None:

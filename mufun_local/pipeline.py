@@ -338,10 +338,9 @@ class Pipeline:
     def context_settings(self) -> dict:
         """The settings open_context records for this pipeline's options (an automatic
         context is never smaller than n_batch; a given one clips it)."""
-        from .llm import use_extra_bufts
+        from .llm import context_settings
         n_batch = min(self.opt.n_batch, self.opt.n_ctx) if self.opt.n_ctx else self.opt.n_batch
-        return {"kv": "f32" if self.opt.f32_kv else "f16", "flash_attn": bool(self.opt.flash_attn),
-                "n_batch": max(1, n_batch), "extra_bufts": use_extra_bufts()}
+        return context_settings(max(1, n_batch), "f32" if self.opt.f32_kv else "f16", self.opt.flash_attn)
 
     @staticmethod
     def plan(chunks: list[list[int]], keys: list[str]) -> list[tuple[tuple, object]]:
@@ -371,11 +370,13 @@ class Pipeline:
         return prefix_key(head, self.model.llm_sha256, {**self.context_settings(),
                                                         "llama_cpp": version("llama-cpp-python")})
 
+    def _storable(self, head: list[tuple]) -> bool:
+        """Whether this prefix goes to the prefix cache: when there is one, for one audio."""
+        return self.prefix_cache is not None and sum(1 for seg in head if seg[0] == "audio") == 1
+
     def _stored_prefix(self, head: list[tuple]):
-        """The stored state of this prefix, when it holds audio and the cache has it."""
-        if self.prefix_cache is None or sum(1 for seg in head if seg[0] == "audio") != 1:
-            return None
-        return self.prefix_cache.get(self._prefix_key(head))
+        """The stored state of this prefix, when it is storable and the cache has it."""
+        return self.prefix_cache.get(self._prefix_key(head)) if self._storable(head) else None
 
     def audio_embeddings(self, audios: list[AudioInput], timer: Timer, text_tokens: int,
                          used: int = 0, keys: list[str] | None = None) -> tuple[list[np.ndarray], int]:
@@ -454,8 +455,7 @@ class Pipeline:
     def _save_prefix(self, head_plan, timer: Timer) -> None:
         from .prefix_cache import PrefixState
         head = [seg for seg, _ in head_plan]
-        if self.prefix_cache is None or self.llm.settings != self.context_settings() \
-                or sum(1 for seg in head if seg[0] == "audio") != 1:
+        if not self._storable(head) or self.llm.settings != self.context_settings():
             return
         with timer("prefix_save"):
             llm = self.llm
