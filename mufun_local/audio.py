@@ -157,7 +157,9 @@ def _ffmpeg(path: str) -> Stream:
 def open_audio(path: str) -> Stream:
     """Open a file for one pass of float32 mono blocks at its native rate, as `ffmpeg -ac 1`."""
     check_file(path)
-    return _plain_pcm(path) or _ffmpeg(path)
+    st = _plain_pcm(path) or _ffmpeg(path)
+    check_rate(path, st.rate)
+    return st
 
 
 def decode(path: str) -> Decoded:
@@ -179,7 +181,32 @@ def _reason(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------- resampling
 
 
-@lru_cache(maxsize=16)
+# The sinc kernel has (16 kHz / g) x ~(rate / g) taps, g = gcd(rate, 16 kHz): tiny for every
+# usual rate (44.1 kHz: 160 x 475), gigabytes for a rate that shares no factor with 16 kHz
+# (a 64-byte WAV declaring 44,101 Hz asks for 2.8 GB). Such rates are refused.
+MAX_KERNEL_TAPS = 1 << 22  # 16 MB of float32
+
+
+def kernel_taps(rate: int, new_rate: int = SAMPLE_RATE) -> int:
+    """How many float32 numbers the resampling kernel for rate -> new_rate holds."""
+    g = math.gcd(int(rate), int(new_rate))
+    o, n = int(rate) // g, int(new_rate) // g
+    width = math.ceil(6 * o / (min(o, n) * 0.99))
+    return n * (2 * width + o)
+
+
+def check_rate(path: str, rate: int) -> int:
+    """The rate, or a clear error when resampling it would need an unbounded kernel."""
+    if not 1 <= rate <= 10_000_000:
+        raise AudioError(f"{path}: sample rate {rate} Hz is not a usable audio rate")
+    if rate != SAMPLE_RATE and kernel_taps(rate) > MAX_KERNEL_TAPS:
+        raise AudioError(f"{path}: sample rate {rate} Hz shares no common factor with 16 kHz "
+                         f"(resampling it would need a {kernel_taps(rate) * 4 / 1e9:.1f} GB filter); "
+                         f"convert the file to a usual rate first, e.g. ffmpeg -i IN -ar 48000 OUT.wav")
+    return rate
+
+
+@lru_cache(maxsize=8)
 def sinc_kernel(orig: int, new: int, lowpass_filter_width: int = 6,
                 rolloff: float = 0.99) -> tuple[np.ndarray, int]:
     """torchaudio's Hann-windowed sinc kernel for reduced rates orig->new, as float32 [new, K]."""
@@ -205,6 +232,8 @@ class Resampler:
     computed as soon as its input has arrived, so memory is one block, not the file."""
 
     def __init__(self, orig_rate: int, new_rate: int = SAMPLE_RATE, block_frames: int = 1 << 14):
+        if kernel_taps(orig_rate, new_rate) > MAX_KERNEL_TAPS:
+            raise AudioError(f"resampling {orig_rate} Hz to {new_rate} Hz needs too large a filter")
         self.passthrough = orig_rate == new_rate
         g = math.gcd(int(orig_rate), int(new_rate))
         self.o, self.n = int(orig_rate) // g, int(new_rate) // g

@@ -65,7 +65,7 @@ def test_formats_the_original_cannot_read(tmp_path, ext, rate):
     assert np.abs(d.samples).max() > 0.1
 
 
-@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000, 96000])
+@pytest.mark.parametrize("rate", [8000, 11025, 22050, 37800, 44100, 48000, 96000])
 def test_resample_equals_torchaudio(rate):
     rng = np.random.default_rng(rate)
     x = music(2.1, rate, 1)[: rate * 2 + 123, 0]
@@ -275,3 +275,23 @@ def test_overlapped_front_end_equals_the_sequential_one(tmp_path):
     with pytest.raises(audio.AudioError, match="empty"):
         load_log_mels(str(tmp_path / "empty.wav"), None, filters)
     assert not [t for t in threading.enumerate() if t.name == "mufun-decode"]
+
+
+@pytest.mark.parametrize("rate", [44101, 12345, 9_999_991])
+def test_rate_sharing_no_factor_with_16k_is_refused_not_a_memory_bomb(tmp_path, rate):
+    """A 64-byte WAV declaring 44,101 Hz would make torchaudio's kernel 2.8 GB (16000 x 44135
+    taps): refused with a clear error before any kernel is built."""
+    import soundfile as sf
+    path = tmp_path / "odd.wav"
+    sf.write(str(path), np.zeros(16, np.int16), rate, subtype="PCM_16")
+    audio.sinc_kernel.cache_clear()
+    with pytest.raises(AudioError, match=f"sample rate {rate} Hz shares no common factor"):
+        audio.load_windows(str(path))
+    assert audio.sinc_kernel.cache_info().currsize == 0
+    assert audio.kernel_taps(rate) > audio.MAX_KERNEL_TAPS
+
+
+def test_every_usual_rate_is_accepted():
+    for rate in (8000, 11025, 16000, 22050, 24000, 32000, 37800, 44100, 47250, 48000, 88200, 96000,
+                 176400, 192000, 352800, 384000, 705600, 768000, 2822400):
+        assert audio.kernel_taps(rate) <= audio.MAX_KERNEL_TAPS, rate

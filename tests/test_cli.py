@@ -65,6 +65,9 @@ def test_model_from_environment(capsys, monkeypatch, tiny_q4, audio_dir):
     ("missing.flac", None, "no such file"),
     ("empty.wav", b"", "file is empty"),
     ("notes.mp3", b"not audio\n" * 50, "not a readable audio file"),
+    # 44,101 Hz shares no factor with 16 kHz: the resampler would need a 2.8 GB kernel
+    ("odd-rate.wav", b"RIFF$\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x45\xac\x00\x00"
+     b"\x8aX\x01\x00\x02\x00\x10\x00data\x00\x01\x00\x00" + bytes(256), "shares no common factor"),
 ])
 def test_bad_audio_one_line(capsys, tmp_path, tiny_q4, name, content, match):
     path = tmp_path / name
