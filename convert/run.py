@@ -20,6 +20,39 @@ from .encoder import ENCODER_ARTIFACTS, ENCODER_QUANTS, write_encoder
 from .llm_gguf import LLM_QUANTS, load_vocab, quantize, write_gguf
 
 
+def check_out(out: Path, src: Path | None, force: bool) -> None:
+    """Refuse an OUT whose replacement could lose data: the checkpoint itself, a folder
+    holding it or inside it, or (with --force) anything that is not a converted model."""
+    o, s = out.resolve(), src.resolve() if src is not None else None
+    if s is not None and (o == s or o in s.parents or s in o.parents):
+        raise ModelError(f"{out}: OUT must be outside the checkpoint {src} (and not hold it)")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not force:
+        raise ModelError(f"{out} already exists (use --force to replace it)")
+    if out.is_symlink() or not out.is_dir():
+        raise ModelError(f"{out}: is not a model directory; --force replaces only a converted model")
+    if any(out.iterdir()) and not (out / artifacts.MANIFEST).is_file():
+        raise ModelError(f"{out}: not a converted model (no {artifacts.MANIFEST}); "
+                         f"--force replaces only a converted model or an empty folder")
+
+
+def _replace(new: Path, out: Path) -> None:
+    """Put `new` at `out`: the old model is moved aside first and removed only once the new
+    one is in place (put back if that fails)."""
+    if not out.exists():
+        new.rename(out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    out.rename(old)
+    try:
+        new.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _tool_versions() -> dict[str, str]:
     out = {}
     for pkg in ("mufun-local", "ctranslate2", "onnx", "onnxruntime", "gguf", "llama-cpp-python", "numpy"):
@@ -77,10 +110,11 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
         raise ModelError(f"--encoder-backends {','.join(encoder_backends)}: "
                          f"give one or more of {', '.join(ENCODER_ARTIFACTS)}, comma-separated")
     out = Path(out)
-    if out.exists() and not force:
-        raise ModelError(f"{out} already exists (use --force to replace it)")
     t0 = time.perf_counter()
+    local = Path(src.path if isinstance(src, Checkpoint) else src)
+    check_out(out, local if local.is_dir() else None, force)  # before a download
     ckpt = src if isinstance(src, Checkpoint) else resolve_source(str(src))
+    check_out(out, Path(ckpt.path), force)
     d = ckpt.dims
     vocab = load_vocab(ckpt.path, d.vocab_rows)  # the tokenizer is checked before any long work
     special = vocab[3]
@@ -129,9 +163,8 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
         }
         (tmp / artifacts.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _usual_modes(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        check_out(out, Path(ckpt.path), force)  # OUT may have changed during the long work
+        _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

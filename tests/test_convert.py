@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mufun_local.artifacts import ModelDir
+from mufun_local.cli import main
 from mufun_local.convert.checkpoint import Checkpoint
 from mufun_local.convert.llm_gguf import tensor_map
 from mufun_local.convert.run import convert
@@ -205,14 +206,41 @@ def test_bad_json(tmp_path, tiny_ckpt):
 def test_existing_output_needs_force(tmp_path, tiny_ckpt):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
     with pytest.raises(ModelError, match="--force"):
         convert(str(tiny_ckpt), out, quant="f16", quiet=True)
-    assert (out / "keep.txt").read_text() == "mine"
-    convert(str(tiny_ckpt), out, quant="f16", force=True, quiet=True)
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
+    convert(str(tiny_ckpt), out, quant="f16", force=True, quiet=True)  # an empty folder
+    first = (out / "manifest.json").read_text()
+    convert(str(tiny_ckpt), out, quant="f32", force=True, quiet=True)  # a converted model
+    assert (out / "manifest.json").read_text() != first and (out / "llm-f32.gguf").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing moved aside is left
 
 
+def _hash_tree(root):
+    from mufun_local.artifacts import hash_tree
+    return hash_tree(root)
+
+
+@pytest.mark.parametrize("where", ["src", "inside", "parent", "user-folder", "file"])
+def test_force_never_deletes_what_is_not_a_model(capsys, tmp_path, tiny_ckpt, where):
+    """`convert ./ckpt ./ckpt --force`, `. --force` and the like: refused, nothing touched."""
+    src = _copy_ckpt(tiny_ckpt, tmp_path)
+    out = {"src": src, "inside": src / "model", "parent": tmp_path, "user-folder": tmp_path / "mine",
+           "file": tmp_path / "notes.txt"}[where]
+    if where == "user-folder":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    if where == "file":
+        out.write_text("mine")
+    before = _hash_tree(tmp_path)
+    code = main(["convert", str(src), str(out), "--quant", "f16", "--force", "-q"])
+    err = capsys.readouterr().err
+    assert code != 0, err
+    if where == "file":  # click's own check of OUT's type
+        assert "is a file" in err
+    else:
+        assert len(err.strip().splitlines()) == 1, err
+        assert ("outside the checkpoint" if where in ("src", "inside", "parent") else "not a converted model") in err
+    assert _hash_tree(tmp_path) == before
 def test_interrupted_conversion_leaves_nothing(tmp_path, tiny_ckpt, monkeypatch):
     import mufun_local.convert.run as run
 
