@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,22 +81,54 @@ def _read_list(path: Path) -> list[str]:
 
 
 def read_done(out: Path) -> set[tuple[str, str]]:
-    """(path, question) pairs already answered or failed; trims a half-written last line."""
+    """(path, question) pairs already answered or failed. A last line without its newline is
+    kept when it is a whole record (the newline is added) and cut when it is half-written.
+    Lines are split on newline alone: answers may hold U+2028 and other line separators."""
     if not out.exists():
         return set()
     data = out.read_bytes()
     if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
+        cut = data.rfind(b"\n") + 1
         with open(out, "r+b") as fh:
-            fh.truncate(len(data))
-    done = set()
-    for line in data.decode("utf-8", errors="replace").splitlines():
+            if _record(data[cut:]) is not None:
+                fh.seek(len(data))
+                fh.write(b"\n")
+                data += b"\n"
+            else:
+                fh.truncate(cut)
+                data = data[:cut]
+    return {(rec["path"], rec["question"]) for rec in map(_record, data.split(b"\n")) if rec is not None}
+
+
+def _record(line: bytes) -> dict | None:
+    """One journal line as a record, or None when it is not one."""
+    try:
+        rec = json.loads(line.decode("utf-8"))
+        return rec if isinstance(rec, dict) and isinstance(rec.get("path"), str) \
+            and isinstance(rec.get("question"), str) else None
+    except ValueError:  # also UnicodeDecodeError
+        return None
+
+
+@contextmanager
+def journal_lock(out: Path):
+    """Hold an exclusive lock on `out` itself, so two runs on one --out cannot interleave
+    their lines; a second run fails at once with a clear error."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a") as fh:
         try:
-            rec = json.loads(line)
-            done.add((rec["path"], rec["question"]))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return done
+            import fcntl
+        except ImportError:  # Windows: no advisory lock
+            yield
+            return
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise MufunError(f"{out}: another batch run is writing it") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -119,6 +152,8 @@ def prepare(path: str, mel_filters, file: str | None = None) -> dict:
         return {"mels": mels, "seconds": seconds, "timings": timings, "sha256": file_hash(file), "error": None}
     except MufunError as exc:
         return {"timings": timings, "sha256": None, "error": str(exc).replace(file, path)}
+    except Exception as exc:  # noqa: BLE001 - one bad file must not stop (or re-stop, on resume) the run
+        return {"timings": timings, "sha256": None, "error": f"{path}: cannot be read ({type(exc).__name__}: {exc})"}
 
 
 def answer_file(pipe: Pipeline, path: str, questions: list[str], prepared: dict, model_id: str,
@@ -163,6 +198,11 @@ def count(summary: Summary, rec: dict) -> None:
 
 def run_batch(pipe: Pipeline, files: list[str], questions: list[str], out: Path, model_id: str,
               progress: Callable[[int], object] | None = None, prefetch: int = 2) -> Summary:
+    with journal_lock(out):
+        return _run_batch(pipe, files, questions, out, model_id, progress, prefetch)
+
+
+def _run_batch(pipe, files, questions, out, model_id, progress, prefetch) -> Summary:
     pipe.cache = MemoryCache()
     todo, skipped = pending(files, questions, out)
     summary = Summary(skipped=skipped)
@@ -174,7 +214,6 @@ def run_batch(pipe: Pipeline, files: list[str], questions: list[str], out: Path,
             if f not in futures:
                 futures[f] = pool.submit(prepare, f, pipe.mel_filters)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(out, "a", encoding="utf-8") as fh:
             for i, (path, qs) in enumerate(todo):

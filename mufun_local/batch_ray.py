@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from .batch import MemoryCache, Summary, answer_file, count, pending, prepare, record_line
+from .batch import MemoryCache, journal_lock, Summary, answer_file, count, pending, prepare, record_line
 from .errors import MufunError
 
 
@@ -80,6 +80,11 @@ class _Answer:
 def run_batch_ray(address: str, model_dir: Path, options, files: list[str], questions: list[str], out: Path,
                   model_id: str, progress: Callable[[int], object] | None = None, actors: int = 1,
                   log: Callable[[str], None] = lambda m: None) -> Summary:
+    with journal_lock(out):
+        return _run(address, model_dir, options, files, questions, out, model_id, progress, actors, log)
+
+
+def _run(address, model_dir, options, files, questions, out, model_id, progress, actors, log) -> Summary:
     todo, skipped = pending(files, questions, out)
     summary = Summary(skipped=skipped)
     if not todo:
@@ -101,11 +106,10 @@ def run_batch_ray(address: str, model_dir: Path, options, files: list[str], ques
     ds = ds.map(_prepare_row, fn_kwargs={"filters": filters}, num_cpus=1, runtime_env=env)
     ds = ds.map_batches(_Answer, fn_constructor_args=(str(model_dir), options, model_id), batch_size=1,
                         concurrency=actors, num_gpus=gpus, num_cpus=0 if gpus else 1, runtime_env=env)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a", encoding="utf-8") as fh:
         for row in ds.iter_rows():
-            for line in row["lines"].splitlines(keepends=True):
-                fh.write(line)
+            for line in row["lines"].split("\n")[:-1]:  # answers may hold U+2028 and the like
+                fh.write(line + "\n")
                 fh.flush()
                 count(summary, json.loads(line))
                 progress and progress(1)

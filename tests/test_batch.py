@@ -141,3 +141,69 @@ def test_ray_not_installed_says_how(capsys, tmp_path, tiny_q4, library, monkeypa
     code = main(["batch", str(library), "-m", str(tiny_q4), "--question", "Q?", "--out", str(tmp_path / "o.jsonl"), "--ray"])
     err = capsys.readouterr().err
     assert code == 1 and "pip install 'mufun-local[ray]'" in err and "Traceback" not in err
+
+
+def test_any_failure_of_one_file_is_its_error_and_the_run_goes_on(tmp_path, tiny_q4, monkeypatch):
+    """A sample-rate bomb and a decoder that raises something unexpected: each is that file's
+    error line; the other file is answered; a resume does not stop on them either."""
+    import soundfile as sf
+
+    from mufun_local import batch as batch_mod
+    from mufun_local.batch import run_batch
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    sf.write(str(lib / "bomb.wav"), [0.0] * 16, 44101, subtype="PCM_16")
+    write_audio(lib / "good.wav", music(3.0, 16000, 1), 16000)
+    write_audio(lib / "weird.wav", music(3.0, 16000, 1, seed=5), 16000)
+    real = batch_mod.prepare
+
+    def prepare(path, filters, file=None):
+        if path.endswith("weird.wav"):
+            raise_in = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("decoder fell over"))  # noqa: E731
+            monkeypatch.setattr("mufun_local.frontend.load_log_mels", raise_in)
+            try:
+                return real(path, filters, file)
+            finally:
+                monkeypatch.undo()
+        return real(path, filters, file)
+    monkeypatch.setattr(batch_mod, "prepare", prepare)
+    files = sorted(str(p) for p in lib.iterdir())
+    pipe = Pipeline(ModelDir.open(tiny_q4), Options(max_tokens=4, sampling=Sampling(temperature=0.0)))
+    out = tmp_path / "o.jsonl"
+    s = run_batch(pipe, files, ["Genre?"], out, "m", prefetch=0)
+    by = {os.path.basename(r["path"]): r for r in lines(out)}
+    assert (s.done, s.failed) == (1, 2)
+    assert "shares no common factor" in by["bomb.wav"]["error"]
+    assert "RuntimeError: decoder fell over" in by["weird.wav"]["error"]
+    assert by["good.wav"]["error"] is None
+    pipe.close()
+
+
+def _record(path, question, answer):
+    return json.dumps({"path": path, "question": question, "answer": answer, "error": None}, ensure_ascii=False)
+
+
+def test_resume_keeps_a_whole_last_record_without_newline_and_splits_on_newline_only(tmp_path):
+    from mufun_local.batch import pending, read_done
+    out = tmp_path / "o.jsonl"
+    sep = "one\u2028two\u2029three\x85four\x0c\x1c"  # line separators Python's splitlines() splits on
+    out.write_text(_record("a.wav", "q1", sep) + "\n" + _record("a.wav", "q2", "ok"), encoding="utf-8")
+    assert read_done(out) == {("a.wav", "q1"), ("a.wav", "q2")}
+    assert out.read_text(encoding="utf-8").endswith('"error": null}\n')  # the newline added, nothing cut
+    assert pending(["a.wav"], ["q1", "q2"], out) == ([], 2)
+    with open(out, "a", encoding="utf-8") as fh:
+        fh.write(_record("b.wav", "q1", "half")[:-9])  # a crash mid-record: that part goes
+    assert read_done(out) == {("a.wav", "q1"), ("a.wav", "q2")}
+    assert len(out.read_text(encoding="utf-8").split("\n")) == 3
+
+
+def test_two_runs_on_one_out_cannot_interleave(tmp_path, tiny_q4):
+    from mufun_local.batch import journal_lock, run_batch
+    from mufun_local.errors import MufunError
+    out = tmp_path / "o.jsonl"
+    pipe = Pipeline(ModelDir.open(tiny_q4), Options(max_tokens=2))
+    with journal_lock(out):
+        with pytest.raises(MufunError, match="another batch run is writing it"):
+            run_batch(pipe, [str(tmp_path / "x.wav")], ["q"], out, "m")
+    assert not out.exists() or out.read_text() == ""
+    pipe.close()
