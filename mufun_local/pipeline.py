@@ -120,6 +120,7 @@ class Pipeline:
         self.opt = options or Options()
         self.log = log or (lambda msg: None)
         self._encoder = None
+        self._encoder_device = "cpu"
         self._choice = None
         self._mel_filters = None
         self._connector = None
@@ -150,13 +151,15 @@ class Pipeline:
             self._encoder = load_encoder(self.model.encoder_dir, c.backend, self.opt.device, c.compute_type,
                                          self.opt.threads, self.opt.encoder_batch)
             self.log(f"encoder: {self._encoder.describe()} ({c.reason})")
+            self._encoder_device = self._encoder.device  # the connector follows it, also once it is gone
         return self._encoder
 
     @property
     def connector(self):
         if self._connector is None:
             from .connector import Connector
-            use_cuda = self.encoder.device == "cuda" and _torch_cuda()
+            device = self._encoder.device if self._encoder is not None else self._encoder_device
+            use_cuda = device == "cuda" and _torch_cuda()
             self._connector = Connector(self.model.connector_file,
                                         int(self.model.manifest["connector"]["pool_stride"]),
                                         "cuda" if use_cuda else "cpu")
@@ -196,12 +199,18 @@ class Pipeline:
         from .frontend import load_log_mels
         return load_log_mels(item.path, item.segs, self.mel_filters, max_windows, timer)
 
-    def embed_windows(self, mels: list[np.ndarray], timer: Timer, keep_layers: bool = False):
-        """Embeddings (and hidden states, if asked) of log-mel windows [n_mels, 3000]."""
+    def embed_windows(self, mels: list[np.ndarray], timer: Timer, keep_layers: bool = False,
+                      last: bool = False):
+        """Embeddings (and hidden states, if asked) of log-mel windows [n_mels, 3000]. With
+        `last` (no more audio to encode) the encoder goes before the connector runs: at real
+        size it holds ~5 GB that would otherwise sit under the connector's work."""
         self._progress("encoder", 0, len(mels))
         with timer("encoder"):  # loading the encoder, when it is not loaded yet, counts here
             hs = self.encoder.hidden_states(np.stack(mels),
                                             on_batch=lambda k: self._progress("encoder", k, len(mels)))
+        if last and not self.opt.keep_audio_models:
+            self._encoder = None
+            gc.collect()
         with timer("connector"):
             emb = self.connector(hs)
         return emb, (hs if keep_layers else None)
@@ -403,9 +412,11 @@ class Pipeline:
             budget -= len(wins)
         need = self.check_fits(text_tokens, [self._windows(pending)], used)
         embeddings = []
+        to_encode = sum(1 for h, _, _ in pending if h is None)
         for hit, wins, key in pending:
             if hit is None:
-                hit, _ = self.embed_windows(wins, timer)
+                to_encode -= 1
+                hit, _ = self.embed_windows(wins, timer, last=to_encode == 0)
                 if key:
                     self.cache.put(key, hit)
             embeddings.append(hit)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from audio_fixtures import have_ffmpeg_cli
+from mufun_local import prompt
 from mufun_local.artifacts import ModelDir
 from mufun_local.errors import MufunError
 from mufun_local.llm import LLM, Sampling
@@ -180,3 +181,25 @@ def test_llm_weights_load_after_the_encoder_is_gone(tiny_q4, audio_dir, monkeypa
     text = "".join(pipe.ask([AudioInput(str(audio_dir / "song22k.flac"))], "Genre?"))
     assert seen == [True] and pipe.result.text == text and pipe._vocab is None
     pipe.close()
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_encoder_is_gone_before_the_connector_runs(tiny_q4, audio_dir, monkeypatch, keep):
+    """At real size the encoder holds ~5 GB: the connector of the last audio runs without it
+    (batch jobs keep it for the next file). The embeddings are the same either way."""
+    from mufun_local.connector import Connector
+    seen, real = [], Connector.__call__
+    monkeypatch.setattr(Connector, "__call__", lambda self, hs: seen.append(pipe._encoder is None) or real(self, hs))
+    pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu", max_tokens=3, keep_audio_models=keep,
+                                                    keep_logits=True))
+    audios = [AudioInput(str(audio_dir / "song22k.flac")), AudioInput(str(audio_dir / "song22k.flac"), segs=(0.0, 2.0))]
+    prm = prompt.build("Genre?", 2, pipe.model.manifest["prompt"]["template"])
+    "".join(pipe.complete(prm, audios))
+    assert seen == [False, not keep]
+    logits = pipe.result.first_logits
+    pipe.close()
+    other = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu", max_tokens=3, keep_audio_models=not keep,
+                                                     keep_logits=True))
+    "".join(other.complete(prm, audios))
+    np.testing.assert_array_equal(other.result.first_logits, logits)
+    other.close()
