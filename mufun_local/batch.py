@@ -158,27 +158,33 @@ def prepare(path: str, mel_filters, file: str | None = None) -> dict:
 
 def answer_file(pipe: Pipeline, path: str, questions: list[str], prepared: dict, model_id: str,
                 file: str | None = None) -> Iterator[dict]:
-    """One record per question about one prepared file (the audio is encoded once). Records
-    carry `path` as the user gave it; `file` is where to read it (default: `path`)."""
+    """One record per question about one prepared file: the audio is encoded once and its
+    prefix evaluated once, and up to `pipe.opt.parallel` answers are generated side by side
+    (their records carry the wall time of the group). Records carry `path` as the user gave it;
+    `file` is where to read it (default: `path`)."""
     base = {"path": path, "sha256": prepared["sha256"], "segs": None, "model": model_id}
-    for q in questions:
-        rec = {**base, "question": q}
-        if prepared["error"] is not None:
-            yield {**rec, "answer": None, "error": prepared["error"]}
-            continue
+    if prepared["error"] is not None:
+        for q in questions:
+            yield {**base, "question": q, "answer": None, "error": prepared["error"]}
+        return
+    audio = AudioInput(file or path, mels=prepared["mels"], seconds=prepared["seconds"], sha256=prepared["sha256"])
+    step = max(1, pipe.opt.parallel)
+    for g in range(0, len(questions), step):
+        group = questions[g:g + step]
         t0 = time.perf_counter()
         try:
-            audio = AudioInput(file or path, mels=prepared["mels"], seconds=prepared["seconds"],
-                               sha256=prepared["sha256"])
-            answer = "".join(pipe.ask([audio], q))
-            r = pipe.result
-            timings = {**prepared["timings"], **r.timings} if "encoder" in r.timings else dict(r.timings)
-            rec.update(answer=answer, prompt_tokens=r.prompt_tokens, audio_tokens=r.audio_tokens,
-                       completion_tokens=len(r.tokens), timings={k: round(v, 4) for k, v in timings.items()},
-                       seconds=round(time.perf_counter() - t0, 3), error=None)
+            results = pipe.ask_many([audio], group, parallel=step)
         except MufunError as exc:
-            rec.update(answer=None, error=str(exc).replace(file, path) if file else str(exc))
-        yield rec
+            msg = str(exc).replace(file, path) if file else str(exc)
+            for q in group:
+                yield {**base, "question": q, "answer": None, "error": msg}
+            continue
+        seconds = round(time.perf_counter() - t0, 3)
+        for q, r in zip(group, results):
+            timings = {**prepared["timings"], **r.timings} if "encoder" in r.timings else dict(r.timings)
+            yield {**base, "question": q, "answer": r.text, "prompt_tokens": r.prompt_tokens,
+                   "audio_tokens": r.audio_tokens, "completion_tokens": len(r.tokens),
+                   "timings": {k: round(v, 4) for k, v in timings.items()}, "seconds": seconds, "error": None}
 
 
 def pending(files: list[str], questions: list[str], out: Path) -> tuple[list[tuple[str, list[str]]], int]:

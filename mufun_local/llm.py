@@ -144,6 +144,7 @@ class LLM(Vocab):
         super().__init__(path, verbose, n_gpu_layers=n_gpu_layers, use_extra_bufts=use_extra_bufts())
         self.threads = threads or max(1, os.cpu_count() or 1)
         self.n_ctx = self.requested_ctx = 0
+        self.n_seq = 1
         self.n_past = 0
         self.n_decoded = 0  # rows sent to llama_decode, for observing re-evaluation
         # What the context holds, as (segment, positions) from position 0: a prompt's text
@@ -152,8 +153,10 @@ class LLM(Vocab):
         self.settings: dict = {}
 
     def open_context(self, n_ctx: int, n_batch: int = 512, f32_kv: bool = False,
-                     flash_attn: bool = False, kv_type: str | None = None) -> None:
-        """(Re)create the context: n_ctx positions, batches split to n_batch rows.
+                     flash_attn: bool = False, kv_type: str | None = None, n_seq: int = 1) -> None:
+        """(Re)create the context: n_ctx positions for each of n_seq sequences, batches split
+        to n_batch rows. Each sequence has its own KV stream (llama.cpp's non-unified cache),
+        laid out as if it were alone, so sequence 0 computes what a one-sequence context does.
 
         Flash attention stays off unless asked for: llama.cpp's CPU kernel rounds through
         F16 and, on a prefix of ~1,200 audio rows, moved the first-step logits by 0.35 (the
@@ -162,9 +165,10 @@ class LLM(Vocab):
         L = self._L
         self._free_context()
         cp = L.llama_context_default_params()
-        cp.n_ctx = n_ctx
+        cp.n_ctx = n_ctx * n_seq
         cp.n_batch = cp.n_ubatch = self.n_batch = max(1, min(n_batch, n_ctx))
-        cp.n_seq_max = 1
+        cp.n_seq_max = self.n_seq = n_seq
+        cp.kv_unified = False
         cp.n_threads = cp.n_threads_batch = self.threads
         cp.no_perf = True
         cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -173,7 +177,7 @@ class LLM(Vocab):
         self.ctx = L.llama_init_from_model(self.model, cp)
         if not self.ctx:
             raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)")
-        self.n_ctx = L.llama_n_ctx(self.ctx)
+        self.n_ctx = L.llama_n_ctx_seq(self.ctx)  # positions one sequence may use
         self.requested_ctx = n_ctx
         self._tok_batch = L.llama_batch_init(self.n_batch, 0, 1)
         self._emb_batch = L.llama_batch_init(self.n_batch, self.n_embd, 1)
@@ -274,6 +278,79 @@ class LLM(Vocab):
             batch.seq_id[i][0] = 0
             batch.logits[i] = 0
         batch.logits[n - 1] = 1 if want_logits else 0
+
+    def _decode_rows(self, rows: list[tuple[int, int, int, bool]]) -> None:
+        """Decode (token, position, sequence, logits?) rows as one batch (at most n_batch)."""
+        b = self._tok_batch
+        for i, (tok, pos, seq, logits) in enumerate(rows):
+            if not 0 <= tok < self.n_vocab:
+                raise MufunError(f"token id {tok} is outside the vocabulary")
+            b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = tok, pos, 1, seq, int(logits)
+        b.n_tokens = len(rows)
+        rc = self._L.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise MufunError(f"llama_decode failed (code {rc}) at position {rows[0][1]} of sequence {rows[0][2]}")
+        self.n_decoded += len(rows)
+
+    def answer_many(self, tails: list[list[int]], sampling: Sampling, max_tokens: int,
+                    stop_ids: set[int], on_tails=None, first_logits: list | None = None) -> list[list[int]]:
+        """Continue what sequence 0 holds (a shared prefix) with each tail, and sample an
+        answer to each side by side; returns each answer's tokens (a stop token last).
+
+        Sequence s gets a copy of sequence 0's cells in its own KV stream and evaluates its
+        tail there, as a one-sequence context would; then every step decodes one token of
+        each unfinished answer in one batch, so the weights are read once per step for all
+        of them (generation is memory-bound: k answers cost about what one does). Each answer
+        has its own sampler chain with the same seed, as k separate requests would.
+        `on_tails()` is called once every tail is evaluated; `first_logits` (a list) gets each
+        tail's last logits. Sequence 0 is left holding the prefix alone."""
+        L = self._L
+        k = len(tails)
+        if not 1 <= k <= self.n_seq:
+            raise MufunError(f"{k} answers side by side need a context of {k} sequences (it has {self.n_seq})")
+        self._check_room(max(map(len, tails)))
+        mem = L.llama_get_memory(self.ctx)
+        base = self.n_past
+        chains = [self._sampler(sampling) for _ in range(k)]
+        out: list[list[int]] = [[] for _ in range(k)]
+        pos, nxt = [base] * k, [0] * k
+        try:
+            for s in range(1, k):
+                L.llama_memory_seq_rm(mem, s, -1, -1)
+                L.llama_memory_seq_cp(mem, 0, s, -1, -1)
+            for s, tail in enumerate(tails):  # each tail in its own batches, as a lone request's
+                for i in range(0, len(tail), self.n_batch):
+                    part = tail[i:i + self.n_batch]
+                    self._decode_rows([(t, base + i + j, s, i + j == len(tail) - 1) for j, t in enumerate(part)])
+                pos[s] = base + len(tail)
+                if first_logits is not None:
+                    first_logits.append(self.logits())
+                nxt[s] = int(L.llama_sampler_sample(chains[s], self.ctx, -1))
+            if on_tails is not None:
+                on_tails()
+            active = list(range(k))
+            while True:
+                still = []
+                for s in active:
+                    out[s].append(nxt[s])
+                    if not (nxt[s] in stop_ids or self.is_eog(nxt[s]) or len(out[s]) >= max_tokens
+                            or pos[s] >= self.n_ctx):
+                        still.append(s)
+                if not still:
+                    return out
+                for i in range(0, len(still), self.n_batch):
+                    group = still[i:i + self.n_batch]
+                    self._decode_rows([(nxt[s], pos[s], s, True) for s in group])
+                    for j, s in enumerate(group):
+                        pos[s] += 1
+                        nxt[s] = int(L.llama_sampler_sample(chains[s], self.ctx, j))
+                active = still
+        finally:
+            for c in chains:
+                L.llama_sampler_free(c)
+            for s in range(1, k):
+                L.llama_memory_seq_rm(mem, s, -1, -1)
+            L.llama_memory_seq_rm(mem, 0, base, -1)
 
     def eval_tokens(self, tokens: list[int], logits_at_end: bool = True, on_batch=None) -> None:
         """Evaluate tokens at the next positions; `on_batch(rows done)` after each batch."""

@@ -46,6 +46,7 @@ class Options:
     quiet: bool = False           # no notices on stderr (the one-off encoder measurement)
     keep_audio_models: bool = False  # keep the encoder loaded between requests (batch jobs)
     keep_logits: bool = False     # keep the first step's logits (parity checks)
+    parallel: int = 8             # ask_many: answers generated side by side (KV memory grows with it)
 
 
 @dataclass
@@ -294,16 +295,31 @@ class Pipeline:
         (everything before the last segment) comes from the prefix cache or is computed,
         and saved there. The prefix is always evaluated as its own batches, so all three
         ways give the same logits."""
-        if prm.n_audio != len(audios):
-            raise MufunError(f"the prompt has {prm.n_audio} audio slot(s) for {len(audios)} audio(s)")
         res = self.result = Result()
         timer = Timer(res.timings, res.peaks)
+        plan, keys = self._begin(prm, audios, res)
+        llm, embeddings, held = self._hold_prefix(plan, keys, audios, res, timer)
+        self.prefill(plan, embeddings, timer, start=held, save=held < len(plan) - 1)
+        if self.opt.keep_logits:
+            res.first_logits = llm.logits()
+        yield from self._generate(llm, res)
+
+    def _begin(self, prm: prompt_mod.Prompt, audios: list[AudioInput], res: Result, keys=None):
+        """The prompt's plan and audio keys; res.prompt_tokens set."""
+        if prm.n_audio != len(audios):
+            raise MufunError(f"the prompt has {prm.n_audio} audio slot(s) for {len(audios)} audio(s)")
         chunks = prompt_mod.tokenize(prm, self.tokenizer.tokenize)
         res.prompt_tokens = sum(map(len, chunks))
-        keys = [self.cache_key(a) for a in audios]
-        plan = self.plan(chunks, keys)
-        head = [seg for seg, _ in plan[:-1]]
+        keys = keys if keys is not None else [self.cache_key(a) for a in audios]
+        return self.plan(chunks, keys), keys
 
+    def _hold_prefix(self, plan, keys, audios, res: Result, timer: Timer, n_seq: int = 1):
+        """Make the context hold as much of the plan's head (all but its last segment) as it
+        can without computing: what it holds already, or the prefix cache's state. Returns
+        the LLM, the audio embeddings when the rest needs them, and how many leading
+        segments are held. The context fits res.prompt_tokens + audio + answer for each of
+        n_seq sequences; a request that cannot fit fails here, before any compute."""
+        head = [seg for seg, _ in plan[:-1]]
         llm = self._llm  # the weights load after the audio half, when they are not loaded yet
         settings = self.context_settings()
         held, embeddings, state, need = 0, None, None, 0
@@ -312,7 +328,7 @@ class Pipeline:
         if head and held == len(head):
             res.audio_tokens = sum(n for seg, n in llm.segments[:held] if seg[0] == "audio")
             need = self.check_fits(res.prompt_tokens, [res.audio_tokens // self.tokens_per_window])
-            held = held if need <= llm.n_ctx else 0
+            held = held if need <= llm.n_ctx and n_seq <= llm.n_seq else 0
         if not head or held < len(head):
             state = self._stored_prefix(head)
             if state is not None:
@@ -324,10 +340,10 @@ class Pipeline:
 
         with timer("load"):
             llm = self.llm
-        if llm.ctx is None or llm.n_ctx < need or llm.settings != settings:
+        if llm.ctx is None or llm.n_ctx < need or llm.settings != settings or llm.n_seq < n_seq:
             auto = max(math.ceil(need / CTX_ROUND) * CTX_ROUND, self.opt.n_batch)
             llm.open_context(self.opt.n_ctx or min(self.context_limit(), auto),
-                             self.opt.n_batch, self.opt.f32_kv, self.opt.flash_attn)
+                             self.opt.n_batch, self.opt.f32_kv, self.opt.flash_attn, n_seq=n_seq)
             held = 0
         if state is not None:
             with timer("prefix_load"):
@@ -339,10 +355,59 @@ class Pipeline:
         if held < len(head) and embeddings is None:
             embeddings, _ = self.audio_embeddings(audios, timer, res.prompt_tokens, keys=keys)
         llm.keep(held)
-        self.prefill(plan, embeddings, timer, start=held, save=held < len(head))
-        if self.opt.keep_logits:
-            res.first_logits = llm.logits()
-        yield from self._generate(llm, res)
+        return llm, embeddings, held
+
+    def ask_many(self, audios: list[AudioInput], questions: list[str], parallel: int | None = None) -> list[Result]:
+        """Results (text included) for several questions about the same audios. The shared
+        prefix (system, audio) is evaluated once; then up to `parallel` (default
+        opt.parallel) answers are generated side by side (LLM.answer_many): 5 questions take
+        little more than one. The answers are the ones `ask` gives, token for token: each
+        question and each token is computed in a sequence laid out as a lone request's."""
+        m = self.model.manifest
+        prms = [prompt_mod.build(q, len(audios), m["prompt"]["template"], m["prompt"]["audio_marker"])
+                for q in questions]
+        step = max(1, parallel or self.opt.parallel)
+        results: list[Result] = []
+        for g in range(0, len(prms), step):
+            results += self._answer_group(audios, prms[g:g + step])
+        return results
+
+    def _answer_group(self, audios: list[AudioInput], prms: list[prompt_mod.Prompt]) -> list[Result]:
+        """ask_many for at most opt.parallel prompts; one after another when their heads differ."""
+        shared = Result()
+        timer = Timer(shared.timings, shared.peaks)
+        plan0, keys = self._begin(prms[0], audios, Result())
+        plans = [plan0] + [self._begin(p, audios, Result(), keys)[0] for p in prms[1:]]
+        if len(prms) == 1 or any(p[:-1] != plans[0][:-1] or p[-1][0][0] != "text" for p in plans):
+            return [self._collect(self.complete(p, audios)) for p in prms]  # no common head
+        counts = [sum(len(x) for s, x in p if s[0] == "text") for p in plans]
+        shared.prompt_tokens = max(counts)
+        longest = plans[counts.index(shared.prompt_tokens)]
+        llm, embeddings, held = self._hold_prefix(longest, keys, audios, shared, timer, n_seq=len(prms))
+        self.prefill(longest, embeddings, timer, start=held, save=held < len(longest) - 1, head_only=True)
+        t0 = time.perf_counter()
+        tails_done = []
+        self._progress("answer", 0, self.opt.max_tokens)
+        logits: list | None = [] if self.opt.keep_logits else None
+        answers = llm.answer_many([p[-1][1] for p in plans], self.opt.sampling, self.opt.max_tokens, self.stop_ids,
+                                  on_tails=lambda: tails_done.append(time.perf_counter()), first_logits=logits)
+        shared.timings["prefill"] = shared.timings.get("prefill", 0.0) + tails_done[0] - t0
+        shared.timings["generate"] = time.perf_counter() - tails_done[0]
+        shared.peaks["generate"] = peak_rss_mb()
+        results = []
+        for i, (n_prompt, tokens) in enumerate(zip(counts, answers)):
+            stop = bool(tokens) and (tokens[-1] in self.stop_ids or llm.is_eog(tokens[-1]))
+            body = tokens[:-1] if stop else tokens
+            text = b"".join(llm.token_bytes(t) for t in body).decode("utf-8", errors="replace")
+            results.append(Result(text=text, tokens=tokens, prompt_tokens=n_prompt, audio_tokens=shared.audio_tokens,
+                                  timings=dict(shared.timings), stopped="stop" if stop else "length",
+                                  peaks=dict(shared.peaks), first_logits=logits[i] if logits else None))
+        self.result = results[-1]
+        return results
+
+    def _collect(self, stream: Iterator[str]) -> Result:
+        "".join(stream)
+        return self.result
 
     def context_settings(self) -> dict:
         """The settings open_context records for this pipeline's options (an automatic
@@ -437,13 +502,16 @@ class Pipeline:
         return sum(len(h) // self.tokens_per_window if h is not None else len(w) for h, w, _ in pending)
 
     def prefill(self, plan: list[tuple[tuple, object]], embeddings: list[np.ndarray] | None, timer: Timer,
-                start: int = 0, save: bool = False) -> None:
+                start: int = 0, save: bool = False, head_only: bool = False) -> None:
         """Evaluate the plan's segments from `start` at consecutive positions, logits at the
-        end; with `save`, the prefix (all but the last segment) goes to the prefix cache."""
+        end; with `save`, the head (all but the last segment) goes to the prefix cache once
+        evaluated; with `head_only`, the last segment is left for the caller."""
         llm = self.llm
+        last = len(plan) - 1
         lengths = self._lengths(plan, embeddings) if embeddings is not None else None
-        todo = plan[start:]
-        total = sum(lengths[start:]) if lengths else sum(len(p) for s, p in todo if s[0] == "text")
+        todo = plan[start:last if head_only else None]
+        total = sum(lengths[start:start + len(todo)]) if lengths else \
+            sum(len(p) for s, p in todo if s[0] == "text")
         done = 0
 
         def step(rows: int) -> None:
@@ -451,17 +519,18 @@ class Pipeline:
 
         with timer("prefill"):
             for i, (seg, payload) in enumerate(todo, start=start):
-                last = i == len(plan) - 1
-                if last and save and start < i:
+                if i == last and save and start < i:
                     self._save_prefix(plan[:i], timer)
                 if seg[0] == "text":
-                    llm.eval_tokens(payload, logits_at_end=last, on_batch=step)
+                    llm.eval_tokens(payload, logits_at_end=i == last, on_batch=step)
                     n = len(payload)
                 else:
-                    llm.eval_embeddings(embeddings[payload], logits_at_end=last, on_batch=step)
+                    llm.eval_embeddings(embeddings[payload], logits_at_end=i == last, on_batch=step)
                     n = len(embeddings[payload])
                 llm.record(seg, n)
                 done += n
+            if head_only and save and start < last:
+                self._save_prefix(plan[:last], timer)
 
     def _save_prefix(self, head_plan, timer: Timer) -> None:
         from .prefix_cache import PrefixState
