@@ -13,6 +13,7 @@ from typing import Callable
 
 from mufun_local import artifacts
 from mufun_local.errors import ModelError
+from mufun_local.prompt import Template
 
 from .checkpoint import Checkpoint, resolve_source
 from .connector import write_connector
@@ -154,9 +155,7 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
                         **({"stored_quantization": encoder_quant} if "ctranslate2" in encoder_backends else {})},
             "connector": conn,
             "llm": {"file": llm_name, "quant": quant, **({"f16_file": "llm-f16.gguf"} if keep_f16 and quant not in ("f32", "f16") else {})},
-            "prompt": {"template": artifacts.TEMPLATE, "audio_marker": artifacts.AUDIO_MARKER,
-                       "turn_template": artifacts.TURN_TEMPLATE, "turn_end": artifacts.TURN_END,
-                       "add_bos": False},
+            "prompt": Template().manifest_entry(),
             "stop_ids": stop_ids,
             "generation": _generation_defaults(ckpt.generation_config),
             "files": artifacts.hash_tree(tmp),

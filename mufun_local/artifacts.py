@@ -22,14 +22,6 @@ from .errors import ModelError
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
-SYSTEM_PROMPT = ("A chat between a curious user and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-# The original's conversation template; {user} is "\n<audio>QUESTION" for one audio.
-TEMPLATE = SYSTEM_PROMPT + " USER: {user} ASSISTANT:"
-AUDIO_MARKER = "<audio>"
-# Later turns of a conversation, as the original's training template (qwen2_base) writes them.
-TURN_END = "<|endoftext|>"
-TURN_TEMPLATE = "USER: {user} ASSISTANT:"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from . import prompt as prompt_mod
-from .artifacts import TURN_END, TURN_TEMPLATE
 from .audio import check_file
 from .errors import MufunError
 from .pipeline import AudioInput, Pipeline, Result, Timer
@@ -39,10 +38,7 @@ class ChatSession:
         llm = pipe.llm
         self.n_ctx = n_ctx or min(llm.n_ctx_train, DEFAULT_CHAT_CTX)
         llm.open_context(self.n_ctx, pipe.opt.n_batch, pipe.opt.f32_kv, pipe.opt.flash_attn)
-        prm = pipe.model.manifest["prompt"]
-        self.template, self.marker = prm["template"], prm["audio_marker"]
-        self.turn_template = prm.get("turn_template", TURN_TEMPLATE)
-        self.turn_end = prm.get("turn_end", TURN_END)
+        self.template = pipe.template
         self.pending: list[AudioInput] = []
         self.turns: list[Turn] = []
         self.result: Result | None = None
@@ -59,15 +55,13 @@ class ChatSession:
         """Stream the answer to one user turn."""
         pipe, llm = self.pipe, self.pipe.llm
         audios = list(self.pending)
-        if self.turns:
-            user = prompt_mod.user_text(question, len(audios), self.marker) if audios else question
-            text = self.turn_end + self.turn_template.format(user=user)
-        else:
-            text = self.template.format(user=prompt_mod.user_text(question, len(audios), self.marker))
-        if text.count(self.marker) != len(audios):
-            raise MufunError(f"the question has {question.count(self.marker)} {self.marker} "
-                                        f"marker(s) for {len(audios)} new audio file(s)")
-        chunks = prompt_mod.tokenize(prompt_mod.Prompt(text.split(self.marker)), llm.tokenize)
+        marker = self.template.marker
+        user = prompt_mod.user_text(question, len(audios), marker) if audios or not self.turns else question
+        prm = prompt_mod.render(self.template, [("user", user)], continued=bool(self.turns))
+        if prm.n_audio != len(audios):
+            raise MufunError(f"the question has {question.count(marker)} {marker} "
+                             f"marker(s) for {len(audios)} new audio file(s)")
+        chunks = prompt_mod.tokenize(prm, llm.tokenize)
         res = self.result = Result()
         timer = Timer(res.timings)
         res.prompt_tokens = sum(map(len, chunks))

@@ -97,11 +97,13 @@ class Vocab:
             self.n_embd = L.llama_model_n_embd(self.model)
             self.n_ctx_train = L.llama_model_n_ctx_train(self.model)
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of text (no BOS). special=False: control tokens written in the text
+        (``<|im_end|>``) stay characters; what prompt.tokenize uses for anything typed."""
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (self._L.llama_token * cap)()
-        n = self._L.llama_tokenize(self.vocab, data, len(data), buf, cap, False, True)
+        n = self._L.llama_tokenize(self.vocab, data, len(data), buf, cap, False, bool(special))
         if n < 0:
             raise MufunError("tokenizer buffer too small")
         return list(buf[:n])

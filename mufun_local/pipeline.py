@@ -129,6 +129,7 @@ class Pipeline:
         self._vocab = None
         m = model.manifest
         self.tokens_per_window = int(m["connector"]["tokens_per_window"])
+        self.template = prompt_mod.Template.of(m)
         self.stop_ids = set(m["stop_ids"])
 
     # ---------------------------------------------------------------- audio half
@@ -283,9 +284,7 @@ class Pipeline:
     def ask(self, audios: list[AudioInput], question: str) -> Iterator[str]:
         """Stream the answer's text; when the stream ends, `self.result` holds the rest.
         Bad input and requests that cannot fit raise on the first step, before any compute."""
-        m = self.model.manifest
-        prm = prompt_mod.build(question, len(audios), m["prompt"]["template"], m["prompt"]["audio_marker"])
-        return self.complete(prm, audios)
+        return self.complete(prompt_mod.build(question, len(audios), self.template), audios)
 
     def complete(self, prm: prompt_mod.Prompt, audios: list[AudioInput]) -> Iterator[str]:
         """Stream the continuation of a full prompt whose pieces surround the audios.
@@ -363,9 +362,7 @@ class Pipeline:
         opt.parallel) answers are generated side by side (LLM.answer_many): 5 questions take
         little more than one. The answers are the ones `ask` gives, token for token: each
         question and each token is computed in a sequence laid out as a lone request's."""
-        m = self.model.manifest
-        prms = [prompt_mod.build(q, len(audios), m["prompt"]["template"], m["prompt"]["audio_marker"])
-                for q in questions]
+        prms = [prompt_mod.build(q, len(audios), self.template) for q in questions]
         step = max(1, parallel or self.opt.parallel)
         results: list[Result] = []
         for g in range(0, len(prms), step):

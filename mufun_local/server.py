@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from . import prompt as prompt_mod
-from .artifacts import TURN_END, TURN_TEMPLATE, ModelDir
+from .artifacts import ModelDir
 from .errors import MufunError
 from .llm import Sampling
 from .pipeline import AudioInput, Options, Pipeline
@@ -122,11 +122,10 @@ def build_prompt(messages, manifest: dict, tmpdir: str) -> tuple[prompt_mod.Prom
     """OpenAI messages -> the original template's text pieces around the audios."""
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "messages must be a non-empty list", "messages")
-    p = manifest["prompt"]
-    marker = p["audio_marker"]
-    turn_template, turn_end = p.get("turn_template", TURN_TEMPLATE), p.get("turn_end", TURN_END)
+    template = prompt_mod.Template.of(manifest)
     audios: list[AudioInput] = []
-    text, expect = "", "user"
+    turns: list[tuple[str, str]] = []
+    expect = "user"
     for msg in messages:
         role = msg.get("role") if isinstance(msg, dict) else None
         if role == "system":
@@ -137,18 +136,17 @@ def build_prompt(messages, manifest: dict, tmpdir: str) -> tuple[prompt_mod.Prom
             raise RequestError(400, "messages must alternate user and assistant turns, starting and ending "
                                "with a user turn", "messages")
         if role == "user":
-            user = _user_text(msg.get("content"), audios, tmpdir, marker)
-            text += p["template"].format(user=user) if not text else turn_end + turn_template.format(user=user)
+            turns.append(("user", _user_text(msg.get("content"), audios, tmpdir, template.marker)))
             expect = "assistant"
         else:
             content = msg.get("content")
             if isinstance(content, list):
                 content = "".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
-            text += " " + str(content or "").strip()
+            turns.append(("assistant", str(content or "")))
             expect = "user"
     if expect != "assistant":
         raise RequestError(400, "the last message must be a user turn", "messages")
-    return prompt_mod.Prompt(text.split(marker)), audios
+    return prompt_mod.render(template, turns), audios
 
 
 # ------------------------------------------------------------------ the worker
