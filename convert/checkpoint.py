@@ -9,6 +9,7 @@ converted is ever in memory.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -61,6 +62,26 @@ class Dims:
     tokenizer_max_length: int | None
 
 
+# Bounds on every size config.json gives, far beyond any real release (Qwen3-235B has 94
+# layers, hidden 4096, vocab 151,936): a hostile config cannot make the converter plan
+# millions of tensors or allocate without limit before the shapes are checked.
+DIM_LIMITS = {"enc_d": 16384, "enc_layers": 256, "enc_heads": 256, "enc_ffn": 131072, "n_mels": 512,
+              "enc_positions": 65536, "connector_in": 131072, "connector_mid": 1 << 20, "hidden": 65536,
+              "llm_layers": 1024, "llm_heads": 1024, "llm_kv_heads": 1024, "head_dim": 4096, "llm_ffn": 1 << 20,
+              "vocab_rows": 1 << 22, "max_positions": 1 << 24}
+
+
+def check_dims(d: Dims) -> Dims:
+    for name, limit in DIM_LIMITS.items():
+        value = getattr(d, name)
+        if not 1 <= value <= limit:
+            raise ModelError(f"config.json: {name} = {value} is outside 1..{limit}")
+    if d.llm_heads % d.llm_kv_heads:
+        raise ModelError(f"config.json: {d.llm_heads} attention heads are not a multiple of "
+                         f"{d.llm_kv_heads} key/value heads")
+    return d
+
+
 def dims_from_config(cfg: dict) -> Dims:
     try:
         v, t = cfg["vision_config"], cfg["text_config"]
@@ -69,7 +90,7 @@ def dims_from_config(cfg: dict) -> Dims:
         if ix is None:
             raise ModelError(f"config.json: unsupported connector_type {cfg['connector_type']!r}")
         vdim = int(cfg.get("vision_hidden_size", v["d_model"])) * ix
-        return Dims(
+        return check_dims(Dims(
             enc_d=int(v["d_model"]), enc_layers=int(v["encoder_layers"]),
             enc_heads=int(v["encoder_attention_heads"]), enc_ffn=int(v["encoder_ffn_dim"]),
             n_mels=int(v.get("num_mel_bins", 128)), enc_positions=int(v.get("max_source_positions", 1500)),
@@ -82,8 +103,8 @@ def dims_from_config(cfg: dict) -> Dims:
             rope_theta=float(t.get("rope_theta", 1e6)), rms_eps=float(t.get("rms_norm_eps", 1e-6)),
             max_positions=int(t.get("max_position_embeddings", 32768)),
             tokenizer_max_length=cfg.get("tokenizer_model_max_length"),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
+        ))
+    except (KeyError, TypeError, ValueError, OverflowError, ZeroDivisionError) as exc:
         raise ModelError(f"config.json: missing or invalid key {exc}") from None
 
 
@@ -152,6 +173,11 @@ class Checkpoint:
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ModelError(f"{self.path}/model.safetensors.index.json: no weight_map")
+        for shard in weight_map.values():  # flat file names in this folder, nothing else
+            if not isinstance(shard, str) or Path(shard).name != shard or shard in (".", "..") \
+                    or not shard.endswith(".safetensors"):
+                raise ModelError(f"{self.path}/model.safetensors.index.json: {str(shard)[:100]!r} is not "
+                                 f"a shard file name in the checkpoint folder")
         table: dict[str, TensorInfo] = {}
         for shard in sorted(set(weight_map.values())):
             table.update(read_shard_header(self.path / shard))
@@ -208,14 +234,21 @@ def read_shard_header(path: Path) -> dict[str, TensorInfo]:
         raise ModelError(f"{path}: not a safetensors file (corrupt or truncated header)") from None
     base = 8 + hlen
     out: dict[str, TensorInfo] = {}
+    if not isinstance(header, dict):
+        raise ModelError(f"{path}: not a safetensors file (its header is not a table)")
     for name, meta in header.items():
         if name == "__metadata__":
             continue
-        if meta.get("dtype") not in _DTYPES:
-            raise ModelError(f"{path}: tensor {name} has unsupported dtype {meta.get('dtype')}")
-        start, end = meta["data_offsets"]
-        shape = tuple(int(x) for x in meta["shape"])
-        expect = int(np.prod(shape, dtype=np.int64)) * _DTYPES[meta["dtype"]][1]
+        try:
+            if meta.get("dtype") not in _DTYPES:
+                raise ModelError(f"{path}: tensor {name} has unsupported dtype {meta.get('dtype')}")
+            start, end = (int(x) for x in meta["data_offsets"])
+            shape = tuple(int(x) for x in meta["shape"])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise ModelError(f"{path}: tensor {name[:100]} has a malformed header entry") from None
+        if start < 0 or end < start or any(n < 0 for n in shape):
+            raise ModelError(f"{path}: tensor {name[:100]} has negative sizes or offsets")
+        expect = math.prod(shape) * _DTYPES[meta["dtype"]][1]
         if end - start != expect:
             raise ModelError(f"{path}: tensor {name} has {end - start} bytes for shape {list(shape)}")
         if base + end > size:

@@ -38,6 +38,32 @@ def check_out(out: Path, src: Path | None, force: bool) -> None:
                          f"--force replaces only a converted model or an empty folder")
 
 
+def _remove_stale(out: Path) -> None:
+    """Remove what a killed conversion to `out` left: `.OUT.partial-PID` whose process is
+    gone, and `.OUT.old-PID` once a model is at `out` (otherwise that is the user's only
+    copy: kept). A running conversion's folder is left alone."""
+    import re
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(partial|old)-(\d+)")
+    for p in out.parent.iterdir():
+        m = pattern.fullmatch(p.name)
+        if not m or not p.is_dir() or p.is_symlink() or _alive(int(m.group(2))):
+            continue
+        if m.group(1) == "partial" or (out / artifacts.MANIFEST).is_file():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # an earlier try of this very process, or a reused pid: not running now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 def _replace(new: Path, out: Path) -> None:
     """Put `new` at `out`: the old model is moved aside first and removed only once the new
     one is in place (put back if that fails)."""
@@ -123,6 +149,7 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
         f"LLM hidden={d.hidden} x{d.llm_layers}, vocab {d.vocab_rows}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

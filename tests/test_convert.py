@@ -289,3 +289,59 @@ def test_small_preset_converts_and_loads(tmp_path, small_ckpt):
         llm.eval_tokens(llm.tokenize("A chat between a curious user"))
         assert llm.n_embd == 1024 and np.isfinite(llm.logits()).all()
         llm.close()
+
+
+def test_a_killed_conversions_leftovers_are_removed(tmp_path, tiny_ckpt):
+    """`.OUT.partial-PID` of a process that is gone goes at the next conversion; one of a
+    running process stays."""
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    out = tmp_path / "out"
+    stale, running = tmp_path / f".out.partial-{dead}", tmp_path / f".out.partial-{os.getppid()}"
+    for d in (stale, running):
+        d.mkdir()
+        (d / "llm-f16.gguf").write_bytes(b"half")
+    convert(str(tiny_ckpt), out, quant="f16", quiet=True)
+    assert not stale.exists() and running.exists() and (out / "manifest.json").is_file()
+
+
+def _edit_json(path, edit):
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("case,match", [
+    ("index-escapes", "not a shard file name"),
+    ("index-absolute", "not a shard file name"),
+    ("huge-layers", "llm_layers = 1000000000 is outside"),
+    ("zero-heads", "outside|invalid"),
+    ("header-garbage", "malformed header entry"),
+    ("header-negative", "negative"),
+])
+def test_hostile_checkpoint_metadata_is_refused(tmp_path, tiny_ckpt, case, match):
+    src = _copy_ckpt(tiny_ckpt, tmp_path)
+    index = src / "model.safetensors.index.json"
+    if case == "index-escapes":
+        (tmp_path / "x.safetensors").write_bytes(b"")
+        _edit_json(index, lambda d: d["weight_map"].update({next(iter(d["weight_map"])): "../x.safetensors"}))
+    elif case == "index-absolute":
+        _edit_json(index, lambda d: d["weight_map"].update({next(iter(d["weight_map"])): "/etc/passwd"}))
+    elif case == "huge-layers":
+        _edit_json(src / "config.json", lambda d: d["text_config"].update(num_hidden_layers=10 ** 9))
+    elif case == "zero-heads":
+        _edit_json(src / "config.json", lambda d: d["text_config"].update(num_attention_heads=0))
+    else:
+        shard = src / json.loads(index.read_text())["weight_map"]["language_model.model.norm.weight"]
+        raw = shard.read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n])
+        name = "language_model.model.norm.weight"
+        header[name] = ({"dtype": "F32", "shape": "oops", "data_offsets": [0, 4]} if case == "header-garbage"
+                        else {**header[name], "shape": [-1, -4]})
+        new = json.dumps(header).encode()
+        new += b" " * (n - len(new)) if len(new) <= n else b""
+        shard.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n:])
+    _refused(src, tmp_path / "out", match)
