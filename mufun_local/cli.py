@@ -337,16 +337,21 @@ def _prefix_cache():
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
 @click.option("--port", type=int, default=8080, show_default=True)
 @click.option("--api-key", default=None, envvar="MUFUN_API_KEY", help="Require 'Authorization: Bearer KEY' (not on /health).")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Also answer requests whose Host header is NAME (e.g. behind a reverse proxy); "
+                   "by default only the bound address and loopback names are answered (DNS rebinding).")
 @click.option("--ctx", type=click.IntRange(min=64), default=None, help="Context per request (default: min(model, 8192)).")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Default max_tokens per request.")
-@click.option("--max-queue", type=int, default=32, show_default=True, help="Waiting requests before 503.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=32, show_default=True, help="Waiting requests before 503.")
+@click.option("--request-timeout", type=FiniteRange(min=1), default=600.0, show_default=True,
+              help="Seconds a request may take from its arrival (queueing included) before it is stopped with a 504.")
 @click.option("--max-body-mb", type=float, default=64.0, show_default=True)
 @click.option("--n-gpu-layers", type=int, default=-1)
 @click.option("--no-cache", is_flag=True, help="Do not use or fill the audio-embedding and prefix caches.")
 @flash_attn_option
 @encoder_options
 @verbosity
-def serve(model, host, port, api_key, ctx, max_tokens, max_queue, max_body_mb, n_gpu_layers, no_cache,
+def serve(model, host, port, api_key, allow_hosts, ctx, max_tokens, max_queue, request_timeout, max_body_mb, n_gpu_layers, no_cache,
           flash_attn, encoder, quiet, verbose):
     """Serve an OpenAI-compatible API (and a web page at /).
 
@@ -363,8 +368,13 @@ def serve(model, host, port, api_key, ctx, max_tokens, max_queue, max_body_mb, n
     except ImportError:
         raise MufunError("serve needs the server extra: pip install 'mufun-local[serve]'") from None
     from .pipeline import Options
+    from .server import LOOPBACK_NAMES, allowed_hosts
 
     _setup_logging(quiet, verbose)
+    if api_key is not None and not api_key.strip():
+        raise MufunError("--api-key is empty; give a real key, or leave it out to serve without one")
+    if host.strip("[]") not in LOOPBACK_NAMES and api_key is None:
+        _stderr(f"warning: serving on {host} without --api-key: anyone who can reach this port can use it")
     md = _open_model(model, quiet)
     # a server answers request after request: reloading the encoder each time would cost seconds
     opt = Options(**encoder, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, verbose=verbose, keep_audio_models=True,
@@ -372,7 +382,8 @@ def serve(model, host, port, api_key, ctx, max_tokens, max_queue, max_body_mb, n
     opt.n_ctx = ctx or min(int(md.manifest["dims"]["max_positions"]), 8192)
     app = create_app(md, opt, api_key=api_key, max_queue=max_queue, max_body_mb=max_body_mb,
                      cache=None if no_cache else _embedding_cache(),
-                     prefix_cache=None if no_cache else _prefix_cache())
+                     prefix_cache=None if no_cache else _prefix_cache(), hosts=allowed_hosts(host, allow_hosts),
+                     request_timeout=request_timeout)
     if not quiet:
         _stderr(f"serving {md.path} on http://{host}:{port} (OpenAI API at /v1, web page at /)")
     uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning")

@@ -58,7 +58,53 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
     tmpdir: str                      # the request's audio files; removed when the job ends
+    deadline: float = math.inf       # time.monotonic() after which the job is stopped (504)
     cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class Stopped(Exception):
+    """Raised inside the pipeline (at its next encoder window, prefill batch or token) when
+    the client went away or the request ran past its deadline."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def check_job(job: Job) -> None:
+    if job.cancel.is_set():
+        raise Stopped(499, "the client went away")
+    if time.monotonic() > job.deadline:
+        raise Stopped(504, "the request took longer than the server's --request-timeout")
+
+
+class StopFilter:
+    """Streams text while watching for stop strings: text that could be the start of a stop
+    string is held back until the next piece says whether it is one, so no part of a stop
+    string spanning two pieces reaches the client."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.text, self.sent, self.hit = "", 0, False
+
+    def push(self, piece: str) -> str:
+        """Add a piece; returns what may be sent now (sets .hit at a stop string)."""
+        self.text += piece
+        cuts = [self.text.find(s, self.sent) for s in self.stops]  # what was sent holds none
+        cuts = [c for c in cuts if c >= 0]
+        if cuts:
+            self.text, self.hit = self.text[:min(cuts)], True
+            return self._take(len(self.text))
+        hold = max((k for s in self.stops for k in range(min(len(s) - 1, len(self.text)), 0, -1)
+                    if self.text.endswith(s[:k])), default=0)
+        return self._take(len(self.text) - hold)
+
+    def flush(self) -> str:
+        return self._take(len(self.text))
+
+    def _take(self, upto: int) -> str:
+        out, self.sent = self.text[self.sent:upto], max(self.sent, upto)
+        return out
 
 
 def _user_text(content, audios: list[AudioInput], tmpdir: str, marker: str) -> str:
@@ -172,6 +218,8 @@ class Worker(threading.Thread):
             self.busy = True
             try:
                 self._serve(job)
+            except BaseException as exc:  # the thread must outlive any one request
+                self._emit(job, "error", 500, f"internal error: {type(exc).__name__}")
             finally:
                 self.busy = False
                 _rmtree(job.tmpdir)
@@ -184,36 +232,37 @@ class Worker(threading.Thread):
         pipe.opt.sampling, pipe.opt.max_tokens = job.sampling, job.max_tokens
         if job.cancel.is_set():
             return
-        # the long stages, which come after every check of the input (so a bad request
-        # still gets its 4xx): streamed to the client as SSE comments
-        pipe.progress = lambda stage, done, total: (self._emit(job, "progress", stage, done, total)
-                                                    if stage in ("encoder", "prefill") else None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            check_job(job)  # stops the work between encoder windows, prefill batches and tokens
+            if stage in ("encoder", "prefill"):  # the long stages, as SSE comments
+                self._emit(job, "progress", stage, done, total)
+        pipe.progress = progress
         stream = pipe.complete(job.prompt, job.audios)
-        text, finish = "", "length"
+        out, finish = StopFilter(job.stop), "length"
         try:
             first = True
             for piece in stream:
                 if first:
                     self._emit(job, "start")
                     first = False
-                if job.cancel.is_set():
-                    finish = "cancelled"
-                    break
-                text += piece
-                hit = next((s for s in job.stop if s and s in text), None)
-                if hit:
-                    cut = text.index(hit)
-                    piece = piece[: len(piece) - (len(text) - cut)]
-                    text = text[:cut]
-                    if piece:
-                        self._emit(job, "delta", piece)
+                check_job(job)
+                send = out.push(piece)
+                if send:
+                    self._emit(job, "delta", send)
+                if out.hit:
                     finish = "stop"
                     break
-                self._emit(job, "delta", piece)
             else:
                 if first:
                     self._emit(job, "start")
                 finish = "stop" if pipe.result.stopped == "stop" else "length"
+            tail = out.flush()
+            if tail:
+                self._emit(job, "delta", tail)
+        except Stopped as exc:
+            self._emit(job, "error", exc.status, exc.message)
+            return
         except MufunError as exc:
             self._emit(job, "error", 400, str(exc))
             return
@@ -222,9 +271,10 @@ class Worker(threading.Thread):
             return
         finally:
             stream.close()
+            pipe.progress = None
         res = pipe.result
         completion = len([t for t in res.tokens if t not in pipe.stop_ids])
-        self._emit(job, "done", {"text": text, "finish": finish,
+        self._emit(job, "done", {"text": out.text, "finish": finish,
                                  "prompt_tokens": res.prompt_tokens + res.audio_tokens,
                                  "completion_tokens": completion})
 
@@ -232,8 +282,39 @@ class Worker(threading.Thread):
 # ------------------------------------------------------------------ the app
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def allowed_hosts(bind_host: str, extra: tuple[str, ...] = ()) -> set[str] | None:
+    """Host header names this server answers to: the loopback names and the bound address,
+    plus `extra` (names a reverse proxy forwards). None (any name) when bound to every
+    interface, where the API key is the guard. A page on another site that resolves its own
+    name to 127.0.0.1 (DNS rebinding) sends its own name, and is refused."""
+    if bind_host in ("0.0.0.0", "::", ""):
+        return None
+    return {h.lower() for h in (*LOOPBACK_NAMES, bind_host.strip("[]"), *extra)}
+
+
+def host_name(header: str) -> str:
+    """The name part of a Host header: `[::1]:8080` -> `::1`, `localhost:8080` -> `localhost`."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def key_matches(authorization: str, api_key: str) -> bool:
+    """`Authorization: Bearer KEY`, compared in constant time."""
+    import hmac
+    return hmac.compare_digest(authorization.encode("utf-8", "replace"), f"Bearer {api_key}".encode())
+
+
 def create_app(model: ModelDir, options: Options, api_key: str | None = None, max_queue: int = 32,
-               max_body_mb: float = 64.0, cache=None, model_id: str | None = None, prefix_cache=None):
+               max_body_mb: float = 64.0, cache=None, model_id: str | None = None, prefix_cache=None,
+               hosts: set[str] | None = None, request_timeout: float = 600.0, max_uploads: int = 2):
+    """The ASGI app. `hosts`: Host header names it answers (see allowed_hosts; None: any);
+    `request_timeout`: seconds a request may take from its arrival; `max_uploads`: request
+    bodies read and decoded at once (each holds ~4x its size until its audio is on disk)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, StreamingResponse
@@ -254,12 +335,17 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
             etype = "authentication_error"
         return JSONResponse(error_body(message, etype, param, code), status_code=status, headers=headers)
 
+    if api_key is not None and not api_key.strip():
+        raise MufunError("the API key is empty; give a real key, or none to serve without one")
+
     def authorized(request: Request) -> bool:
-        if not api_key:
-            return True
-        return request.headers.get("authorization", "") == f"Bearer {api_key}"
+        return api_key is None or key_matches(request.headers.get("authorization", ""), api_key)
+
+    uploads = asyncio.Semaphore(max(1, max_uploads))
 
     async def health(request: Request):
+        if not worker.is_alive():
+            return JSONResponse({"status": "error", "detail": "the worker thread stopped"}, status_code=503)
         return JSONResponse({"status": "ok", "queued": worker.jobs.qsize(), "busy": worker.busy})
 
     async def models(request: Request):
@@ -292,32 +378,60 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
             raise RequestError(400, "stop must be a string or a list of up to 4 strings", "stop")
         return Sampling(temperature=temperature, top_p=top_p, top_k=default["top_k"], seed=seed), max_tokens, stop
 
+    def parse_request(raw: bytes, tmpdir: str):
+        body = parse_body(raw)
+        prm, audios = build_prompt(body.get("messages"), model.manifest, tmpdir)
+        sampling, max_tokens, stop = sampling_from(body)
+        stream_options = body.get("stream_options") or {}
+        if not isinstance(stream_options, dict):
+            raise RequestError(400, "stream_options must be an object", "stream_options")
+        return body, prm, audios, sampling, max_tokens, stop, stream_options
+
+    async def next_event(job: Job, request: Request):
+        """The job's next event; a client that goes away meanwhile cancels the job (the
+        worker notices at its next encoder window, prefill batch or token)."""
+        while True:
+            try:
+                return await asyncio.wait_for(job.events.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    job.cancel.set()
+                    raise asyncio.CancelledError from None
+
     async def completions(request: Request):
         if not authorized(request):
             return err(401, "missing or wrong API key (Authorization: Bearer ...)")
-        raw, size = bytearray(), 0
-        async for chunk in request.stream():  # read to the end even when too large, so the
-            size += len(chunk)                 # client sees the 413 rather than a broken pipe
-            if size <= max_body:
-                raw += chunk
-        if size > max_body:
-            return err(413, f"request body larger than {max_body_mb:g} MB")
-        tmpdir = tempfile.mkdtemp(prefix="mufun-serve-")
-        try:
-            body = parse_body(raw)
-            prm, audios = build_prompt(body.get("messages"), model.manifest, tmpdir)
-            sampling, max_tokens, stop = sampling_from(body)
-            stream_options = body.get("stream_options") or {}
-            if not isinstance(stream_options, dict):
-                raise RequestError(400, "stream_options must be an object", "stream_options")
-        except RequestError as exc:
-            _rmtree(tmpdir)
-            return err(exc.status, exc.message, exc.param, exc.code)
-        except Exception as exc:  # a shape nothing above checks: still the client's error, and no leak
-            _rmtree(tmpdir)
-            return err(400, f"malformed request ({type(exc).__name__})")
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":  # a web page's form or text/plain POST needs no preflight
+            return err(415, "Content-Type must be application/json")
+        if not worker.is_alive():
+            return err(503, "the server's worker stopped; restart the server")
+        if worker.jobs.full():  # before reading what may be a large body
+            return err(503, "the server is busy; retry shortly", headers={"Retry-After": "5"})
+        arrived = time.monotonic()
+        async with uploads:
+            raw, size = bytearray(), 0
+            async for chunk in request.stream():  # read to the end even when too large, so the
+                size += len(chunk)                 # client sees the 413 rather than a broken pipe
+                if size <= max_body:
+                    raw += chunk
+            if size > max_body:
+                return err(413, f"request body larger than {max_body_mb:g} MB")
+            tmpdir = tempfile.mkdtemp(prefix="mufun-serve-")
+            try:  # parsing and base64 decoding off the event loop; the audio goes to disk
+                body, prm, audios, sampling, max_tokens, stop, stream_options = \
+                    await asyncio.to_thread(parse_request, bytes(raw), tmpdir)
+            except RequestError as exc:
+                _rmtree(tmpdir)
+                return err(exc.status, exc.message, exc.param, exc.code)
+            except Exception as exc:  # a shape nothing above checks: still the client's error, and no leak
+                _rmtree(tmpdir)
+                return err(400, f"malformed request ({type(exc).__name__})")
+            finally:
+                del raw
         loop = asyncio.get_running_loop()
-        job = Job(prm, audios, sampling, max_tokens, stop, loop, asyncio.Queue(), tmpdir)
+        job = Job(prm, audios, sampling, max_tokens, stop, loop, asyncio.Queue(), tmpdir,
+                  deadline=arrived + request_timeout)
         try:
             worker.submit(job)
         except queue.Full:
@@ -327,14 +441,14 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
         base = {"id": rid, "created": now, "model": mid}
         streaming = False
         try:
-            first = await job.events.get()
+            first = await next_event(job, request)
             while first[0] == "progress" and not body.get("stream"):
-                first = await job.events.get()
+                first = await next_event(job, request)
             if first[0] == "error":
                 return err(first[1], first[2])
             if not body.get("stream"):
                 while True:
-                    ev = await job.events.get()
+                    ev = await next_event(job, request)
                     if ev[0] == "error":
                         return err(ev[1], ev[2])
                     if ev[0] == "done":
@@ -389,9 +503,30 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
     ]
     static = _static_routes()
     app = Starlette(routes=routes + static)
+    if hosts is not None:
+        app.add_middleware(_HostCheck, hosts=hosts)
     app.state.worker = worker
     app.state.pipeline = pipe
     return app
+
+
+class _HostCheck:
+    """ASGI middleware: a request whose Host header names another host gets a 421 in
+    OpenAI's error shape before any route runs (DNS rebinding)."""
+
+    def __init__(self, app, hosts: set[str]):
+        self.app, self.hosts = app, hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            header = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if host_name(header) not in self.hosts:
+                from starlette.responses import JSONResponse
+                resp = JSONResponse(error_body(f"Host {header[:100]!r} is not served here "
+                                               f"(serve --allow-host NAME adds a name)"), status_code=421)
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _static_routes() -> list:

@@ -207,3 +207,122 @@ def test_streaming_reports_progress_before_the_answer(server, audio_dir):
                          len(lines))
     assert lines.index(progress[-1]) < first_content
     assert lines[-1] == "data: [DONE]"
+
+
+def _raw(base, path, method="GET", data=None, headers=()):
+    req = urllib.request.Request(base + path, data=data, method=method, headers=dict(headers))
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_a_web_page_cannot_use_the_server(server):
+    """A page in the browser can POST text/plain without a preflight, and a rebound DNS name
+    reaches loopback with the page's own Host: both are refused; no CORS header is sent."""
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
+    auth = {"Authorization": f"Bearer {KEY}"}
+    code, out = _raw(server, "/v1/chat/completions", "POST", body, {**auth, "Content-Type": "text/plain"})
+    assert code == 415 and "application/json" in json.loads(out)["error"]["message"]
+    for path in ("/v1/models", "/", "/health"):
+        code, out = _raw(server, path, headers={**auth, "Host": "attacker.example:8080"})
+        assert code == 421 and "attacker.example" in json.loads(out)["error"]["message"], path
+    code, out = _raw(server, "/v1/chat/completions", "POST", body,
+                     {**auth, "Content-Type": "application/json; charset=utf-8", "Host": "localhost",
+                      "Origin": "http://attacker.example"})
+    assert code == 200, out
+    with urllib.request.urlopen(urllib.request.Request(server + "/v1/models", headers={
+            **auth, "Origin": "http://attacker.example"})) as r:
+        assert not any(k.lower().startswith("access-control") for k in r.headers)
+
+
+def test_host_names_and_keys():
+    from mufun_local.server import allowed_hosts, host_name, key_matches
+    assert [host_name(h) for h in ("localhost:8080", "[::1]:80", "::1", "127.0.0.1", "Example.COM")] == \
+        ["localhost", "::1", "::1", "127.0.0.1", "example.com"]
+    assert allowed_hosts("0.0.0.0") is None and "10.0.0.5" in allowed_hosts("10.0.0.5")
+    assert "proxy.lan" in allowed_hosts("127.0.0.1", ("proxy.lan",)) and "evil" not in allowed_hosts("127.0.0.1")
+    assert key_matches("Bearer k1", "k1") and not key_matches("Bearer k2", "k1") and not key_matches("", "k1")
+    assert not key_matches("Bearer \u00e9", "k1")
+
+
+def test_an_empty_api_key_is_an_error_not_auth_off(capsys, tiny_q4):
+    from mufun_local.cli import main
+    code = main(["serve", "-m", str(tiny_q4), "--api-key", " ", "--port", "1"])
+    err = capsys.readouterr().err
+    assert code != 0 and "--api-key is empty" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("stops", [["STOP"], ["\n\n", "END."], ["abcab"]])
+def test_stop_strings_never_leak_across_pieces(stops):
+    """Every way of cutting the text into streamed pieces sends exactly the text before the
+    first stop string, and nothing of the stop string itself."""
+    import random
+
+    from mufun_local.server import StopFilter
+    text = "Jazz, calm. ST then STOP and more\n\nEND. abcaabcab tail"
+    firsts = [text.find(s) for s in stops if s in text]
+    expected = text[:min(firsts)] if firsts else text
+    rng = random.Random(0)
+    for _ in range(300):
+        cuts = sorted(rng.sample(range(1, len(text)), rng.randint(0, 12)))
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+        f, sent = StopFilter(stops), ""
+        for p in pieces:
+            sent += f.push(p)
+            assert not any(s[:2] in sent[len(expected):] for s in stops if len(s) > 1)
+            if f.hit:
+                break
+        sent += f.flush()
+        assert sent == expected and f.text == expected
+
+
+class _Loop:
+    def call_soon_threadsafe(self, fn, *args):
+        fn(*args)
+
+
+class _Events(list):
+    def put_nowait(self, ev):
+        self.append(ev)
+
+
+def _job(audio, question, **kw):
+    from mufun_local import prompt
+    from mufun_local.server import Job
+    return Job(prompt.build(question, 1, prompt.Template()), [AudioInput(str(audio))], Sampling(), 8, [],
+               _Loop(), _Events(), kw.pop("tmpdir", "/nonexistent-mufun-test"), **kw)
+
+
+def test_a_stopped_request_frees_the_worker_and_the_next_one_is_right(tiny_q4, audio_dir):
+    """Past its deadline (504) or its client gone (cancel): the worker stops at the next
+    encoder window, prefill batch or token, and the next request's answer is `ask`'s."""
+    from mufun_local.server import Worker
+    song = audio_dir / "long48k.flac"
+    pipe = Pipeline(ModelDir.open(tiny_q4), Options(max_tokens=8, keep_audio_models=True))
+    worker = Worker(pipe, 4)
+    late = _job(song, "Genre?", deadline=0.0)
+    worker._serve(late)
+    assert [e[:2] for e in late.events] == [("error", 504)] and pipe._llm is None  # before any compute
+    gone = _job(song, "Genre?")
+    stages = []
+
+    def cancel_in_prefill(ev):
+        gone.events.append(ev)
+        if ev[0] == "progress":
+            stages.append(ev[1])
+            if ev[1] == "prefill":
+                gone.cancel.set()
+    gone.events.put_nowait = cancel_in_prefill
+    worker._serve(gone)
+    assert gone.events[-1][:2] == ("error", 499) and "prefill" in stages
+    assert not any(e[0] == "delta" for e in gone.events)
+    ok = _job(song, "Genre?")
+    worker._serve(ok)
+    text = "".join(e[1] for e in ok.events if e[0] == "delta")
+    assert ok.events[-1][0] == "done" and text == ok.events[-1][1]["text"]
+    pipe.close()
+    fresh = Pipeline(ModelDir.open(tiny_q4), Options(max_tokens=8))
+    assert text == "".join(fresh.ask([AudioInput(str(song))], "Genre?"))
+    fresh.close()
