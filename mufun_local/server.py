@@ -224,6 +224,13 @@ class Worker(threading.Thread):
                 self.busy = False
                 _rmtree(job.tmpdir)
 
+    def _public(self, job: Job, message: str) -> str:
+        """An error message for the client: the server's own paths (the upload folder, the
+        model directory) are not the client's business."""
+        for i, a in enumerate(job.audios):
+            message = message.replace(a.path, f"input_audio {i + 1}")
+        return message.replace(job.tmpdir, "<upload>").replace(str(self.pipe.model.path), "<model>")
+
     def _emit(self, job: Job, *event) -> None:
         job.loop.call_soon_threadsafe(job.events.put_nowait, event)
 
@@ -264,10 +271,10 @@ class Worker(threading.Thread):
             self._emit(job, "error", exc.status, exc.message)
             return
         except MufunError as exc:
-            self._emit(job, "error", 400, str(exc))
+            self._emit(job, "error", 400, self._public(job, str(exc)))
             return
         except Exception as exc:  # never let one request take the worker down
-            self._emit(job, "error", 500, f"internal error: {type(exc).__name__}: {exc}")
+            self._emit(job, "error", 500, self._public(job, f"internal error: {type(exc).__name__}: {exc}"))
             return
         finally:
             stream.close()

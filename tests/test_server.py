@@ -97,7 +97,7 @@ def test_multi_turn_and_two_audios(server, audio_dir):
     ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "!!notbase64", "format": "wav"}}]}]}, None, 400, "base64"),
     ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "xyz"}}]}]}, None, 400, "unsupported audio format"),
     ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]}, None, 400, "empty"),
-    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": base64.b64encode(b"not audio at all" * 40).decode(), "format": "mp3"}}]}]}, None, 400, "audio"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": base64.b64encode(b"not audio at all" * 40).decode(), "format": "mp3"}}]}]}, None, 400, "input_audio 1: not a readable audio file"),
     (None, b"{not json", 400, "JSON"),
     ({"messages": []}, None, 400, "messages"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}, None, 400, "temperature"),
@@ -121,6 +121,7 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(serve, server, audio_dir,
     code, err = post(server, body, raw=raw)
     assert code == status, err
     assert match.lower() in err["error"]["message"].lower()
+    assert "mufun-serve-" not in err["error"]["message"], "the server's own paths are not the client's business"
     code, ok = post(server, {"messages": [{"role": "user", "content": "Hello?"}], "max_tokens": 2})
     assert code == 200, ok
     left = []
