@@ -1,8 +1,10 @@
 """`--encoder-backend auto`: the fastest converted, installed backend on this machine.
 
 On CUDA, CTranslate2 (float16). On a CPU, the candidates are each usable backend's default
-compute type (CTranslate2 int8, ONNX Runtime int8, OpenVINO bfloat16 where the CPU runs
-bfloat16 natively), or every backend offering the compute type the user asked for. With
+compute type, which is never less accurate than the original's bfloat16 run (CTranslate2
+and ONNX Runtime float32, OpenVINO bfloat16 where the CPU runs bfloat16 natively, else
+float32; int8 loses twice what bf16 does and is used only when asked for), or every backend
+offering the compute type the user asked for. With
 more than one, each runs one 30 s window once and the fastest wins; the figures are kept
 in $MUFUN_HOME/encoder-choice.json, keyed on the CPU, threads, encoder size and engine
 versions, so the measurement happens once per machine and model size.
@@ -52,19 +54,15 @@ def _installed(backend: str) -> bool:
 
 def candidates(encoder_dir: Path, compute_type: str | None) -> list[tuple[str, str]]:
     """(backend, compute type) pairs worth measuring on this CPU."""
-    from .encoder_onnx import openvino_bf16
+    from .encoder import default_compute_type
     out = []
     for b in converted_backends(encoder_dir):
         if not _installed(b):
             continue
-        if compute_type is not None:
-            if compute_type in COMPUTE_TYPES[b]:
-                out.append((b, compute_type))
-        elif b == "openvino":
-            if openvino_bf16():  # OpenVINO float32 is no faster than the others' int8
-                out.append((b, "bfloat16"))
-        else:
-            out.append((b, "int8"))
+        if compute_type is None:
+            out.append((b, default_compute_type("cpu", b)))
+        elif compute_type in COMPUTE_TYPES[b]:
+            out.append((b, compute_type))
     return out
 
 

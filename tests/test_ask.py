@@ -203,3 +203,27 @@ def test_encoder_is_gone_before_the_connector_runs(tiny_q4, audio_dir, monkeypat
     "".join(other.complete(prm, audios))
     np.testing.assert_array_equal(other.result.first_logits, logits)
     other.close()
+
+
+def test_default_encoder_is_no_less_accurate_than_the_originals_bf16(tiny_all, tiny_ckpt, reference, audio_dir,
+                                                                     tmp_path, monkeypatch):
+    """Whatever `auto` picks here (every engine converted and installed), the default
+    settings' first-step logits are no further from the float32 reference than the original's
+    own bfloat16 run; int8 (opt-in only) is measured beside them and is further."""
+    import torch
+
+    from mufun_local.reference import ReferenceMuFun
+    monkeypatch.setenv("MUFUN_HOME", str(tmp_path))
+    song, question = str(audio_dir / "long48k.flac"), "What genre is this?"
+    exact = reference.ask([song], question, max_tokens=1).first_logits
+    bf16 = ReferenceMuFun(tiny_ckpt, dtype=torch.bfloat16).ask([song], question, max_tokens=1).first_logits
+    bound = rel(np.asarray(bf16, np.float32), exact)
+    errors = {}
+    for label, opts in (("default", {}), ("int8", dict(encoder_backend="onnxruntime", compute_type="int8"))):
+        pipe = Pipeline(ModelDir.open(tiny_all), Options(device="cpu", keep_logits=True, max_tokens=1, **opts))
+        list(pipe.ask([AudioInput(song)], question))
+        errors[label] = rel(pipe.result.first_logits, exact)
+        errors[label + " engine"] = f"{pipe.encoder_choice.backend} {pipe.encoder_choice.compute_type}"
+        pipe.close()
+    print(f"relative logit error: original bf16 {bound:.2e}, ours {errors}")
+    assert errors["default"] <= bound < errors["int8"], errors

@@ -218,7 +218,7 @@ def test_auto_device_picks_cuda_when_present(monkeypatch):
     monkeypatch.setattr(enc, "cuda_available", lambda: True)
     assert enc.resolve_device("auto") == "cuda" and enc.default_compute_type("cuda") == "float16"
     monkeypatch.setattr(enc, "cuda_available", lambda: False)
-    assert enc.resolve_device("auto") == "cpu" and enc.default_compute_type("cpu") == "int8"
+    assert enc.resolve_device("auto") == "cpu" and enc.default_compute_type("cpu") == "float32"
 
 
 def test_mp3_named_text_is_one_clean_line(tmp_path):

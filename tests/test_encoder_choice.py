@@ -19,7 +19,8 @@ def test_auto_times_each_candidate_once_then_reads_the_cache(tiny_all, tmp_path,
     msgs = []
     first = encoder_choice.choose(enc_dir, "auto", "cpu", None, 2, cache, msgs.append)
     timed = {f"{b} {c}" for b, c in encoder_choice.candidates(enc_dir, None)}
-    assert set(first.seconds) == timed and {"ctranslate2 int8", "onnxruntime int8"} <= timed
+    assert set(first.seconds) == timed and {"ctranslate2 float32", "onnxruntime float32"} <= timed
+    assert not any("int8" in t for t in timed), "int8 loses more than the original's bf16: never a default"
     assert f"{first.backend} {first.compute_type}" == min(first.seconds, key=first.seconds.get)
     assert len(msgs) == len(timed) and "measured now" in first.reason
 
@@ -30,7 +31,7 @@ def test_auto_times_each_candidate_once_then_reads_the_cache(tiny_all, tmp_path,
 
     # the fastest in the cache wins, whatever it is
     key, = json.loads(cache.read_text())
-    cache.write_text(json.dumps({key: {"ctranslate2 int8": 9.0, "onnxruntime int8": 1.0, "openvino bfloat16": 5.0}}))
+    cache.write_text(json.dumps({key: {"ctranslate2 float32": 9.0, "onnxruntime float32": 1.0, "openvino bfloat16": 5.0}}))
     assert encoder_choice.choose(enc_dir, "auto", "cpu", None, 2, cache).backend == "onnxruntime"
 
 
@@ -44,7 +45,7 @@ def test_auto_with_a_compute_type_measures_only_backends_that_have_it(tiny_all):
 def test_auto_without_a_choice_does_not_measure(tiny_q4, tiny_all, monkeypatch):
     monkeypatch.setattr(encoder_choice, "measure", lambda *a: pytest.fail("nothing to choose from"))
     only_ct2 = encoder_choice.choose(ModelDir.open(tiny_q4).encoder_dir, "auto", "cpu")
-    assert (only_ct2.backend, only_ct2.compute_type) == ("ctranslate2", "int8")
+    assert (only_ct2.backend, only_ct2.compute_type) == ("ctranslate2", "float32")
     import mufun_local.encoder as enc
     monkeypatch.setattr(enc, "cuda_available", lambda: True)
     on_gpu = encoder_choice.choose(ModelDir.open(tiny_all).encoder_dir, "auto", "auto")
@@ -68,7 +69,7 @@ def test_answers_match_across_float32_backends(tiny_all, audio_dir):
 def test_cli_verbose_says_what_it_picked(capsys, tiny_all, audio_dir):
     code, out, err = run_cli(capsys, "embed", "-m", str(tiny_all), str(audio_dir / "song22k.flac"), "-o",
                              str(audio_dir.parent / "e.npy"), "--encoder-backend", "onnxruntime", "-v")
-    assert code == 0 and "encoder: onnxruntime on cpu, int8 (as requested)" in err
+    assert code == 0 and "encoder: onnxruntime on cpu, float32 (as requested)" in err
 
 
 def test_backend_not_converted_is_one_line(capsys, tiny_q4, audio_dir):
