@@ -408,9 +408,6 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
     async def completions(request: Request):
         if not authorized(request):
             return err(401, "missing or wrong API key (Authorization: Bearer ...)")
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != "application/json":  # a web page's form or text/plain POST needs no preflight
-            return err(415, "Content-Type must be application/json")
         if not worker.is_alive():
             return err(503, "the server's worker stopped; restart the server")
         if worker.jobs.full():  # before reading what may be a large body
@@ -424,6 +421,9 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
                     raw += chunk
             if size > max_body:
                 return err(413, f"request body larger than {max_body_mb:g} MB")
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json":  # a web page's form or text/plain POST needs no preflight
+                return err(415, "Content-Type must be application/json")
             tmpdir = tempfile.mkdtemp(prefix="mufun-serve-")
             try:  # parsing and base64 decoding off the event loop; the audio goes to disk
                 body, prm, audios, sampling, max_tokens, stop, stream_options = \

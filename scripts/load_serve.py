@@ -23,13 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
-def start_server(model: str, max_tokens: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, max_tokens: int, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "mufun_local.cli", "serve", "-m", model, "--port", str(port),
                              "--max-tokens", str(max_tokens), "--max-queue", "256", "--no-cache", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
         try:
@@ -39,6 +39,14 @@ def start_server(model: str, max_tokens: int) -> tuple[subprocess.Popen, str]:
             time.sleep(0.25)
     proc.kill()
     raise SystemExit("the server did not start")
+
+
+def demo_model() -> str:
+    """The demo's tiny model (made on first use, offline)."""
+    from mufun_local.demo import run_demo
+    from mufun_local.models import home
+    run_demo("warm-up", 1, echo=lambda m: None)
+    return str(home() / "demo" / "model-tiny-q4_k_m")
 
 
 def one_request(url: str, body: bytes) -> float:
@@ -62,12 +70,7 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_audio import make_song
 
-    model = args.model
-    if not model and not args.url:
-        from mufun_local.demo import run_demo
-        from mufun_local.models import home
-        run_demo("warm-up", 1, echo=lambda m: None)
-        model = str(home() / "demo" / "model-tiny-q4_k_m")
+    model = args.model or (None if args.url else demo_model())
     clip = make_song(Path(tempfile.mkdtemp()) / "clip.wav", args.seconds, 44100)
     body = json.dumps({"messages": [{"role": "user", "content": [
         {"type": "input_audio", "input_audio": {"data": base64.b64encode(clip.read_bytes()).decode(), "format": "wav"}},
