@@ -82,11 +82,15 @@ def _read_list(path: Path) -> list[str]:
 
 def read_done(out: Path) -> set[tuple[str, str]]:
     """(path, question) pairs already answered or failed. A last line without its newline is
-    kept when it is a whole record (the newline is added) and cut when it is half-written.
+    kept when it is a whole record (the newline is added) and cut when it is the start of one
+    a crash left half-written. A file that is not a journal is refused, never touched.
     Lines are split on newline alone: answers may hold U+2028 and other line separators."""
     if not out.exists():
         return set()
     data = out.read_bytes()
+    first = data.split(b"\n", 1)[0]
+    if data and _record(first) is None and not (b"\n" not in data and first.startswith(RECORD_START)):
+        raise MufunError(f"{out}: exists and is not a batch results file (JSON lines); choose another --out")
     if data and not data.endswith(b"\n"):
         cut = data.rfind(b"\n") + 1
         with open(out, "r+b") as fh:
@@ -94,9 +98,12 @@ def read_done(out: Path) -> set[tuple[str, str]]:
                 fh.seek(len(data))
                 fh.write(b"\n")
                 data += b"\n"
-            else:
+            elif data[cut:].startswith(RECORD_START):
                 fh.truncate(cut)
                 data = data[:cut]
+            else:
+                raise MufunError(f"{out}: its last line is neither a record nor part of one; "
+                                 f"not resuming into it (choose another --out)")
     return {(rec["path"], rec["question"]) for rec in map(_record, data.split(b"\n")) if rec is not None}
 
 
@@ -231,6 +238,9 @@ def _run_batch(pipe, files, questions, out, model_id, progress, prefetch) -> Sum
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return summary
+
+
+RECORD_START = b'{"path": '  # every record's first key (a half-written line starts so)
 
 
 def record_line(rec: dict) -> str:

@@ -207,3 +207,12 @@ def test_two_runs_on_one_out_cannot_interleave(tmp_path, tiny_q4):
             run_batch(pipe, [str(tmp_path / "x.wav")], ["q"], out, "m")
     assert not out.exists() or out.read_text() == ""
     pipe.close()
+
+
+@pytest.mark.parametrize("content", [b"my notes, no newline at the end", b"a,b,c\n1,2,3\n",
+                                     _record("a.wav", "q1", "ok").encode() + b"\nnot a record"])
+def test_an_out_file_that_is_not_a_journal_is_refused_untouched(capsys, tmp_path, tiny_q4, library, content):
+    out = tmp_path / "important.txt"
+    out.write_bytes(content)
+    code = run_batch_cli(capsys, tiny_q4, library, out)
+    assert code != 0 and out.read_bytes() == content
