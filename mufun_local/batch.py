@@ -80,13 +80,13 @@ def _read_list(path: Path) -> list[str]:
     return [n if os.path.isabs(n) else str(base / n) for n in names]
 
 
-def read_done(out: Path) -> set[tuple[str, str]]:
-    """(path, question) pairs already answered or failed. A last line without its newline is
+def read_done(out: Path, settings: str = "") -> dict[tuple[str, str], list[int]]:
+    """(path, question) -> the file's stat, for the pairs answered with `settings`. A last line without its newline is
     kept when it is a whole record (the newline is added) and cut when it is the start of one
     a crash left half-written. A file that is not a journal is refused, never touched.
     Lines are split on newline alone: answers may hold U+2028 and other line separators."""
     if not out.exists():
-        return set()
+        return {}
     data = out.read_bytes()
     first = data.split(b"\n", 1)[0]
     if data and _record(first) is None and not (b"\n" not in data and first.startswith(RECORD_START)):
@@ -104,7 +104,8 @@ def read_done(out: Path) -> set[tuple[str, str]]:
             else:
                 raise MufunError(f"{out}: its last line is neither a record nor part of one; "
                                  f"not resuming into it (choose another --out)")
-    return {(rec["path"], rec["question"]) for rec in map(_record, data.split(b"\n")) if rec is not None}
+    return {(rec["path"], rec["question"]): rec.get("stat") for rec in map(_record, data.split(b"\n"))
+            if rec is not None and rec.get("error") is None and rec.get("settings") == settings}
 
 
 def _record(line: bytes) -> dict | None:
@@ -154,22 +155,47 @@ def prepare(path: str, mel_filters, file: str | None = None) -> dict:
 
     timings: dict[str, float] = {}
     file = file or path
+    stat = file_stat(file)  # before reading: a file changed meanwhile is answered again next time
     try:
         mels, seconds = load_log_mels(file, None, mel_filters, timer=Timer(timings))
-        return {"mels": mels, "seconds": seconds, "timings": timings, "sha256": file_hash(file), "error": None}
+        return {"mels": mels, "seconds": seconds, "timings": timings, "sha256": file_hash(file), "stat": stat,
+                "error": None}
     except MufunError as exc:
-        return {"timings": timings, "sha256": None, "error": str(exc).replace(file, path)}
+        return {"timings": timings, "sha256": None, "stat": stat, "error": str(exc).replace(file, path)}
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop (or re-stop, on resume) the run
-        return {"timings": timings, "sha256": None, "error": f"{path}: cannot be read ({type(exc).__name__}: {exc})"}
+        return {"timings": timings, "sha256": None, "stat": stat,
+                "error": f"{path}: cannot be read ({type(exc).__name__}: {exc})"}
+
+
+def file_stat(path: str) -> list[int] | None:
+    """[size, mtime in ns]: what tells a resumed run that a file changed since its answer."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def settings_key(model, opt) -> str:
+    """What else changes an answer: the model's weights and every option that reaches the
+    numbers (engines, compute type, context settings, sampling, answer length)."""
+    import hashlib
+    from dataclasses import asdict
+    fields = {k: v for k, v in asdict(opt).items() if k not in ("verbose", "quiet", "keep_audio_models",
+                                                                  "keep_logits", "threads", "parallel")}
+    blob = json.dumps({"llm": model.llm_sha256, "audio": model.audio_hash, **fields}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def answer_file(pipe: Pipeline, path: str, questions: list[str], prepared: dict, model_id: str,
-                file: str | None = None) -> Iterator[dict]:
+                file: str | None = None, settings: str = "") -> Iterator[dict]:
     """One record per question about one prepared file: the audio is encoded once and its
     prefix evaluated once, and up to `pipe.opt.parallel` answers are generated side by side
     (their records carry the wall time of the group). Records carry `path` as the user gave it;
-    `file` is where to read it (default: `path`)."""
-    base = {"path": path, "sha256": prepared["sha256"], "segs": None, "model": model_id}
+    `file` is where to read it (default: `path`); `settings` and the file's stat are what a
+    resumed run compares (see pending)."""
+    base = {"path": path, "sha256": prepared["sha256"], "segs": None, "model": model_id, "settings": settings,
+            "stat": prepared.get("stat")}
     if prepared["error"] is not None:
         for q in questions:
             yield {**base, "question": q, "answer": None, "error": prepared["error"]}
@@ -194,10 +220,15 @@ def answer_file(pipe: Pipeline, path: str, questions: list[str], prepared: dict,
                    "timings": {k: round(v, 4) for k, v in timings.items()}, "seconds": seconds, "error": None}
 
 
-def pending(files: list[str], questions: list[str], out: Path) -> tuple[list[tuple[str, list[str]]], int]:
-    """(file, questions not yet in `out`) for each file with any left, and how many are done."""
-    done = read_done(out)
-    todo = [(f, [q for q in questions if (f, q) not in done]) for f in files]
+def pending(files: list[str], questions: list[str], out: Path,
+            settings: str = "") -> tuple[list[tuple[str, list[str]]], int]:
+    """(file, questions still to answer) for each file with any left, and how many are done.
+    A pair is done when `out` holds its answer made with these settings from the file as it
+    is now (same size and modification time); a failed pair, or one whose file or settings
+    changed, is answered again (its new line follows the old one)."""
+    done = read_done(out, settings)
+    stats = {f: file_stat(f) for f in files}
+    todo = [(f, [q for q in questions if done.get((f, q)) != stats[f] or stats[f] is None]) for f in files]
     skipped = sum(len(questions) - len(qs) for _, qs in todo)
     return [(f, qs) for f, qs in todo if qs], skipped
 
@@ -217,7 +248,8 @@ def run_batch(pipe: Pipeline, files: list[str], questions: list[str], out: Path,
 
 def _run_batch(pipe, files, questions, out, model_id, progress, prefetch) -> Summary:
     pipe.cache = MemoryCache()
-    todo, skipped = pending(files, questions, out)
+    settings = settings_key(pipe.model, pipe.opt)
+    todo, skipped = pending(files, questions, out, settings)
     summary = Summary(skipped=skipped)
     pool = ThreadPoolExecutor(max_workers=max(1, prefetch))
     futures: dict[str, Future] = {}
@@ -231,7 +263,7 @@ def _run_batch(pipe, files, questions, out, model_id, progress, prefetch) -> Sum
         with open(out, "a", encoding="utf-8") as fh:
             for i, (path, qs) in enumerate(todo):
                 schedule(i)
-                for rec in answer_file(pipe, path, qs, futures.pop(path).result(), model_id):
+                for rec in answer_file(pipe, path, qs, futures.pop(path).result(), model_id, settings=settings):
                     write_record(fh, rec)
                     count(summary, rec)
                     progress and progress(1)

@@ -20,7 +20,8 @@ from typing import Callable
 
 import numpy as np
 
-from .batch import MemoryCache, journal_lock, Summary, answer_file, count, pending, prepare, record_line
+from .batch import (MemoryCache, Summary, answer_file, count, journal_lock, pending, prepare, record_line,
+                    settings_key)
 from .errors import MufunError
 
 
@@ -62,17 +63,17 @@ def _prepare_row(row: dict, filters) -> dict:
 class _Answer:
     """Actor: one Pipeline answering every question about each prepared file."""
 
-    def __init__(self, model_dir: str, options, model_id: str):
+    def __init__(self, model_dir: str, options, model_id: str, settings: str):
         from .artifacts import ModelDir
         from .pipeline import Pipeline
         self.pipe = Pipeline(ModelDir.open(model_dir), options, cache=MemoryCache())
-        self.model_id = model_id
+        self.model_id, self.settings = model_id, settings
 
     def __call__(self, batch: dict) -> dict:
         lines = []
         for path, file, qs, blob in zip(batch["path"], batch["file"], batch["questions"], batch["prepared"]):
             recs = answer_file(self.pipe, str(path), [str(q) for q in qs], pickle.loads(blob), self.model_id,
-                               str(file))
+                               str(file), self.settings)
             lines.append("".join(map(record_line, recs)))
         return {"lines": lines}
 
@@ -85,7 +86,9 @@ def run_batch_ray(address: str, model_dir: Path, options, files: list[str], ques
 
 
 def _run(address, model_dir, options, files, questions, out, model_id, progress, actors, log) -> Summary:
-    todo, skipped = pending(files, questions, out)
+    from .artifacts import ModelDir
+    settings = settings_key(ModelDir.open(model_dir), options)
+    todo, skipped = pending(files, questions, out, settings)
     summary = Summary(skipped=skipped)
     if not todo:
         return summary
@@ -104,7 +107,7 @@ def _run(address, model_dir, options, files, questions, out, model_id, progress,
     items = [{"path": f, "file": os.path.abspath(f), "questions": qs} for f, qs in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map(_prepare_row, fn_kwargs={"filters": filters}, num_cpus=1, runtime_env=env)
-    ds = ds.map_batches(_Answer, fn_constructor_args=(str(model_dir), options, model_id), batch_size=1,
+    ds = ds.map_batches(_Answer, fn_constructor_args=(str(model_dir), options, model_id, settings), batch_size=1,
                         concurrency=actors, num_gpus=gpus, num_cpus=0 if gpus else 1, runtime_env=env)
     with open(out, "a", encoding="utf-8") as fh:
         for row in ds.iter_rows():

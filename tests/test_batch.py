@@ -72,7 +72,12 @@ def test_rerun_skips_what_is_done(capsys, tmp_path, tiny_q4, library):
     run_batch_cli(capsys, tiny_q4, library, out)
     before = out.read_text()
     run_batch_cli(capsys, tiny_q4, library, out)
-    assert out.read_text() == before
+    after = out.read_text()
+    assert after.startswith(before)  # nothing answered is answered again; failures are retried
+    added = [json.loads(line) for line in after[len(before):].splitlines()]
+    assert sorted((os.path.basename(r["path"]), r["question"]) for r in added) == sorted(
+        (name, q) for name in ("corrupt.flac", "empty.wav") for q in QUESTIONS)
+    assert all(r["error"] for r in added)
 
 
 def test_killed_midway_resumes_without_duplicates_or_losses(tmp_path, tiny_q4, library):
@@ -89,8 +94,9 @@ def test_killed_midway_resumes_without_duplicates_or_losses(tmp_path, tiny_q4, l
         fh.write('{"path": "half-written')  # a crash mid-line
     assert subprocess.run(cmd).returncode == 0
     recs = lines(out)
-    keys = [(r["path"], r["question"]) for r in recs]
-    assert len(keys) == len(set(keys)) == 5 * len(QUESTIONS)
+    answered = [(r["path"], r["question"]) for r in recs if r["error"] is None]
+    assert len(answered) == len(set(answered)) == 3 * len(QUESTIONS)  # no answer lost or given twice
+    assert len({(r["path"], r["question"]) for r in recs}) == 5 * len(QUESTIONS)  # failures retried
 
 
 def test_questions_share_one_encoding(tmp_path, tiny_q4, library, monkeypatch):
@@ -114,8 +120,11 @@ def test_inputs_from_lists_and_globs(tmp_path, library):
 
 
 def _comparable(recs):
-    keys = ("path", "question", "sha256", "answer", "error", "audio_tokens", "prompt_tokens", "completion_tokens")
-    return sorted(json.dumps({k: r.get(k) for k in keys}, sort_keys=True) for r in recs)
+    """Each pair's last record (a retried failure's line follows its first), sorted."""
+    keys = ("path", "question", "sha256", "answer", "error", "audio_tokens", "prompt_tokens", "completion_tokens",
+            "settings", "stat")
+    last = {(r["path"], r["question"]): r for r in recs}
+    return sorted(json.dumps({k: r.get(k) for k in keys}, sort_keys=True) for r in last.values())
 
 
 def test_ray_local_gives_the_same_records_and_resumes(capsys, tmp_path, tiny_q4, library, monkeypatch):
@@ -132,7 +141,7 @@ def test_ray_local_gives_the_same_records_and_resumes(capsys, tmp_path, tiny_q4,
            "--max-tokens", "8", "--ray", "local"] + sum((["--question", q] for q in QUESTIONS), [])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "done 4, skipped 3" in proc.stderr and "failed 3" in proc.stderr
+    assert "done 4, skipped 2" in proc.stderr and "failed 4" in proc.stderr  # the failed one is retried
     assert _comparable(lines(out)) == _comparable(lines(local))
 
 
@@ -179,22 +188,53 @@ def test_any_failure_of_one_file_is_its_error_and_the_run_goes_on(tmp_path, tiny
     pipe.close()
 
 
-def _record(path, question, answer):
-    return json.dumps({"path": path, "question": question, "answer": answer, "error": None}, ensure_ascii=False)
+def _record(path, question, answer, settings="s", error=None):
+    from mufun_local.batch import file_stat
+    return json.dumps({"path": path, "question": question, "answer": answer, "settings": settings,
+                       "stat": file_stat(path), "error": error}, ensure_ascii=False)
 
 
-def test_resume_keeps_a_whole_last_record_without_newline_and_splits_on_newline_only(tmp_path):
+def test_resume_keeps_a_whole_last_record_without_newline_and_splits_on_newline_only(tmp_path, monkeypatch):
     from mufun_local.batch import pending, read_done
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.wav").write_bytes(b"a")
     out = tmp_path / "o.jsonl"
     sep = "one\u2028two\u2029three\x85four\x0c\x1c"  # line separators Python's splitlines() splits on
     out.write_text(_record("a.wav", "q1", sep) + "\n" + _record("a.wav", "q2", "ok"), encoding="utf-8")
-    assert read_done(out) == {("a.wav", "q1"), ("a.wav", "q2")}
+    assert set(read_done(out, "s")) == {("a.wav", "q1"), ("a.wav", "q2")}
     assert out.read_text(encoding="utf-8").endswith('"error": null}\n')  # the newline added, nothing cut
-    assert pending(["a.wav"], ["q1", "q2"], out) == ([], 2)
+    assert pending(["a.wav"], ["q1", "q2"], out, "s") == ([], 2)
     with open(out, "a", encoding="utf-8") as fh:
         fh.write(_record("b.wav", "q1", "half")[:-9])  # a crash mid-record: that part goes
-    assert read_done(out) == {("a.wav", "q1"), ("a.wav", "q2")}
+    assert set(read_done(out, "s")) == {("a.wav", "q1"), ("a.wav", "q2")}
     assert len(out.read_text(encoding="utf-8").split("\n")) == 3
+
+
+def test_resume_answers_again_what_failed_or_changed(tmp_path, monkeypatch):
+    """Done means: answered, with these settings, from the file as it is now."""
+    import os
+
+    from mufun_local.batch import pending
+    monkeypatch.chdir(tmp_path)
+    for name in ("same.wav", "edited.wav", "failed.wav"):
+        (tmp_path / name).write_bytes(b"x")
+    out = tmp_path / "o.jsonl"
+    lines = [_record("same.wav", "q", "a"), _record("edited.wav", "q", "a"),
+             _record("failed.wav", "q", None, error="boom"), _record("same.wav", "q2", "a", settings="other")]
+    out.write_text("\n".join(lines) + "\n")
+    (tmp_path / "edited.wav").write_bytes(b"xy")
+    os.utime(tmp_path / "edited.wav", ns=(1, 1))
+    todo, skipped = pending(["same.wav", "edited.wav", "failed.wav"], ["q", "q2"], out, "s")
+    assert skipped == 1 and todo == [("same.wav", ["q2"]), ("edited.wav", ["q", "q2"]), ("failed.wav", ["q", "q2"])]
+
+
+def test_a_resumed_run_with_other_settings_answers_again(capsys, tmp_path, tiny_q4, library):
+    out = tmp_path / "res.jsonl"
+    run_batch_cli(capsys, tiny_q4, library, out)
+    n = len(lines(out))
+    run_batch_cli(capsys, tiny_q4, library, out, "--max-tokens", "3")
+    recs = lines(out)
+    assert len(recs) == 2 * n and len({r["settings"] for r in recs}) == 2
 
 
 def test_two_runs_on_one_out_cannot_interleave(tmp_path, tiny_q4):
