@@ -47,6 +47,17 @@ def tensor_map(n_layers: int) -> list[tuple[str, str]]:
     return out
 
 
+def looks_special(token: str) -> bool:
+    """llama.cpp's converter (convert_hf_to_gguf.py, does_token_look_special): an added token
+    shaped like a control token is typed CONTROL even when the tokenizer does not mark it
+    special, as Qwen3 does not mark <|fim_prefix|> and five others; llama.cpp's loader warns
+    about each such token on every load otherwise."""
+    return (token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+            or (token.startswith("<|") and token.endswith("|>"))
+            or (token.startswith("<\uff5c") and token.endswith("\uff5c>"))
+            or (token.startswith("<unused") and token.endswith(">")))
+
+
 def load_vocab(ckpt_dir: Path, vocab_rows: int) -> tuple[list[str], list[int], list[str], dict]:
     """Tokens, token types, merges and special ids of a Qwen2-style tokenizer, padded to rows."""
     import gguf
@@ -68,7 +79,7 @@ def load_vocab(ckpt_dir: Path, vocab_rows: int) -> tuple[list[str], list[int], l
         tokens[idx], types[idx] = tok, gguf.TokenType.NORMAL
     for idx, (name, special) in added.items():
         tokens[idx] = name
-        types[idx] = gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED
+        types[idx] = gguf.TokenType.CONTROL if special or looks_special(name) else gguf.TokenType.USER_DEFINED
     merges = [line for line in (ckpt_dir / "merges.txt").read_text(encoding="utf-8").splitlines()
               if line and not line.startswith("#version")]
     ids = {name: idx for idx, (name, _) in added.items()}

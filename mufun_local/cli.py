@@ -32,10 +32,25 @@ def _stderr(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+class _Format(logging.Formatter):
+    """Warnings as `warning: ...`; the engines' own lines (-v) as they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        return f"warning: {msg}" if record.levelno >= logging.WARNING else msg
+
+
 def _setup_logging(quiet: bool, verbose: bool) -> None:
     level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.WARNING)
-    logging.basicConfig(level=level, format="warning: %(message)s", stream=sys.stderr, force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Format())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     log.setLevel(level)
+    try:  # CTranslate2's own log (spdlog, on stderr): errors only, unless -v
+        import ctranslate2
+        ctranslate2.set_log_level(logging.INFO if verbose else logging.ERROR)
+    except ImportError:
+        pass
 
 
 def _segs_list(values: tuple[str, ...], n: int) -> list:

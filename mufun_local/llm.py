@@ -13,6 +13,7 @@ it is turned off whenever the CPU reports AMX; ``MUFUN_LLAMA_EXTRA_BUFTS=1`` for
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -22,6 +23,33 @@ from typing import Iterator
 import numpy as np
 
 from .errors import ModelError, MufunError
+
+
+llama_log = logging.getLogger("mufun_local.llama_cpp")
+_log_state = {"callback": None, "line": "", "verbose": False}
+
+
+def route_llama_logs(verbose: bool) -> None:
+    """llama.cpp's own log lines: dropped, or with `verbose` sent to the
+    `mufun_local.llama_cpp` logger at DEBUG (the CLI's -v shows them); a failure reaches the
+    user as this package's one-line error either way. (llama-cpp-python's own callback
+    prints WARN lines even when not verbose: it reads ggml's log levels in their old order.)"""
+    import llama_cpp
+    _log_state["verbose"] = verbose
+    if _log_state["callback"] is not None:
+        return
+
+    @llama_cpp.llama_log_callback
+    def callback(level, text, user_data):
+        if not _log_state["verbose"]:
+            return
+        line = _log_state["line"] + (text or b"").decode("utf-8", "replace")
+        *whole, _log_state["line"] = line.split("\n")
+        for piece in whole:
+            if piece.strip():
+                llama_log.debug(piece)
+    _log_state["callback"] = callback  # kept alive: llama.cpp holds the pointer
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
 
 
 def cpu_has_amx(cpuinfo: str | None = None) -> bool:
@@ -76,9 +104,8 @@ class Vocab:
 
     def __init__(self, path: str | Path, verbose: bool = False, **params):
         import llama_cpp
-        from llama_cpp import _logger
 
-        _logger.set_verbose(verbose)
+        route_llama_logs(verbose)
         self._L = L = llama_cpp
         path = Path(path)
         if not path.is_file():

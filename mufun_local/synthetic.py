@@ -42,8 +42,9 @@ QWEN3_ADDED_TOKENS: list[tuple[str, bool]] = [
     ("<|vision_start|>", True), ("<|vision_end|>", True),
     ("<|vision_pad|>", True), ("<|image_pad|>", True), ("<|video_pad|>", True),
     ("<tool_call>", False), ("</tool_call>", False),
-    ("<|fim_prefix|>", True), ("<|fim_middle|>", True), ("<|fim_suffix|>", True),
-    ("<|fim_pad|>", True), ("<|repo_name|>", True), ("<|file_sep|>", True),
+    # the release marks these six not special (tokenizer_config.json), though they look it
+    ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False), ("<|repo_name|>", False), ("<|file_sep|>", False),
     ("<tool_response>", False), ("</tool_response>", False),
     ("<think>", False), ("</think>", False),
 ]

@@ -345,3 +345,27 @@ def test_hostile_checkpoint_metadata_is_refused(tmp_path, tiny_ckpt, case, match
         new += b" " * (n - len(new)) if len(new) <= n else b""
         shard.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n:])
     _refused(src, tmp_path / "out", match)
+
+
+def test_control_looking_tokens_are_control_and_loading_is_quiet(tiny_q4, audio_dir):
+    """Qwen3 marks <|fim_prefix|> and five others not special; typed CONTROL as llama.cpp's
+    own converter does, so its loader does not warn on every load. llama.cpp's log lines
+    appear with -v only."""
+    import subprocess
+    import sys
+
+    from gguf import GGUFReader
+
+    from mufun_local.convert.llm_gguf import looks_special
+    assert looks_special("<|fim_prefix|>") and looks_special("<\uff5cbegin\uff5c>") and not looks_special("<think>")
+    r = GGUFReader(str(ModelDir.open(tiny_q4).llm_file))
+    toks, types = r.fields["tokenizer.ggml.tokens"], r.fields["tokenizer.ggml.token_type"]
+    typed = {bytes(toks.parts[i]).decode(): int(types.parts[j][0]) for i, j in zip(toks.data, types.data)}
+    assert all(typed[t] == 3 for t in ("<|fim_prefix|>", "<|file_sep|>", "<|endoftext|>"))  # CONTROL
+    assert typed["<think>"] == 4  # USER_DEFINED: matched in text, as transformers does
+    cmd = [sys.executable, "-m", "mufun_local.cli", "ask", "-m", str(tiny_q4), str(audio_dir / "song22k.flac"),
+           "Genre?", "--max-tokens", "2", "--no-cache"]
+    quiet = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    loud = subprocess.run(cmd + ["-v"], capture_output=True, text=True, timeout=300)
+    assert "llama_model_loader" in loud.stderr and "control-looking" not in loud.stderr
