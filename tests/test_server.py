@@ -327,3 +327,28 @@ def test_a_stopped_request_frees_the_worker_and_the_next_one_is_right(tiny_q4, a
     fresh = Pipeline(ModelDir.open(tiny_q4), Options(max_tokens=8))
     assert text == "".join(fresh.ask([AudioInput(str(song))], "Genre?"))
     fresh.close()
+
+
+def test_a_full_queue_and_a_stopped_worker_answer_503_before_any_body_is_read(tiny_q4):
+    from starlette.testclient import TestClient
+
+    from mufun_local.server import create_app
+    app = create_app(ModelDir.open(tiny_q4), Options(n_ctx=1024, max_tokens=2), max_queue=1)
+    worker = app.state.worker
+    read = []
+
+    def body():  # a streamed upload: the server must answer without pulling it
+        read.append(1)
+        yield b'{"messages": [{"role": "user", "content": "hi"}]}'
+    with TestClient(app) as c:
+        worker.jobs.put(None)  # the worker stops, as if it had died
+        worker.join(timeout=10)
+        assert c.get("/health").status_code == 503
+        r = c.post("/v1/chat/completions", content=body(), headers={"Content-Type": "application/json"})
+        assert r.status_code == 503 and "worker stopped" in r.json()["error"]["message"]
+        worker.is_alive = lambda: True  # alive again, but its queue is full
+        worker.jobs.put_nowait(object())
+        r = c.post("/v1/chat/completions", content=body(), headers={"Content-Type": "application/json"})
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert not read, "a refused request's body was read"
+    app.state.pipeline.close()
