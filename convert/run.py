@@ -13,7 +13,7 @@ from typing import Callable
 
 from mufun_local import artifacts
 from mufun_local.errors import ModelError
-from mufun_local.prompt import Template
+from mufun_local.prompt import TEMPLATES, variant_of
 
 from .checkpoint import Checkpoint, resolve_source
 from .connector import write_connector
@@ -125,7 +125,7 @@ def _bar(desc: str, quiet: bool):
 def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m",
             encoder_quant: str = "float16", encoder_backends=("ctranslate2",), force: bool = False, keep_f16: bool = False,
             threads: int = 0, quiet: bool = False, verbose: bool = False,
-            log: Callable[[str], None] | None = None) -> Path:
+            log: Callable[[str], None] | None = None, template: str = "auto") -> Path:
     """Convert `src` (directory or hub id) into a model directory at `out`; returns its path."""
     log = log or (lambda msg: None if quiet else print(msg, file=sys.stderr))
     if quant not in LLM_QUANTS:
@@ -145,8 +145,11 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
     d = ckpt.dims
     vocab = load_vocab(ckpt.path, d.vocab_rows)  # the tokenizer is checked before any long work
     special = vocab[3]
+    variant = variant_of(f"{ckpt.source} {ckpt.path.name}", ckpt.config) if template == "auto" else template
+    if variant not in TEMPLATES:
+        raise ModelError(f"--template {template}: choose from auto, {', '.join(TEMPLATES)}")
     log(f"converting {ckpt.source}: encoder d={d.enc_d} x{d.enc_layers}, "
-        f"LLM hidden={d.hidden} x{d.llm_layers}, vocab {d.vocab_rows}")
+        f"LLM hidden={d.hidden} x{d.llm_layers}, vocab {d.vocab_rows}, template {variant}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(out)
@@ -182,7 +185,7 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
                         **({"stored_quantization": encoder_quant} if "ctranslate2" in encoder_backends else {})},
             "connector": conn,
             "llm": {"file": llm_name, "quant": quant, **({"f16_file": "llm-f16.gguf"} if keep_f16 and quant not in ("f32", "f16") else {})},
-            "prompt": Template().manifest_entry(),
+            "prompt": TEMPLATES[variant].manifest_entry(),
             "stop_ids": stop_ids,
             "generation": _generation_defaults(ckpt.generation_config),
             "files": artifacts.hash_tree(tmp),

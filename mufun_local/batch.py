@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Iterator
 
 from .errors import MufunError
 from .pipeline import AudioInput, Pipeline
+from .prompt import parsed_answer
 
 AUDIO_EXTENSIONS = {".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aiff", ".aif", ".wma",
                     ".webm", ".mp4"}
@@ -215,7 +216,9 @@ def answer_file(pipe: Pipeline, path: str, questions: list[str], prepared: dict,
         seconds = round(time.perf_counter() - t0, 3)
         for q, r in zip(group, results):
             timings = {**prepared["timings"], **r.timings} if "encoder" in r.timings else dict(r.timings)
-            yield {**base, "question": q, "answer": r.text, "prompt_tokens": r.prompt_tokens,
+            parsed = parsed_answer(r.text)
+            yield {**base, "question": q, "answer": r.text, **({"parsed": parsed} if parsed is not None else {}),
+                   "prompt_tokens": r.prompt_tokens,
                    "audio_tokens": r.audio_tokens, "completion_tokens": len(r.tokens),
                    "timings": {k: round(v, 4) for k, v in timings.items()}, "seconds": seconds, "error": None}
 

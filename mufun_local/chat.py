@@ -56,7 +56,7 @@ class ChatSession:
         pipe, llm = self.pipe, self.pipe.llm
         audios = list(self.pending)
         marker = self.template.marker
-        user = prompt_mod.user_text(question, len(audios), marker) if audios or not self.turns else question
+        user = self.template.user(question, len(audios)) if audios or not self.turns else question
         prm = prompt_mod.render(self.template, [("user", user)], continued=bool(self.turns))
         if prm.n_audio != len(audios):
             raise MufunError(f"the question has {question.count(marker)} {marker} "

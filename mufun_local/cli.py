@@ -175,8 +175,11 @@ def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, ma
         status.clear()
         pipe.close()
     if as_json:
+        from .prompt import parsed_answer
+        parsed = parsed_answer(res.text)
         click.echo(json.dumps({
-            "text": res.text, "tokens": res.tokens, "prompt_tokens": res.prompt_tokens,
+            "text": res.text, **({"parsed": parsed} if parsed is not None else {}),
+            "tokens": res.tokens, "prompt_tokens": res.prompt_tokens,
             "audio_tokens": res.audio_tokens, "stopped": res.stopped,
             "timings": {k: round(res.timings.get(k, 0.0), 4)
                         for k in ("decode", "features", "encoder", "connector", "prefill", "generate")
@@ -538,10 +541,14 @@ def embed(audio_file, model, out, segs, layers, encoder, quiet, verbose):
                    "float32 + int8, about 1.9 GB more). auto: ctranslate2, plus onnx when the onnxruntime extra "
                    "is installed.")
 @click.option("--keep-f16", is_flag=True, help="Keep the F16 GGUF made on the way to a quantized one.")
+@click.option("--template", type=click.Choice(["auto", "qwen2_base", "qwen2_instruct"]), default="auto",
+              show_default=True,
+              help="The release's conversation template (chat and serve follow it): auto reads the checkpoint's "
+                   "conv_version, else the release name (MuFun-Instruct: qwen2_instruct), else qwen2_base.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="Quantizer threads (default: all cores).")
 @verbosity
-def convert(src, out, quant, encoder_quant, encoder_backends, keep_f16, force, threads, quiet, verbose):
+def convert(src, out, quant, encoder_quant, encoder_backends, keep_f16, template, force, threads, quiet, verbose):
     """Convert an original MuFun checkpoint (directory or hub id) into a model directory.
 
     \b
@@ -555,7 +562,7 @@ def convert(src, out, quant, encoder_quant, encoder_backends, keep_f16, force, t
     backends = (default_encoder_backends() if encoder_backends == "auto"
                 else tuple(b.strip() for b in encoder_backends.split(",") if b.strip()))
     done = run_convert(src, out, quant=quant, encoder_quant=encoder_quant, encoder_backends=backends,
-                       force=force, keep_f16=keep_f16,
+                       force=force, keep_f16=keep_f16, template=template,
                        threads=threads, quiet=quiet, verbose=verbose)
     _measure_encoders(Path(done) / "encoder", quiet)
 

@@ -107,14 +107,15 @@ class StopFilter:
         return out
 
 
-def _user_text(content, audios: list[AudioInput], tmpdir: str, marker: str) -> str:
+def _user_text(content, audios: list[AudioInput], tmpdir: str, template: prompt_mod.Template) -> str:
     if isinstance(content, str):
         parts = [{"type": "text", "text": content}]
     elif isinstance(content, list):
         parts = content
     else:
         raise RequestError(400, "message content must be a string or a list of parts", "messages")
-    text, has_audio = "", False
+    marker = template.marker
+    text, n_audio = "", 0
     for part in parts:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
@@ -125,14 +126,14 @@ def _user_text(content, audios: list[AudioInput], tmpdir: str, marker: str) -> s
             text += t
         elif kind == "input_audio":
             text += marker
-            has_audio = True
+            n_audio += 1
             spec = part.get("input_audio")
             if not isinstance(spec, dict):
                 raise RequestError(400, "input_audio must be an object with data and format", "messages")
             audios.append(AudioInput(_save_audio(spec, tmpdir, len(audios)), _segs(spec.get("segs"))))
         else:
             raise RequestError(400, f"unsupported content part type {kind!r} (use text or input_audio)", "messages")
-    return ("\n" + text) if has_audio else text
+    return template.user(text, n_audio) if n_audio else text
 
 
 def _segs(value) -> tuple[float, float] | None:
@@ -182,7 +183,7 @@ def build_prompt(messages, manifest: dict, tmpdir: str) -> tuple[prompt_mod.Prom
             raise RequestError(400, "messages must alternate user and assistant turns, starting and ending "
                                "with a user turn", "messages")
         if role == "user":
-            turns.append(("user", _user_text(msg.get("content"), audios, tmpdir, template.marker)))
+            turns.append(("user", _user_text(msg.get("content"), audios, tmpdir, template)))
             expect = "assistant"
         else:
             content = msg.get("content")

@@ -193,7 +193,7 @@ def test_encoder_is_gone_before_the_connector_runs(tiny_q4, audio_dir, monkeypat
     pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu", max_tokens=3, keep_audio_models=keep,
                                                     keep_logits=True))
     audios = [AudioInput(str(audio_dir / "song22k.flac")), AudioInput(str(audio_dir / "song22k.flac"), segs=(0.0, 2.0))]
-    prm = prompt.build("Genre?", 2, pipe.model.manifest["prompt"]["template"])
+    prm = prompt.build("Genre?", 2, pipe.template)
     "".join(pipe.complete(prm, audios))
     assert seen == [False, not keep]
     logits = pipe.result.first_logits

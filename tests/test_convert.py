@@ -369,3 +369,30 @@ def test_control_looking_tokens_are_control_and_loading_is_quiet(tiny_q4, audio_
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
     loud = subprocess.run(cmd + ["-v"], capture_output=True, text=True, timeout=300)
     assert "llama_model_loader" in loud.stderr and "control-looking" not in loud.stderr
+
+
+def test_an_instruct_release_converts_with_its_template_and_chat_follows_it(tmp_path, tiny_ckpt, audio_dir):
+    """A checkpoint folder named like the release (or --template) gets qwen2_instruct in its
+    manifest; chat's later turns end the answer with <|im_end|>; ask is unchanged."""
+    from mufun_local.chat import ChatSession
+    from mufun_local.pipeline import AudioInput, Options, Pipeline
+    src = shutil.copytree(tiny_ckpt, tmp_path / "MuFun-Instruct")
+    out = convert(str(src), tmp_path / "instruct", quant="f16", quiet=True)
+    md = ModelDir.open(out)
+    assert md.manifest["prompt"]["variant"] == "qwen2_instruct" and md.manifest["prompt"]["turn_end"] == "<|im_end|>"
+    base = convert(str(tiny_ckpt), tmp_path / "base", quant="f16", quiet=True)
+    assert ModelDir.open(base).manifest["prompt"]["variant"] == "qwen2_base"
+    song = str(audio_dir / "song22k.flac")
+    answers = []
+    for model in (out, base):
+        pipe = Pipeline(ModelDir.open(model), Options(max_tokens=4))
+        answers.append("".join(pipe.ask([AudioInput(song)], "Genre?")))
+        pipe.close()
+    assert answers[0] == answers[1]  # one question: the chat() wrapper, the same for every release
+    pipe = Pipeline(md, Options(max_tokens=3))
+    chat = ChatSession(pipe, n_ctx=2048)
+    chat.add_audio(AudioInput(song))
+    "".join(chat.send("Genre?"))
+    "".join(chat.send("Mood?"))
+    assert chat.result.prompt_tokens == len(pipe.llm.tokenize("<|im_end|>USER: Mood? ASSISTANT:"))
+    pipe.close()

@@ -60,3 +60,31 @@ def test_template_from_the_manifest(tiny_f32):
     assert t == prompt.Template() and t.manifest_entry()["template"] == t.first
     with pytest.raises(Exception, match="marker"):
         prompt.build("<audio> one <audio> two", 1, t)
+
+
+def test_the_release_picks_its_template():
+    assert prompt.variant_of("Yi3852/MuFun-Instruct main", {}) == "qwen2_instruct"
+    assert prompt.variant_of("Yi3852/MuFun-Base x", {}) == "qwen2_base"
+    assert prompt.variant_of("./ckpt ckpt", {"conv_version": "qwen2_instruct"}) == "qwen2_instruct"
+    assert prompt.variant_of("./MuFun-Instruct ckpt", {"conv_version": "qwen2_base"}) == "qwen2_base"  # config says
+
+
+def test_instruct_conversations_follow_its_training_template(reference, vocab):
+    """qwen2_instruct: the audio as <audio>\\nQUESTION and <|im_end|> ending an answer; a
+    one-question ask is still the model's chat() wrapper."""
+    t = prompt.TEMPLATES["qwen2_instruct"]
+    turns = [("user", t.user("What genre is this?", 1)), ("assistant", "Jazz."), ("user", t.user("And this?", 1))]
+    prm = prompt.render(t, turns)
+    text = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+            "detailed, and polite answers to the user's questions. USER: <audio>\nWhat genre is this? ASSISTANT: "
+            "Jazz.<|im_end|>USER: <audio>\nAnd this? ASSISTANT:")
+    assert "<audio>".join(prm.texts) == text
+    assert prompt.tokenize(prm, vocab.tokenize) == hf_ids(reference, text)
+    assert prompt.build("Genre?", 1, t).texts == prompt.build("Genre?", 1, prompt.Template()).texts
+
+
+def test_json_answers_are_parsed():
+    assert prompt.parsed_answer(' {"genre": "jazz", "tags": ["calm"]} ') == {"genre": "jazz", "tags": ["calm"]}
+    assert prompt.parsed_answer('[1, 2]') == [1, 2]
+    for text in ("Jazz.", '{"genre": ', "42", '"str"', "{not json}"):
+        assert prompt.parsed_answer(text) is None
