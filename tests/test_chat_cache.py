@@ -52,7 +52,7 @@ def test_cache_keys_on_content_segs_model_and_compute_type(tmp_path, tiny_q4, ti
     _ask(_pipe(tiny_q4, cache), song)
     _ask(_pipe(tiny_q4, cache), song, segs=(0.0, 2.0))                 # other segs
     _ask(_pipe(tiny_f32, cache), song)                                  # other encoder weights
-    _ask(_pipe(tiny_q4, cache, compute_type="float32"), song)          # other compute type
+    _ask(_pipe(tiny_q4, cache, compute_type="int8"), song)             # other compute type
     copy = tmp_path / "renamed.flac"
     copy.write_bytes(song.read_bytes())
     _ask(_pipe(tiny_q4, cache), copy)                                   # same content, other name: hit
