@@ -138,29 +138,42 @@ def cli():
 @click.option("--n-gpu-layers", type=int, default=-1, help="LLM layers on the GPU (default: all, when built with a GPU backend).")
 @click.option("--ctx", type=click.IntRange(min=64), default=None, help="Context size (default: sized to prompt + audio + answer).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, tokens and timings.")
+@click.option("--schema", type=click.Path(dir_okay=False), default=None,
+              help="Answer as JSON valid for this JSON Schema file (llama.cpp's grammar sampler); an answer "
+                   "that --max-tokens cuts off is an error.")
+@click.option("--grammar", type=click.Path(dir_okay=False), default=None,
+              help="Answer in the language of this GBNF grammar file (root rule: root).")
 @click.option("--no-cache", is_flag=True, help="Do not use or fill the audio-embedding and prefix caches.")
 @flash_attn_option
 @encoder_options
 @verbosity
 def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, max_tokens,
-        n_gpu_layers, ctx, as_json, no_cache, flash_attn, encoder, quiet, verbose):
+        n_gpu_layers, ctx, as_json, schema, grammar, no_cache, flash_attn, encoder, quiet, verbose):
     """Answer QUESTION about one or more AUDIO files.
 
     \b
     mufun-local ask song.flac "What genre is this?"
     mufun-local ask a.mp3 b.mp3 "<audio> is song 1. <audio> is song 2. Which is faster?"
     mufun-local ask --segs 60:90 song.flac "Describe the instruments." --temperature 0
+    mufun-local ask song.flac "Tag this song." --schema tags.schema.json --json
     """
+    from . import constrain
     from .pipeline import AudioInput, Pipeline
 
     _setup_logging(quiet, verbose)
     if len(inputs) < 2:
         raise click.UsageError("give at least one AUDIO file and a QUESTION")
+    if schema and grammar:
+        raise MufunError("give --schema or --grammar, not both")
     *files, question = inputs
     seg_list = _segs_list(segs, len(files))
+    schema_doc = constrain.load_schema(schema) if schema else None
+    gbnf = (constrain.schema_grammar(schema_doc) if schema
+            else constrain.read_file(grammar, "grammar") if grammar else None)
     md = _open_model(model, quiet)
     opt = _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers,
                    ctx, encoder, verbose, flash_attn)
+    opt.sampling.grammar = gbnf
     status = StatusLine(enabled=None if not quiet else False)
     pipe = Pipeline(md, opt, log=_stderr if verbose else None, cache=None if no_cache else _embedding_cache(),
                     prefix_cache=None if no_cache else _prefix_cache(), progress=status)
@@ -174,6 +187,8 @@ def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, ma
     finally:
         status.clear()
         pipe.close()
+    if schema:
+        constrain.finished_json(res.text, max_tokens, schema_doc)
     if as_json:
         from .prompt import parsed_answer
         parsed = parsed_answer(res.text)

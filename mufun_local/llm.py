@@ -88,6 +88,7 @@ class Sampling:
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
     seed: int = 0
+    grammar: str | None = None    # GBNF the answer must follow (constrain.py), root rule "root"
 
 
 class ContextOverflow(MufunError):
@@ -422,6 +423,12 @@ class LLM(Vocab):
     def _sampler(self, s: Sampling):
         L = self._L
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if s.grammar:  # first: every later sampler sees only the tokens the grammar allows
+            grammar = L.llama_sampler_init_grammar(self.vocab, s.grammar.encode("utf-8"), b"root")
+            if not grammar:
+                L.llama_sampler_free(chain)
+                raise MufunError("llama.cpp cannot parse the grammar (GBNF with a root rule expected)")
+            L.llama_sampler_chain_add(chain, grammar)
         if s.repeat_penalty != 1.0:
             # The binding declares a leading n_vocab that newer llama.cpp headers dropped;
             # ints and floats travel in separate registers, so passing last_n in both int

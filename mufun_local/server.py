@@ -384,7 +384,8 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
             stop = [stop]
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
             raise RequestError(400, "stop must be a string or a list of up to 4 strings", "stop")
-        return Sampling(temperature=temperature, top_p=top_p, top_k=default["top_k"], seed=seed), max_tokens, stop
+        return Sampling(temperature=temperature, top_p=top_p, top_k=default["top_k"], seed=seed,
+                        grammar=response_grammar(body.get("response_format"))), max_tokens, stop
 
     def parse_request(raw: bytes, tmpdir: str):
         body = parse_body(raw)
@@ -551,6 +552,29 @@ def _static_routes() -> list:
     async def index(request):
         return FileResponse(page, media_type="text/html")
     return [Route("/", index)]
+
+
+def response_grammar(fmt) -> str | None:
+    """OpenAI's response_format as a grammar: text (none), json_object, or json_schema."""
+    from . import constrain
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return constrain.json_grammar()
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise RequestError(400, "response_format.json_schema.schema must be a JSON Schema object",
+                               "response_format")
+        try:
+            return constrain.schema_grammar(schema)
+        except MufunError as exc:
+            raise RequestError(400, str(exc), "response_format") from None
+    raise RequestError(400, "response_format.type must be text, json_object or json_schema", "response_format")
 
 
 def parse_body(raw: bytes) -> dict:
