@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Iterator
 
 from .errors import MufunError
 from .pipeline import AudioInput, Pipeline
+from .constrain import finished_json
 from .prompt import parsed_answer
 
 AUDIO_EXTENSIONS = {".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aiff", ".aif", ".wma",
@@ -107,6 +108,13 @@ def read_done(out: Path, settings: str = "") -> dict[tuple[str, str], list[int]]
                                  f"not resuming into it (choose another --out)")
     return {(rec["path"], rec["question"]): rec.get("stat") for rec in map(_record, data.split(b"\n"))
             if rec is not None and rec.get("error") is None and rec.get("settings") == settings}
+
+
+def read_records(out: Path) -> list[dict]:
+    """Every record of a journal, in order."""
+    if not out.exists():
+        return []
+    return [r for r in map(_record, out.read_bytes().split(b"\n")) if r is not None]
 
 
 def _record(line: bytes) -> dict | None:
@@ -216,11 +224,16 @@ def answer_file(pipe: Pipeline, path: str, questions: list[str], prepared: dict,
         seconds = round(time.perf_counter() - t0, 3)
         for q, r in zip(group, results):
             timings = {**prepared["timings"], **r.timings} if "encoder" in r.timings else dict(r.timings)
-            parsed = parsed_answer(r.text)
+            parsed, error = parsed_answer(r.text), None
+            if pipe.opt.schema is not None:  # a constrained answer cut off or breaking the schema fails
+                try:
+                    finished_json(r.text, pipe.opt.max_tokens, pipe.opt.schema)
+                except MufunError as exc:
+                    error = str(exc)
             yield {**base, "question": q, "answer": r.text, **({"parsed": parsed} if parsed is not None else {}),
                    "prompt_tokens": r.prompt_tokens,
                    "audio_tokens": r.audio_tokens, "completion_tokens": len(r.tokens),
-                   "timings": {k: round(v, 4) for k, v in timings.items()}, "seconds": seconds, "error": None}
+                   "timings": {k: round(v, 4) for k, v in timings.items()}, "seconds": seconds, "error": error}
 
 
 def pending(files: list[str], questions: list[str], out: Path,

@@ -428,11 +428,21 @@ def serve(model, host, port, api_key, allow_hosts, ctx, max_tokens, max_queue, r
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @model_option
-@click.option("--question", "questions", multiple=True, required=True, help="Ask this about every file (repeatable).")
+@click.option("--question", "questions", multiple=True, help="Ask this about every file (repeatable).")
+@click.option("--tags", is_flag=True,
+              help="Ask one question per file for tags as JSON (genre, subgenre, mood, instruments, tempo feel, "
+                   "vocals, language, description; README, Tag your library), constrained to that schema.")
+@click.option("--schema", type=click.Path(dir_okay=False), default=None,
+              help="Constrain every answer to this JSON Schema (as ask --schema).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="JSONL results (appended; resumable).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet"]), default="jsonl", show_default=True,
+              help="Also write the results as a table beside --out (OUT.csv / OUT.parquet), at the end and on "
+                   "Ctrl-C; the JSONL stays the resumable journal.")
 @click.option("--temperature", type=FiniteRange(0, 2), default=0.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-tokens", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None,
+              help="Answer length limit (default 128; 512 with --tags or --schema, which a finished answer "
+                   "needs within).")
 @click.option("--ctx", type=click.IntRange(min=64), default=None)
 @click.option("--parallel", type=click.IntRange(min=1, max=64), default=8, show_default=True,
               help="Answer up to N questions about a file side by side: the weights are read once per token "
@@ -445,8 +455,8 @@ def serve(model, host, port, api_key, allow_hosts, ctx, max_tokens, max_queue, r
               help="With --ray: answering actors, each holding the encoder and the LLM (one GPU each when there are GPUs).")
 @encoder_options
 @verbosity
-def batch(inputs, model, questions, out, temperature, seed, max_tokens, ctx, parallel, ray_address, ray_actors,
-          encoder, quiet, verbose):
+def batch(inputs, model, questions, tags, schema, out, fmt, temperature, seed, max_tokens, ctx, parallel, ray_address,
+          ray_actors, encoder, quiet, verbose):
     """Ask the same questions about many files; one JSON line per (file, question).
 
     INPUTS are files, folders (searched recursively), globs, or .txt/.csv lists of paths.
@@ -466,9 +476,22 @@ def batch(inputs, model, questions, out, temperature, seed, max_tokens, ctx, par
     files = expand_inputs(inputs)
     if not files:
         raise MufunError("no audio files found in the given inputs")
+    from . import constrain, export
+    if tags and schema:
+        raise MufunError("give --tags or --schema, not both")
+    questions = list(questions) + ([export.TAGS_QUESTION] if tags else [])
+    if not questions:
+        raise click.UsageError("give --question (repeatable) or --tags")
+    if fmt != "jsonl":
+        export.table_path(Path(out), fmt)  # a clash with --out is said before any work
+    schema_doc = export.TAGS_SCHEMA if tags else (constrain.load_schema(schema) if schema else None)
+    max_tokens = max_tokens or (512 if schema_doc else 128)
     md = _open_model(model, quiet)
     opt = Options(**encoder, n_ctx=ctx, max_tokens=max_tokens, keep_audio_models=True, parallel=parallel,
-                  sampling=Sampling(temperature=temperature, seed=seed), verbose=verbose)
+                  schema=schema_doc,
+                  sampling=Sampling(temperature=temperature, seed=seed,
+                                    grammar=constrain.schema_grammar(schema_doc) if schema_doc else None),
+                  verbose=verbose)
     if ray_actors < 1:
         raise MufunError("--ray-actors must be at least 1")
     if ray_address:
@@ -477,7 +500,7 @@ def batch(inputs, model, questions, out, temperature, seed, max_tokens, ctx, par
     pipe = None if ray_address else Pipeline(md, opt)
     bar = tqdm(total=len(files) * len(questions), unit="answer", disable=quiet, file=sys.stderr,
                dynamic_ncols=True)
-    summary = None
+    summary, interrupted = None, False
     model_id = str(md.manifest["source"]["id"])
     try:
         if ray_address:
@@ -489,11 +512,16 @@ def batch(inputs, model, questions, out, temperature, seed, max_tokens, ctx, par
     except KeyboardInterrupt:
         bar.close()
         _stderr(f"interrupted; everything answered so far is in {out} (run again to resume)")
+        interrupted = True
         raise
     finally:
         bar.close()
         if pipe is not None:
             pipe.close()
+        if summary is not None or interrupted:  # a run that got going (not one refused at the start)
+            table = export.write_table(Path(out), fmt)
+            if table and not quiet:
+                _stderr(f"table: {table}")
     if summary and not quiet:
         _stderr(f"done {summary.done}, skipped {summary.skipped} (already in {out}), failed {summary.failed}")
     if summary and summary.failed and not summary.done:

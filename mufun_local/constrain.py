@@ -16,13 +16,21 @@ from pathlib import Path
 from .errors import MufunError
 
 
+# llama-cpp-python's converter lets a string hold raw control characters, which JSON does not
+# (llama.cpp's own converter excludes them): its `char` rule is narrowed to JSON's.
+_ANY_CHAR = r'char ::= [^"\\]'
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F]'
+
+
 def schema_grammar(schema: dict | str) -> str:
     """GBNF for a JSON Schema (a dict, or its JSON text)."""
     from llama_cpp.llama_grammar import LlamaGrammar
     text = schema if isinstance(schema, str) else json.dumps(schema)
     try:
         json.loads(text)
-        return LlamaGrammar.from_json_schema(text, verbose=False)._grammar
+        grammar = LlamaGrammar.from_json_schema(text, verbose=False)._grammar
+        return "\n".join(_JSON_CHAR + line[len(_ANY_CHAR):] if line.startswith(_ANY_CHAR) else line
+                         for line in grammar.splitlines())
     except (ValueError, KeyError, TypeError, NotImplementedError, RecursionError) as exc:
         raise MufunError(f"the JSON Schema cannot be turned into a grammar ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:200] if str(exc) else 'unsupported'})") from None

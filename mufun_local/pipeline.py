@@ -47,6 +47,7 @@ class Options:
     keep_audio_models: bool = False  # keep the encoder loaded between requests (batch jobs)
     keep_logits: bool = False     # keep the first step's logits (parity checks)
     parallel: int = 8             # ask_many: answers generated side by side (KV memory grows with it)
+    schema: dict | None = None    # a JSON Schema answers must satisfy (batch: checked per answer)
 
 
 @dataclass

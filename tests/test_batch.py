@@ -256,3 +256,63 @@ def test_an_out_file_that_is_not_a_journal_is_refused_untouched(capsys, tmp_path
     out.write_bytes(content)
     code = run_batch_cli(capsys, tiny_q4, library, out)
     assert code != 0 and out.read_bytes() == content
+
+
+def test_tags_to_csv_and_parquet_round_trip_and_resume(capsys, tmp_path, tiny_q4, library):
+    """batch --tags: one constrained question per file; the table beside the journal has one
+    row per (file, question) with the answer's fields as columns, read back equal to the
+    journal's; a resume answers nothing twice and writes the table again. (The tiny random
+    model's strings hold invalid UTF-8, so its tags may break maxLength: those records say so.)"""
+    import csv
+
+    pq = pytest.importorskip("pyarrow.parquet")
+    from mufun_local.export import TAGS_SCHEMA
+    out = tmp_path / "tags.jsonl"
+    args = ["batch", str(library), "-m", str(tiny_q4), "--tags", "--out", str(out), "-q"]
+    main(args + ["--format", "csv"])
+    recs = [r for r in lines(out) if "parsed" in r]
+    assert len(recs) == 3 and all(set(r["parsed"]) == set(TAGS_SCHEMA["properties"]) for r in recs)
+    assert all(r["error"] is None or "breaks the schema" in r["error"] for r in recs)
+    with open(out.with_suffix(".csv"), newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 5 and set(TAGS_SCHEMA["properties"]) <= set(rows[0])
+    by = {row["path"]: row for row in rows}
+    for r in recs:
+        assert by[r["path"]]["genre"] == r["parsed"]["genre"]
+        assert by[r["path"]]["instruments"] == "; ".join(r["parsed"]["instruments"])
+    answered = [r for r in lines(out) if r["error"] is None]
+    main(args + ["--format", "parquet"])
+    assert [r for r in lines(out) if r["error"] is None][:len(answered)] == answered
+    table = pq.read_table(out.with_suffix(".parquet")).to_pylist()
+    assert sorted(t["path"] for t in table) == sorted(row["path"] for row in rows)
+    last = {r["path"]: r for r in lines(out) if "parsed" in r}
+    assert {t["path"]: t["vocals"] for t in table if t["path"] in last} == {p: r["parsed"]["vocals"]
+                                                                          for p, r in last.items()}
+    capsys.readouterr()
+
+
+def test_schema_answers_validate_and_fill_columns(capsys, tmp_path, tiny_q4, library):
+    import csv
+
+    import jsonschema
+    schema = {"type": "object", "properties": {"genre": {"enum": ["jazz", "rock", "pop"]},
+                                               "vocals": {"type": "boolean"}},
+              "required": ["genre", "vocals"], "additionalProperties": False}
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    out = tmp_path / "o.jsonl"
+    main(["batch", str(library), "-m", str(tiny_q4), "--question", "Tag it.", "--schema", str(tmp_path / "s.json"),
+          "--out", str(out), "--format", "csv", "-q"])
+    good = [r for r in lines(out) if r["error"] is None]
+    assert len(good) == 3
+    for r in good:
+        jsonschema.validate(r["parsed"], schema)
+    with open(out.with_suffix(".csv"), newline="", encoding="utf-8") as fh:
+        rows = {row["path"]: row for row in csv.DictReader(fh)}
+    assert {r["path"]: r["parsed"]["genre"] for r in good} == {p: rows[p]["genre"] for p in (r["path"] for r in good)}
+    capsys.readouterr()
+
+
+def test_a_table_may_not_replace_the_journal(capsys, tmp_path, tiny_q4, library):
+    code = main(["batch", str(library), "-m", str(tiny_q4), "--question", "Q?", "--out", str(tmp_path / "t.csv"),
+                 "--format", "csv"])
+    assert code != 0 and "give it a .jsonl name" in capsys.readouterr().err

@@ -1,0 +1,106 @@
+"""`batch --tags` and `--format csv|parquet`: the JSONL journal as a table.
+
+The journal stays the record of truth (resumable, one line per answer); a table is written
+from it at the end of a run, and on Ctrl-C: one row per (file, question), the last line of
+each pair, with a parsed JSON answer's fields as columns (lists joined with "; ", nested
+objects as `outer.inner`), so a `--tags` run is one row per file.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from .errors import MufunError
+
+FORMATS = ("jsonl", "csv", "parquet")
+
+# What MuFun answers well (MuCUE: genre, mood, instruments, vocals); exact BPM and key it
+# does not (ballroom tempo 29 %, GTZAN key 34 %), so the schema asks for a tempo feel.
+TAGS_QUESTION = ("Describe this music as JSON: its genre and subgenre, mood, the instruments you hear, "
+                 "how fast it feels, whether there are vocals and in which language, and a one-line description.")
+TAGS_SCHEMA = {  # bounded, so a finished answer fits the default 512 tokens whatever the model says
+    "type": "object",
+    "properties": {
+        "genre": {"type": "string", "maxLength": 32},
+        "subgenre": {"type": "string", "maxLength": 32},
+        "mood": {"type": "array", "items": {"type": "string", "maxLength": 16}, "minItems": 1, "maxItems": 3},
+        "instruments": {"type": "array", "items": {"type": "string", "maxLength": 20}, "minItems": 1,
+                        "maxItems": 6},
+        "tempo_feel": {"enum": ["very slow", "slow", "moderate", "fast", "very fast"]},
+        "vocals": {"enum": ["none", "male", "female", "mixed", "choir"]},
+        "language": {"type": "string", "maxLength": 16},
+        "description": {"type": "string", "maxLength": 120},
+    },
+    "required": ["genre", "subgenre", "mood", "instruments", "tempo_feel", "vocals", "language", "description"],
+    "additionalProperties": False,
+}
+BASE_COLUMNS = ("path", "question", "sha256", "model", "settings", "error", "answer", "completion_tokens", "seconds")
+
+
+def table_path(out: Path, fmt: str) -> Path:
+    """Where the table of a journal goes: beside it, with the format's suffix."""
+    path = out.with_suffix("." + fmt)
+    if path == out:
+        raise MufunError(f"--out {out} is the JSONL journal; give it a .jsonl name and the {fmt} goes beside it")
+    return path
+
+
+def rows(records: list[dict]) -> list[dict]:
+    last = {(r["path"], r["question"]): r for r in records}
+    out = []
+    for r in last.values():
+        row = {k: r.get(k) for k in BASE_COLUMNS}
+        if isinstance(r.get("parsed"), dict):
+            row.update(_flat(r["parsed"]))
+        out.append(row)
+    return out
+
+
+def _flat(value: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in value.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, name + "."))
+        elif isinstance(v, list):
+            out[name] = "; ".join(str(x) for x in v)
+        else:
+            out[name] = v
+    return out
+
+
+def write_table(journal: Path, fmt: str) -> Path | None:
+    """Write the journal's table (csv or parquet) atomically beside it; None for jsonl."""
+    from .batch import read_records
+    if fmt == "jsonl":
+        return None
+    path = table_path(journal, fmt)
+    table = rows(read_records(journal))
+    columns = list(BASE_COLUMNS) + sorted({k for row in table for k in row} - set(BASE_COLUMNS))
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        if fmt == "csv":
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                w = csv.DictWriter(fh, fieldnames=columns)
+                w.writeheader()
+                w.writerows(table)
+        else:
+            try:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise MufunError("--format parquet needs pyarrow: pip install pyarrow") from None
+            pq.write_table(pa.table({c: pa.array(_one_kind([row.get(c) for row in table])) for c in columns}), tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _one_kind(values: list) -> list:
+    """A column as one type: values of several kinds (a model's answers vary) become text."""
+    if len({type(v) for v in values if v is not None}) > 1:
+        return [None if v is None else str(v) for v in values]
+    return values
