@@ -387,7 +387,7 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
         return Sampling(temperature=temperature, top_p=top_p, top_k=default["top_k"], seed=seed,
                         grammar=response_grammar(body.get("response_format"))), max_tokens, stop
 
-    def parse_request(raw: bytes, tmpdir: str):
+    def parse_request(raw: bytes | bytearray, tmpdir: str):
         body = parse_body(raw)
         prm, audios = build_prompt(body.get("messages"), model.manifest, tmpdir)
         sampling, max_tokens, stop = sampling_from(body)
@@ -429,7 +429,7 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
             tmpdir = tempfile.mkdtemp(prefix="mufun-serve-")
             try:  # parsing and base64 decoding off the event loop; the audio goes to disk
                 body, prm, audios, sampling, max_tokens, stop, stream_options = \
-                    await asyncio.to_thread(parse_request, bytes(raw), tmpdir)
+                    await asyncio.to_thread(parse_request, raw, tmpdir)
             except RequestError as exc:
                 _rmtree(tmpdir)
                 return err(exc.status, exc.message, exc.param, exc.code)
