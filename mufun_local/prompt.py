@@ -1,9 +1,12 @@
 """The conversation template, in one place: turns -> the text pieces around the audios ->
 token ids, as the original writes and tokenizes them.
 
-MuFun-Base's template (tinyllava's qwen2_base): ``SYSTEM USER: \\n<audio>QUESTION ASSISTANT:``;
-a later turn appends `` ANSWER<|endoftext|>USER: QUESTION ASSISTANT:``. The strings live in
-each model's manifest (the converter writes these defaults).
+Two training templates (laitselec/MuFun, tinyllava/data/template/): `qwen2_base` (MuFun-Base),
+``SYSTEM USER: \\n<audio>QUESTION ASSISTANT:`` with a later turn appending
+`` ANSWER<|endoftext|>USER: QUESTION ASSISTANT:``; `qwen2_instruct` (MuFun-Instruct), the audio
+as ``<audio>\\nQUESTION`` and ``<|im_end|>`` ending an answer. A one-question `ask` is the
+model's own `chat()` wrapper, the same for every release (build). The strings live in each
+model's manifest; the converter writes them for the release it detects (variant_of).
 
 Only the control tokens the template itself places (the turn end) are parsed as special
 tokens. What a user or an earlier answer wrote is text: a question containing
