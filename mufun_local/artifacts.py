@@ -86,6 +86,18 @@ class ModelDir:
         return {"temperature": float(gen.get("temperature", 0.0)) if gen.get("do_sample", True) else 0.0,
                 "top_p": float(gen.get("top_p", 1.0)), "top_k": int(gen.get("top_k", 0))}
 
+    def sampling(self, temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+                 seed: int | None = None, **rest):
+        """A request's llm.Sampling: what it gives, the model's generation config for the rest,
+        a random seed when it gives none (the one merge the CLI and the server share)."""
+        import random
+
+        from .llm import Sampling
+        d = self.sampling_defaults()
+        return Sampling(temperature=d["temperature"] if temperature is None else temperature,
+                        top_p=d["top_p"] if top_p is None else top_p, top_k=d["top_k"] if top_k is None else top_k,
+                        seed=random.randrange(2**31) if seed is None else seed, **rest)
+
     @property
     def encoder_dir(self) -> Path:
         return self.path / self.manifest["encoder"]["dir"]

@@ -209,19 +209,9 @@ def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, ma
 
 def _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers, ctx,
              encoder, verbose, flash_attn=False):
-    import random
-
-    from .llm import Sampling
     from .pipeline import Options
 
-    default = md.sampling_defaults()
-    sampling = Sampling(
-        temperature=temperature if temperature is not None else default["temperature"],
-        top_p=top_p if top_p is not None else default["top_p"],
-        top_k=top_k if top_k is not None else default["top_k"],
-        repeat_penalty=repeat_penalty,
-        seed=seed if seed is not None else random.randrange(2**31),
-    )
+    sampling = md.sampling(temperature, top_p, top_k, seed, repeat_penalty=repeat_penalty)
     if max_tokens < 1:
         raise MufunError("--max-tokens must be at least 1")
     return Options(**encoder, n_gpu_layers=n_gpu_layers, n_ctx=ctx, max_tokens=max_tokens,

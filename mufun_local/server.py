@@ -19,7 +19,6 @@ import json
 import math
 import os
 import queue
-import random
 import tempfile
 import threading
 import time
@@ -333,7 +332,6 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
     worker = Worker(pipe, max_queue)
     worker.start()
     mid = model_id or model.manifest["source"]["id"]
-    default = model.sampling_defaults()
     max_body = int(max_body_mb * 1024 * 1024)
     created = int(time.time())
 
@@ -374,18 +372,17 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
             if not math.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
                 raise RequestError(400, f"{name} must be between {lo} and {hi}", name)
             return v
-        temperature = num("temperature", float, default["temperature"], 0, 2)
-        top_p = num("top_p", float, default["top_p"], 0, 1)
+        def given(name, cast, lo=None, hi=None):
+            return None if body.get(name) is None else num(name, cast, None, lo, hi)
         max_tokens = num("max_tokens", int, body.get("max_completion_tokens") or options.max_tokens, 1, options.n_ctx)
-        seed = body.get("seed")
-        seed = num("seed", int, 0) if seed is not None else random.randrange(2**31)
         stop = body.get("stop") or []
         if isinstance(stop, str):
             stop = [stop]
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
             raise RequestError(400, "stop must be a string or a list of up to 4 strings", "stop")
-        return Sampling(temperature=temperature, top_p=top_p, top_k=default["top_k"], seed=seed,
-                        grammar=response_grammar(body.get("response_format"))), max_tokens, stop
+        sampling = model.sampling(given("temperature", float, 0, 2), given("top_p", float, 0, 1),
+                                  seed=given("seed", int), grammar=response_grammar(body.get("response_format")))
+        return sampling, max_tokens, stop
 
     def parse_request(raw: bytes | bytearray, tmpdir: str):
         body = parse_body(raw)

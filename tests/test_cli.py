@@ -236,3 +236,14 @@ def test_chat_from_a_pipe_fails_when_a_turn_fails(tmp_path, tiny_q4):
                           input="Genre?\n", capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, MUFUN_HOME=str(tmp_path / "home")))
     assert proc.returncode == 1 and "bad.flac" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_one_merge_of_sampling_defaults(tiny_q4):
+    """CLI and server take what a request gives and the model's generation config for the rest."""
+    from mufun_local.artifacts import ModelDir
+    md = ModelDir.open(tiny_q4)
+    d = md.sampling_defaults()
+    s = md.sampling(seed=5)
+    assert (s.temperature, s.top_p, s.top_k, s.seed) == (d["temperature"], d["top_p"], d["top_k"], 5)
+    s = md.sampling(0.0, 0.5, 3, repeat_penalty=1.2)
+    assert (s.temperature, s.top_p, s.top_k, s.repeat_penalty) == (0.0, 0.5, 3, 1.2) and 0 <= s.seed < 2**31
