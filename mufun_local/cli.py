@@ -401,8 +401,10 @@ def serve(model, host, port, api_key, allow_hosts, ctx, max_tokens, max_queue, r
         _stderr(f"warning: serving on {host} without --api-key: anyone who can reach this port can use it")
     md = _open_model(model, quiet)
     # a server answers request after request: reloading the encoder each time would cost seconds
+    # encoder_batch=1: a request stopped by its client or deadline stops after the current
+    # 30 s window (one window per call costs OpenVINO ~4 % per window, ONNX Runtime nothing)
     opt = Options(**encoder, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, verbose=verbose, keep_audio_models=True,
-                  flash_attn=flash_attn)
+                  flash_attn=flash_attn, encoder_batch=1)
     opt.n_ctx = ctx or min(int(md.manifest["dims"]["max_positions"]), 8192)
     app = create_app(md, opt, api_key=api_key, max_queue=max_queue, max_body_mb=max_body_mb,
                      cache=None if no_cache else _embedding_cache(),
