@@ -110,9 +110,11 @@ def build_segment(get, d_heads: int, layers: range, d: int, eps: float, raw_outp
 ENCODER_ARTIFACTS = ("ctranslate2", "onnx")
 
 
-def write_encoder(ckpt, out_dir: Path, quant: str = "float16", artifacts=("ctranslate2",), progress=None) -> dict:
+def write_encoder(ckpt, out_dir: Path, quant: str = "float16", artifacts=("ctranslate2",), progress=None,
+                  onnx_int8: bool = False) -> dict:
     """Write encoder/{frontend.npz, encoder.json} and each artifact asked for: seg0..2/
-    (CTranslate2, stored as `quant`) and onnx/ (float32 + int8 graphs). Returns encoder.json."""
+    (CTranslate2, stored as `quant`) and onnx/ (the float32 graph, and with `onnx_int8` ONNX
+    Runtime's int8 one). Returns encoder.json."""
     if quant not in ENCODER_QUANTS:
         raise ValueError(f"encoder quantization {quant!r}: choose from {', '.join(ENCODER_QUANTS)}")
     unknown = set(artifacts) - set(ENCODER_ARTIFACTS)
@@ -127,7 +129,7 @@ def write_encoder(ckpt, out_dir: Path, quant: str = "float16", artifacts=("ctran
              positions=ckpt.get(v + "embed_positions.weight"),
              mel_filters=mel_filters(d.n_mels))
     bounds = segment_bounds(d.enc_layers)
-    steps = (len(bounds) if "ctranslate2" in artifacts else 0) + (3 if "onnx" in artifacts else 0)
+    steps = (len(bounds) if "ctranslate2" in artifacts else 0) + ((3 if onnx_int8 else 1) if "onnx" in artifacts else 0)
     done = 0
     info = {
         "d_model": d.enc_d, "layers": d.enc_layers, "n_mels": d.n_mels, "positions": d.enc_positions,
@@ -155,7 +157,7 @@ def write_encoder(ckpt, out_dir: Path, quant: str = "float16", artifacts=("ctran
         def onnx_progress(k, n):
             if progress:
                 progress(done + k, steps)
-        files = write_onnx_encoder(ckpt, out_dir / "onnx", onnx_progress)
+        files = write_onnx_encoder(ckpt, out_dir / "onnx", onnx_progress, int8=onnx_int8)
         info["onnx"] = {ct: f"onnx/{name}" for ct, name in files.items()}
     (out_dir / "encoder.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

@@ -175,9 +175,11 @@ def quantize_int8(src: Path, dst: Path) -> None:
         logging.disable(logging.NOTSET)
 
 
-def write_onnx_encoder(ckpt, out_dir: Path, progress=None) -> dict[str, str]:
-    """Write out_dir/encoder.onnx (float32, weights stored as exact bfloat16) and
-    out_dir/encoder.int8.onnx, each with its .data file; returns {compute type: file name}."""
+def write_onnx_encoder(ckpt, out_dir: Path, progress=None, int8: bool = False) -> dict[str, str]:
+    """Write out_dir/encoder.onnx (float32, weights stored as exact bfloat16) and, with
+    `int8`, out_dir/encoder.int8.onnx, each with its .data file; returns {compute type: file
+    name}. int8 is opt-in (it loses more than bf16, see the README's Accuracy), and its
+    quantizer is what doubled a full-size conversion's peak memory."""
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -185,10 +187,13 @@ def write_onnx_encoder(ckpt, out_dir: Path, progress=None) -> dict[str, str]:
         raise ModelError("--encoder-backends onnx needs onnx and onnxruntime: "
                          "pip install 'mufun-local[onnxruntime]'") from None
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"float32": "encoder.onnx", "int8": "encoder.int8.onnx"}
+    files = {"float32": "encoder.onnx"}
     build_graph(ckpt.get, ckpt.dims, out_dir / files["float32"])
     if progress:
-        progress(1, 3)
+        progress(1, 3 if int8 else 1)
+    if not int8:
+        return files
+    files["int8"] = "encoder.int8.onnx"
     tmp = out_dir / "float32-plain.onnx"
     try:
         # quantize_dynamic reads float32 weights; the int8 graph is ONNX Runtime's alone

@@ -125,7 +125,7 @@ def _bar(desc: str, quiet: bool):
 def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m",
             encoder_quant: str = "float16", encoder_backends=("ctranslate2",), force: bool = False, keep_f16: bool = False,
             threads: int = 0, quiet: bool = False, verbose: bool = False,
-            log: Callable[[str], None] | None = None, template: str = "auto") -> Path:
+            log: Callable[[str], None] | None = None, template: str = "auto", onnx_int8: bool = False) -> Path:
     """Convert `src` (directory or hub id) into a model directory at `out`; returns its path."""
     log = log or (lambda msg: None if quiet else print(msg, file=sys.stderr))
     if quant not in LLM_QUANTS:
@@ -158,7 +158,7 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
     tmp.mkdir()
     try:
         bar, upd = _bar("encoder", quiet)
-        enc = write_encoder(ckpt, tmp / "encoder", encoder_quant, encoder_backends, progress=upd)
+        enc = write_encoder(ckpt, tmp / "encoder", encoder_quant, encoder_backends, progress=upd, onnx_int8=onnx_int8)
         bar.close()
         conn = write_connector(ckpt, tmp / "connector.safetensors")
 

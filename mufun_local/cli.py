@@ -576,6 +576,9 @@ def embed(audio_file, model, out, segs, layers, encoder, quiet, verbose):
                    "float32 + int8, about 1.9 GB more). auto: ctranslate2, plus onnx when the onnxruntime extra "
                    "is installed.")
 @click.option("--keep-f16", is_flag=True, help="Keep the F16 GGUF made on the way to a quantized one.")
+@click.option("--onnx-int8", is_flag=True,
+              help="Also write ONNX Runtime's int8 encoder graph (for --compute-type int8: faster where the CPU "
+                   "lacks bf16 units, less accurate; its quantizer doubles conversion memory at full size).")
 @click.option("--template", type=click.Choice(["auto", "qwen2_base", "qwen2_instruct"]), default="auto",
               show_default=True,
               help="The release's conversation template (chat and serve follow it): auto reads the checkpoint's "
@@ -583,7 +586,8 @@ def embed(audio_file, model, out, segs, layers, encoder, quiet, verbose):
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="Quantizer threads (default: all cores).")
 @verbosity
-def convert(src, out, quant, encoder_quant, encoder_backends, keep_f16, template, force, threads, quiet, verbose):
+def convert(src, out, quant, encoder_quant, encoder_backends, keep_f16, onnx_int8, template, force, threads, quiet,
+            verbose):
     """Convert an original MuFun checkpoint (directory or hub id) into a model directory.
 
     \b
@@ -597,7 +601,7 @@ def convert(src, out, quant, encoder_quant, encoder_backends, keep_f16, template
     backends = (default_encoder_backends() if encoder_backends == "auto"
                 else tuple(b.strip() for b in encoder_backends.split(",") if b.strip()))
     done = run_convert(src, out, quant=quant, encoder_quant=encoder_quant, encoder_backends=backends,
-                       force=force, keep_f16=keep_f16, template=template,
+                       force=force, keep_f16=keep_f16, template=template, onnx_int8=onnx_int8,
                        threads=threads, quiet=quiet, verbose=verbose)
     _measure_encoders(Path(done) / "encoder", quiet)
 

@@ -55,8 +55,8 @@ class _OnnxEncoder(EncoderBase):
         files = self.info.get("onnx", {})
         name = files.get("int8" if self.compute_type == "int8" else "float32")
         if name is None or not (self.dir / name).is_file():
-            raise ModelError(f"{self.dir}: no ONNX encoder for {self.compute_type}; "
-                             f"convert the model again with --encoder-backends ctranslate2,onnx")
+            how = "--onnx-int8" if self.compute_type == "int8" else "--encoder-backends ctranslate2,onnx"
+            raise ModelError(f"{self.dir}: no ONNX encoder for {self.compute_type}; convert the model again with {how}")
         self.path = self.dir / name
 
     def _load_error(self, exc: Exception) -> ModelError:

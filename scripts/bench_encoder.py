@@ -59,7 +59,7 @@ def main() -> int:
     ckpt_dir = Path(args.ckpt) if args.ckpt else generate(work / "small", "small", seed=0)
     ckpt = Checkpoint(ckpt_dir)
     artifacts = ("ctranslate2", "onnx") if installed("onnxruntime") else ("ctranslate2",)
-    write_encoder(ckpt, work / "encoder", "float16", artifacts)
+    write_encoder(ckpt, work / "encoder", "float16", artifacts, onnx_int8="onnx" in artifacts)
     rng = np.random.default_rng(0)
     t = np.arange(30 * 16000) / 16000
     windows = [(0.3 * np.sin(2 * np.pi * (220 + 40 * k) * t) + 0.05 * rng.standard_normal(len(t))).astype(np.float32)

@@ -37,10 +37,11 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", seed=0)
 
 
-def _converted(tmp_path_factory, ckpt, quant, encoder_quant, backends=("ctranslate2",)):
+def _converted(tmp_path_factory, ckpt, quant, encoder_quant, backends=("ctranslate2",), onnx_int8=False):
     from mufun_local.convert.run import convert
     out = tmp_path_factory.mktemp("models") / f"tiny-{quant}-{encoder_quant}-{'-'.join(backends)}"
-    return convert(str(ckpt), out, quant=quant, encoder_quant=encoder_quant, encoder_backends=backends, quiet=True)
+    return convert(str(ckpt), out, quant=quant, encoder_quant=encoder_quant, encoder_backends=backends, quiet=True,
+                   onnx_int8=onnx_int8)
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +53,7 @@ def tiny_f32(tmp_path_factory, tiny_ckpt) -> Path:
 @pytest.fixture(scope="session")
 def tiny_all(tmp_path_factory, tiny_ckpt) -> Path:
     """F32 GGUF with every encoder artifact: CTranslate2 float32 and the ONNX graphs."""
-    return _converted(tmp_path_factory, tiny_ckpt, "f32", "float32", ("ctranslate2", "onnx"))
+    return _converted(tmp_path_factory, tiny_ckpt, "f32", "float32", ("ctranslate2", "onnx"), onnx_int8=True)
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +96,7 @@ def small_encoder(tmp_path_factory, small_ckpt):
     from mufun_local.convert.checkpoint import Checkpoint
     from mufun_local.convert.encoder import write_encoder
     out = tmp_path_factory.mktemp("small-encoder") / "encoder"
-    write_encoder(Checkpoint(small_ckpt), out, "float32", ("ctranslate2", "onnx"))
+    write_encoder(Checkpoint(small_ckpt), out, "float32", ("ctranslate2", "onnx"), onnx_int8=True)
     return small_ckpt, out
 
 

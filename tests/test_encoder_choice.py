@@ -126,13 +126,18 @@ def test_onnx_weights_are_stored_exactly(tiny_all, tiny_ckpt):
     np.testing.assert_array_equal(np.asarray(stored, dtype=np.float32), want)
 
 
-def test_convert_cli_encoder_backends(capsys, tiny_ckpt, tmp_path):
+def test_convert_cli_encoder_backends(capsys, tiny_ckpt, tmp_path, audio_dir):
     code, _, err = run_cli(capsys, "convert", str(tiny_ckpt), str(tmp_path / "m"), "--encoder-backends", "onnx",
                            "--quant", "f16", "-q")
     assert code == 0, err
     md = ModelDir.open(tmp_path / "m")
     assert md.manifest["encoder"]["backends"] == ["onnx"] and not (md.encoder_dir / "seg0").exists()
     assert encoder_choice.choose(md.encoder_dir, "auto", "cpu").backend in ("onnxruntime", "openvino")
+    # the int8 graph is opt-in (--onnx-int8): without it, asking for int8 says how to get it
+    assert not (md.encoder_dir / "onnx" / "encoder.int8.onnx").exists()
+    code, _, err = run_cli(capsys, "embed", "-m", str(tmp_path / "m"), str(audio_dir / "song22k.flac"), "-o",
+                           str(tmp_path / "e.npy"), "--encoder-backend", "onnxruntime", "--compute-type", "int8")
+    assert_one_line_error(code, err, "--onnx-int8")
     code, _, err = run_cli(capsys, "convert", str(tiny_ckpt), str(tmp_path / "n"), "--encoder-backends", "tensorrt")
     assert_one_line_error(code, err, "--encoder-backends tensorrt: give one or more of ctranslate2, onnx")
     assert not (tmp_path / "n").exists()
