@@ -424,7 +424,9 @@ class LLM(Vocab):
         L = self._L
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         if s.grammar:  # first: every later sampler sees only the tokens the grammar allows
-            grammar = L.llama_sampler_init_grammar(self.vocab, s.grammar.encode("utf-8"), b"root")
+            from llama_cpp._utils import suppress_stdout_stderr
+            with suppress_stdout_stderr(disable=False):  # its parser prints errors itself
+                grammar = L.llama_sampler_init_grammar(self.vocab, s.grammar.encode("utf-8"), b"root")
             if not grammar:
                 L.llama_sampler_free(chain)
                 raise MufunError("llama.cpp cannot parse the grammar (GBNF with a root rule expected)")

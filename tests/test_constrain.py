@@ -89,3 +89,16 @@ def test_serve_response_format(serve, audio_dir):
     assert r.choices[0].finish_reason == "length" or isinstance(json.loads(r.choices[0].message.content), dict)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="x", messages=messages, response_format={"type": "xml"})
+
+
+def test_a_bad_grammar_is_one_line_from_a_real_process(tmp_path, tiny_q4, audio_dir):
+    """llama.cpp's grammar parser prints its complaint on the C stderr: not to the user."""
+    import subprocess
+    import sys
+    g = tmp_path / "bad.gbnf"
+    g.write_text("not a grammar\n")
+    proc = subprocess.run([sys.executable, "-m", "mufun_local.cli", "ask", "-m", str(tiny_q4),
+                           str(audio_dir / "song22k.flac"), "Q?", "--grammar", str(g), "--no-cache"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
+        "error: llama.cpp cannot parse the grammar (GBNF with a root rule expected)"], proc.stderr
