@@ -83,10 +83,10 @@ def _read_list(path: Path) -> list[str]:
 
 
 def read_done(out: Path, settings: str = "") -> dict[tuple[str, str], list[int]]:
-    """(path, question) -> the file's stat, for the pairs answered with `settings`. A last line without its newline is
-    kept when it is a whole record (the newline is added) and cut when it is the start of one
-    a crash left half-written. A file that is not a journal is refused, never touched.
-    Lines are split on newline alone: answers may hold U+2028 and other line separators."""
+    """(path, question) -> the file's stat, for the pairs answered with `settings`. A last
+    line without its newline is kept when it is a whole record (the newline is added) and cut
+    when it is the start of one a crash left half-written. A file that is not a journal is
+    refused, never touched."""
     if not out.exists():
         return {}
     data = out.read_bytes()
@@ -106,15 +106,19 @@ def read_done(out: Path, settings: str = "") -> dict[tuple[str, str], list[int]]
             else:
                 raise MufunError(f"{out}: its last line is neither a record nor part of one; "
                                  f"not resuming into it (choose another --out)")
-    return {(rec["path"], rec["question"]): rec.get("stat") for rec in map(_record, data.split(b"\n"))
-            if rec is not None and rec.get("error") is None and rec.get("settings") == settings}
+    return {(rec["path"], rec["question"]): rec.get("stat") for rec in _records(data)
+            if rec.get("error") is None and rec.get("settings") == settings}
 
 
 def read_records(out: Path) -> list[dict]:
     """Every record of a journal, in order."""
-    if not out.exists():
-        return []
-    return [r for r in map(_record, out.read_bytes().split(b"\n")) if r is not None]
+    return _records(out.read_bytes()) if out.exists() else []
+
+
+def _records(data: bytes) -> list[dict]:
+    """A journal's records. Lines are split on newline alone: answers may hold U+2028 and
+    other characters Python's splitlines() breaks at."""
+    return [r for r in map(_record, data.split(b"\n")) if r is not None]
 
 
 def _record(line: bytes) -> dict | None:
