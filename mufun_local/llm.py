@@ -147,6 +147,10 @@ class Vocab:
     def is_eog(self, token: int) -> bool:
         return bool(self._L.llama_vocab_is_eog(self.vocab, token))
 
+    def ends(self, token: int, stop_ids: set[int]) -> bool:
+        """Whether `token` ends an answer: one of the model's stop ids or an end-of-generation."""
+        return token in stop_ids or self.is_eog(token)
+
     def close(self) -> None:
         if getattr(self, "_L", None) is None or sys is None:  # interpreter shutdown
             return
@@ -363,7 +367,7 @@ class LLM(Vocab):
                 still = []
                 for s in active:
                     out[s].append(nxt[s])
-                    if not (nxt[s] in stop_ids or self.is_eog(nxt[s]) or len(out[s]) >= max_tokens
+                    if not (self.ends(nxt[s], stop_ids) or len(out[s]) >= max_tokens
                             or pos[s] >= self.n_ctx):
                         still.append(s)
                 if not still:
@@ -456,7 +460,7 @@ class LLM(Vocab):
             for _ in range(max_tokens):
                 tok = int(self._L.llama_sampler_sample(chain, self.ctx, -1))
                 yield tok
-                if tok in stop_ids or self.is_eog(tok):
+                if self.ends(tok, stop_ids):
                     return
                 if self.n_past >= self.n_ctx:
                     return

@@ -394,7 +394,7 @@ class Pipeline:
         shared.peaks["generate"] = peak_rss_mb()
         results = []
         for i, (n_prompt, tokens) in enumerate(zip(counts, answers)):
-            stop = bool(tokens) and (tokens[-1] in self.stop_ids or llm.is_eog(tokens[-1]))
+            stop = bool(tokens) and llm.ends(tokens[-1], self.stop_ids)
             body = tokens[:-1] if stop else tokens
             text = b"".join(llm.token_bytes(t) for t in body).decode("utf-8", errors="replace")
             results.append(Result(text=text, tokens=tokens, prompt_tokens=n_prompt, audio_tokens=shared.audio_tokens,
@@ -554,7 +554,7 @@ class Pipeline:
         res.stopped = "length"
         for tok in llm.generate(self.opt.sampling, self.opt.max_tokens, self.stop_ids):
             res.tokens.append(tok)
-            if tok in self.stop_ids or llm.is_eog(tok):
+            if llm.ends(tok, self.stop_ids):
                 res.stopped = "stop"
                 break
             piece = utf8.decode(llm.token_bytes(tok))
