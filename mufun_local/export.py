@@ -8,10 +8,11 @@ objects as `outer.inner`), so a `--tags` run is one row per file.
 from __future__ import annotations
 
 import csv
-import os
+import io
 from pathlib import Path
 
 from .errors import MufunError
+from .lru import write_atomic
 
 FORMATS = ("jsonl", "csv", "parquet")
 
@@ -71,31 +72,31 @@ def _flat(value: dict, prefix: str = "") -> dict:
 
 
 def write_table(journal: Path, fmt: str) -> Path | None:
-    """Write the journal's table (csv or parquet) atomically beside it; None for jsonl."""
+    """Write the journal's table (csv or parquet) atomically beside it (lru.write_atomic); None for jsonl."""
     from .batch import read_records
     if fmt == "jsonl":
         return None
     path = table_path(journal, fmt)
     table = rows(read_records(journal))
     columns = list(BASE_COLUMNS) + sorted({k for row in table for k in row} - set(BASE_COLUMNS))
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
+    if fmt == "parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise MufunError("--format parquet needs pyarrow: pip install pyarrow") from None
+
+    def write(fh) -> None:
         if fmt == "csv":
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                w = csv.DictWriter(fh, fieldnames=columns)
-                w.writeheader()
-                w.writerows(table)
+            text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+            w = csv.DictWriter(text, fieldnames=columns)
+            w.writeheader()
+            w.writerows(table)
+            text.flush()
+            text.detach()  # the binary file stays open for write_atomic to close
         else:
-            try:
-                import pyarrow as pa
-                import pyarrow.parquet as pq
-            except ImportError:
-                raise MufunError("--format parquet needs pyarrow: pip install pyarrow") from None
-            pq.write_table(pa.table({c: pa.array(_one_kind([row.get(c) for row in table])) for c in columns}), tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+            pq.write_table(pa.table({c: pa.array(_one_kind([row.get(c) for row in table])) for c in columns}), fh)
+    write_atomic(path, write)
     return path
 
 
