@@ -257,26 +257,14 @@ def read_shard_header(path: Path) -> dict[str, TensorInfo]:
     return out
 
 
-def resolve_source(src: str) -> Checkpoint:
-    """A local directory, or a hub id resolved with huggingface_hub (cache first)."""
+def resolve_source(src: str, quant: str = "q4_k_m", log=None, quiet: bool = False) -> Checkpoint:
+    """A local directory, or a hub id: the local Hugging Face cache first, else a download
+    that first says what it costs (mufun_local.hub)."""
+    from mufun_local import hub
+
     if os.path.isdir(src):
         return Checkpoint(src)
-    if os.path.exists(src) or not re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", src):
+    if os.path.exists(src) or not hub.is_hub_id(src):
         raise ModelError(f"{src}: not a checkpoint directory or a hub id like Yi3852/MuFun-Base")
-    repo_id, _, revision = src.partition("@")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    patterns = ["*.json", "*.safetensors", "merges.txt", "vocab.json"]
-    try:
-        local = snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns,
-                                  local_files_only=True)
-    except (LocalEntryNotFoundError, OSError, ValueError):
-        try:
-            local = snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns)
-        except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
-            raise ModelError(
-                f"{repo_id}: not in the local Hugging Face cache and cannot be downloaded "
-                f"({type(exc).__name__}); on a machine that is online run `hf download {repo_id}`, "
-                f"or pass a local checkpoint directory with --model") from None
-    return Checkpoint(local, source=repo_id, revision=Path(local).name)
+    local = hub.download(src, quant, log or (lambda m: None), quiet=quiet)
+    return Checkpoint(local, source=hub.split(src)[0], revision=Path(local).name)

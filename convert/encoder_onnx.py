@@ -184,8 +184,8 @@ def write_onnx_encoder(ckpt, out_dir: Path, progress=None, int8: bool = False) -
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise ModelError("--encoder-backends onnx needs onnx and onnxruntime: "
-                         "pip install 'mufun-local[onnxruntime]'") from None
+        raise ModelError("--encoder-backends onnx needs onnx and onnxruntime (not installed: no wheel for this "
+                         "platform in the default install); write --encoder-backends ctranslate2") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"float32": "encoder.onnx"}
     build_graph(ckpt.get, ckpt.dims, out_dir / files["float32"])

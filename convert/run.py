@@ -91,7 +91,8 @@ def _tool_versions() -> dict[str, str]:
 
 
 def default_encoder_backends() -> tuple[str, ...]:
-    """CTranslate2 always; the ONNX graph too when the onnxruntime extra is installed."""
+    """CTranslate2 always; the ONNX graph too where onnx and ONNX Runtime are installed (a
+    plain install has them on every platform with wheels: see pyproject.toml)."""
     from importlib.util import find_spec
     return ("ctranslate2", "onnx") if find_spec("onnx") and find_spec("onnxruntime") else ("ctranslate2",)
 
@@ -123,7 +124,7 @@ def _bar(desc: str, quiet: bool):
 
 
 def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m",
-            encoder_quant: str = "float16", encoder_backends=("ctranslate2",), force: bool = False, keep_f16: bool = False,
+            encoder_quant: str = "float16", encoder_backends=None, force: bool = False, keep_f16: bool = False,
             threads: int = 0, quiet: bool = False, verbose: bool = False,
             log: Callable[[str], None] | None = None, template: str = "auto", onnx_int8: bool = False) -> Path:
     """Convert `src` (directory or hub id) into a model directory at `out`; returns its path."""
@@ -132,7 +133,7 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
         raise ModelError(f"--quant {quant}: choose from {', '.join(LLM_QUANTS)}")
     if encoder_quant not in ENCODER_QUANTS:
         raise ModelError(f"--encoder-quant {encoder_quant}: choose from {', '.join(ENCODER_QUANTS)}")
-    encoder_backends = tuple(encoder_backends)
+    encoder_backends = default_encoder_backends() if encoder_backends is None else tuple(encoder_backends)
     if not encoder_backends or set(encoder_backends) - set(ENCODER_ARTIFACTS):
         raise ModelError(f"--encoder-backends {','.join(encoder_backends)}: "
                          f"give one or more of {', '.join(ENCODER_ARTIFACTS)}, comma-separated")
@@ -140,7 +141,7 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
     t0 = time.perf_counter()
     local = Path(src.path if isinstance(src, Checkpoint) else src)
     check_out(out, local if local.is_dir() else None, force)  # before a download
-    ckpt = src if isinstance(src, Checkpoint) else resolve_source(str(src))
+    ckpt = src if isinstance(src, Checkpoint) else resolve_source(str(src), quant, log, quiet)
     check_out(out, Path(ckpt.path), force)
     d = ckpt.dims
     vocab = load_vocab(ckpt.path, d.vocab_rows)  # the tokenizer is checked before any long work

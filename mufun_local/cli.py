@@ -1,4 +1,4 @@
-"""The `mufun-local` command line: ask · embed · convert · info · models · demo."""
+"""The `mufun-local` command line: ask · chat · serve · batch · embed · convert · pull · info · models · demo."""
 from __future__ import annotations
 
 import functools
@@ -101,6 +101,11 @@ def model_option(f):
                              "(default: $MUFUN_MODEL, else Yi3852/MuFun-Base).")(f)
 
 
+def quant_option(f):
+    return click.option("--quant", type=click.Choice(["q4_k_m", "q5_k_m", "q8_0", "f16", "f32"]), default="q4_k_m",
+                        show_default=True, help="LLM weight type in the GGUF.")(f)
+
+
 def verbosity(f):
     f = click.option("--quiet", "-q", is_flag=True, help="Only the answer (no warnings).")(f)
     f = click.option("--verbose", "-v", is_flag=True, help="Say what runs where, and llama.cpp's log.")(f)
@@ -109,7 +114,7 @@ def verbosity(f):
 
 def _open_model(spec, quiet):
     from .models import resolve
-    return resolve(spec, log=(lambda m: None) if quiet else _stderr)
+    return resolve(spec, log=(lambda m: None) if quiet else _stderr, quiet=quiet)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -567,14 +572,13 @@ def embed(audio_file, model, out, segs, layers, encoder, quiet, verbose):
 @cli.command()
 @click.argument("src", metavar="SRC")
 @click.argument("out", metavar="OUT", type=click.Path(file_okay=False))
-@click.option("--quant", type=click.Choice(["q4_k_m", "q5_k_m", "q8_0", "f16", "f32"]), default="q4_k_m", show_default=True,
-              help="LLM weight type in the GGUF.")
+@quant_option
 @click.option("--encoder-quant", type=click.Choice(["float16", "float32", "int8", "int8_float16"]), default="float16",
               show_default=True, help="Stored encoder weight type (any compute type can be chosen at load).")
 @click.option("--encoder-backends", default="auto", show_default=True, metavar="LIST",
-              help="Encoder artifacts to write, comma-separated: ctranslate2, onnx (ONNX Runtime and OpenVINO; "
-                   "float32 + int8, about 1.9 GB more). auto: ctranslate2, plus onnx when the onnxruntime extra "
-                   "is installed.")
+              help="Encoder artifacts to write, comma-separated: ctranslate2, onnx (one graph for ONNX Runtime "
+                   "and OpenVINO, 16-bit weights: about 1.3 GB more at full size). auto: both where ONNX Runtime "
+                   "is installed (a plain install has it wherever it has wheels).")
 @click.option("--keep-f16", is_flag=True, help="Keep the F16 GGUF made on the way to a quantized one.")
 @click.option("--onnx-int8", is_flag=True,
               help="Also write ONNX Runtime's int8 encoder graph (for --compute-type int8: faster where the CPU "
@@ -622,6 +626,31 @@ def _measure_encoders(encoder_dir: Path, quiet: bool) -> None:
 
 
 @cli.command()
+@click.argument("model_id", required=False, metavar="[ID]")
+@quant_option
+@verbosity
+def pull(model_id, quant, quiet, verbose):
+    """Download a MuFun release from the Hugging Face hub and convert it, once.
+
+    Says first what it costs (download size, conversion time and size); an interrupted
+    download resumes where it stopped. Afterwards `ask --model ID` finds it in the cache.
+
+    \b
+    mufun-local pull                              # Yi3852/MuFun-Base
+    mufun-local pull Yi3852/MuFun-Instruct --quant q8_0
+    """
+    from .models import DEFAULT_QUANT, pull as pull_model
+
+    _setup_logging(quiet, verbose)
+    md, had = pull_model(model_id, quant, log=(lambda m: None) if quiet else _stderr, quiet=quiet)
+    if not had:
+        _measure_encoders(md.path / "encoder", quiet)
+    size = sum(p.stat().st_size for p in md.path.rglob("*") if p.is_file())
+    model_flag = "" if quant == DEFAULT_QUANT else f" (with --quant {quant}: --model {md.path})"
+    click.echo(f"{'already converted' if had else 'ready'}: {md.path} ({size / 1e9:.1f} GB){model_flag}")
+
+
+@cli.command()
 @click.argument("model", required=False, metavar="[MODEL]")
 @click.option("--verify", is_flag=True, help="Check every file's sha256 against the manifest.")
 @click.option("--system", is_flag=True, help="Show what llama.cpp and the encoder engines were built with, and the CPU.")
@@ -664,7 +693,8 @@ def _system_info() -> str:
     extra = []
     for backend in ("onnxruntime", "openvino"):
         if not installed(backend):
-            extra.append(f"{backend:<11} not installed (pip install 'mufun-local[{backend}]')")
+            extra.append(f"{backend:<11} not installed (no wheel for this platform in the default install; "
+                         f"`pip install {backend}` where one exists)")
             continue
         line = f"{backend:<11} {version(backend)}"
         extra.append(line + (f"; native bfloat16: {openvino_bf16()}" if backend == "openvino" else ""))

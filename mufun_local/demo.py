@@ -67,5 +67,5 @@ def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print
          f"{len(res.tokens)} generated tokens")
     echo("answer (random weights, so this is noise; every stage ran):")
     echo(repr(answer))
-    echo("Next: convert the real model (`mufun-local convert Yi3852/MuFun-Base ./mufun-base`) "
-         "and ask about your own music.")
+    echo("Next: `mufun-local pull` fetches and converts the real model (it says the size first), "
+         "then `mufun-local ask song.flac \"What genre is this?\"` asks about your own music.")

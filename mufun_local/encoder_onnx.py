@@ -27,8 +27,8 @@ def _import(backend: str):
         import openvino
         return openvino
     except ImportError:
-        raise ModelError(f"--encoder-backend {backend} needs {backend}: "
-                         f"pip install 'mufun-local[{backend}]'") from None
+        raise ModelError(f"--encoder-backend {backend}: {backend} is not installed (it has no wheel for this "
+                         f"platform in the default install; `pip install {backend}` where one exists)") from None
 
 
 def installed(backend: str) -> bool:

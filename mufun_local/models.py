@@ -2,7 +2,8 @@
 
 `--model` / MUFUN_MODEL accepts, in order: a converted directory; an original checkpoint
 directory (converted on first use into the cache); a hub id such as Yi3852/MuFun-Base
-(local huggingface_hub cache first, then a download, then converted). A second process
+(local huggingface_hub cache first, then a download that says its size first: mufun_local.hub;
+then converted). `pull` does the last ahead of time. A second process
 asking for the same conversion waits on a file lock instead of converting twice.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Callable
 
 from .artifacts import MANIFEST, ModelDir
 from .errors import ModelError
+from .hub import is_hub_id
 
 DEFAULT_MODEL = "Yi3852/MuFun-Base"
 DEFAULT_QUANT = "q4_k_m"
@@ -43,7 +45,7 @@ def _cache_name(label: str, quant: str) -> str:
     return f"{safe}-{quant}"
 
 
-def _convert_cached(src: str, name: str, quant: str, log: Callable[[str], None]) -> ModelDir:
+def _convert_cached(src: str, name: str, quant: str, log: Callable[[str], None], quiet: bool = False) -> ModelDir:
     from filelock import FileLock
 
     target = models_dir() / name
@@ -55,14 +57,15 @@ def _convert_cached(src: str, name: str, quant: str, log: Callable[[str], None])
             return ModelDir.open(target)
         from .convert.checkpoint import resolve_source
         from .convert.run import convert, default_encoder_backends
-        ckpt = resolve_source(src)  # a hub id that is not available fails here, before any message
+        ckpt = resolve_source(src, quant, log, quiet)  # says what a download costs before it starts
         log(f"converting {src} into {target} (once) ...")
-        convert(ckpt, target, quant=quant, encoder_backends=default_encoder_backends(), force=True, log=log)
+        convert(ckpt, target, quant=quant, encoder_backends=default_encoder_backends(), force=True, log=log,
+                quiet=quiet)
     return ModelDir.open(target)
 
 
 def resolve(spec: str | None = None, quant: str = DEFAULT_QUANT,
-            log: Callable[[str], None] = lambda m: None) -> ModelDir:
+            log: Callable[[str], None] = lambda m: None, quiet: bool = False) -> ModelDir:
     spec = spec or os.environ.get("MUFUN_MODEL") or DEFAULT_MODEL
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -70,13 +73,26 @@ def resolve(spec: str | None = None, quant: str = DEFAULT_QUANT,
             return ModelDir.open(path)
         if _is_checkpoint(path):
             digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
-            return _convert_cached(str(path), _cache_name(f"{path.name}-{digest}", quant), quant, log)
+            return _convert_cached(str(path), _cache_name(f"{path.name}-{digest}", quant), quant, log, quiet)
         raise ModelError(f"{path}: neither a converted model nor an original MuFun checkpoint")
     if path.exists():
         raise ModelError(f"{path}: not a model directory")
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", spec):
+    if not is_hub_id(spec):
         raise ModelError(f"{spec}: no such model directory, and not a hub id like {DEFAULT_MODEL}")
-    return _convert_cached(spec, _cache_name(spec, quant), quant, log)
+    return _convert_cached(spec, _cache_name(spec, quant), quant, log, quiet)
+
+
+def pull(spec: str | None, quant: str = DEFAULT_QUANT, log: Callable[[str], None] = lambda m: None,
+         quiet: bool = False) -> tuple[ModelDir, bool]:
+    """Download (unless cached) and convert a hub id into the model cache, where `--model ID`
+    finds it. Returns the model and whether it was already there."""
+    spec = spec or os.environ.get("MUFUN_MODEL") or DEFAULT_MODEL
+    if not is_hub_id(spec) or Path(spec).expanduser().exists():
+        raise ModelError(f"{spec}: `pull` takes a hub id like {DEFAULT_MODEL}; a local checkpoint directory "
+                         f"converts with `mufun-local convert`")
+    target = models_dir() / _cache_name(spec, quant)
+    had = (target / MANIFEST).is_file()
+    return _convert_cached(spec, target.name, quant, log, quiet), had
 
 
 def list_cached() -> list[tuple[str, int]]:
