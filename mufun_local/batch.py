@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import MufunError
-from .pipeline import AudioInput, Pipeline
+from .pipeline import AudioInput, Pipeline, Request
 from .constrain import finished_json
 from .prompt import parsed_answer
 
@@ -164,7 +164,7 @@ def prepare(path: str, mel_filters, file: str | None = None) -> dict:
     `file`: where to read `path` (an absolute path for Ray workers); errors name `path`."""
     from .embcache import file_hash
     from .frontend import load_log_mels
-    from .pipeline import Timer
+    from .timing import Timer
 
     timings: dict[str, float] = {}
     file = file or path
@@ -189,18 +189,20 @@ def file_stat(path: str) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def settings_key(model, opt) -> str:
+def settings_key(model, opt, req) -> str:
     """What else changes an answer: the model's weights and every option that reaches the
-    numbers (engines, compute type, context settings, sampling, answer length)."""
+    numbers (engines, compute type, context settings; the request's sampling, answer length
+    and schema)."""
     import hashlib
-    from dataclasses import asdict
-    fields = {k: v for k, v in asdict(opt).items() if k not in ("verbose", "quiet", "keep_audio_models",
-                                                                  "keep_logits", "threads", "parallel")}
+    from dataclasses import asdict, replace
+    both = {**asdict(opt), **asdict(replace(req, progress=None))}
+    fields = {k: v for k, v in both.items() if k not in ("verbose", "quiet", "keep_audio_models",
+                                                         "keep_logits", "threads", "parallel", "progress")}
     blob = json.dumps({"llm": model.llm_sha256, "audio": model.audio_hash, **fields}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def answer_file(pipe: Pipeline, path: str, questions: list[str], prepared: dict, model_id: str,
+def answer_file(pipe: Pipeline, req: Request, path: str, questions: list[str], prepared: dict, model_id: str,
                 file: str | None = None, settings: str = "") -> Iterator[dict]:
     """One record per question about one prepared file: the audio is encoded once and its
     prefix evaluated once, and up to `pipe.opt.parallel` answers are generated side by side
@@ -219,7 +221,7 @@ def answer_file(pipe: Pipeline, path: str, questions: list[str], prepared: dict,
         group = questions[g:g + step]
         t0 = time.perf_counter()
         try:
-            results = pipe.ask_many([audio], group, parallel=step)
+            results = pipe.ask_many([audio], group, req, parallel=step)
         except MufunError as exc:
             msg = str(exc).replace(file, path) if file else str(exc)
             for q in group:
@@ -229,9 +231,9 @@ def answer_file(pipe: Pipeline, path: str, questions: list[str], prepared: dict,
         for q, r in zip(group, results):
             timings = {**prepared["timings"], **r.timings} if "encoder" in r.timings else dict(r.timings)
             parsed, error = parsed_answer(r.text), None
-            if pipe.opt.schema is not None:  # a constrained answer cut off or breaking the schema fails
+            if req.schema is not None:  # a constrained answer cut off or breaking the schema fails
                 try:
-                    finished_json(r.text, pipe.opt.max_tokens, pipe.opt.schema)
+                    finished_json(r.text, req.max_tokens, req.schema)
                 except MufunError as exc:
                     error = str(exc)
             yield {**base, "question": q, "answer": r.text, **({"parsed": parsed} if parsed is not None else {}),
@@ -260,15 +262,15 @@ def count(summary: Summary, rec: dict) -> None:
         summary.failed += 1
 
 
-def run_batch(pipe: Pipeline, files: list[str], questions: list[str], out: Path, model_id: str,
+def run_batch(pipe: Pipeline, req: Request, files: list[str], questions: list[str], out: Path, model_id: str,
               progress: Callable[[int], object] | None = None, prefetch: int = 2) -> Summary:
     with journal_lock(out):
-        return _run_batch(pipe, files, questions, out, model_id, progress, prefetch)
+        return _run_batch(pipe, req, files, questions, out, model_id, progress, prefetch)
 
 
-def _run_batch(pipe, files, questions, out, model_id, progress, prefetch) -> Summary:
+def _run_batch(pipe, req, files, questions, out, model_id, progress, prefetch) -> Summary:
     pipe.cache = MemoryCache()
-    settings = settings_key(pipe.model, pipe.opt)
+    settings = settings_key(pipe.model, pipe.opt, req)
     todo, skipped = pending(files, questions, out, settings)
     summary = Summary(skipped=skipped)
     pool = ThreadPoolExecutor(max_workers=max(1, prefetch))
@@ -277,13 +279,13 @@ def _run_batch(pipe, files, questions, out, model_id, progress, prefetch) -> Sum
     def schedule(i: int) -> None:
         for f, _ in todo[i:i + prefetch + 1]:
             if f not in futures:
-                futures[f] = pool.submit(prepare, f, pipe.mel_filters)
+                futures[f] = pool.submit(prepare, f, pipe.audio.mel_filters)
 
     try:
         with open(out, "a", encoding="utf-8") as fh:
             for i, (path, qs) in enumerate(todo):
                 schedule(i)
-                for rec in answer_file(pipe, path, qs, futures.pop(path).result(), model_id, settings=settings):
+                for rec in answer_file(pipe, req, path, qs, futures.pop(path).result(), model_id, settings=settings):
                     write_record(fh, rec)
                     count(summary, rec)
                     progress and progress(1)

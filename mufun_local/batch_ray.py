@@ -63,31 +63,31 @@ def _prepare_row(row: dict, filters) -> dict:
 class _Answer:
     """Actor: one Pipeline answering every question about each prepared file."""
 
-    def __init__(self, model_dir: str, options, model_id: str, settings: str):
+    def __init__(self, model_dir: str, options, request, model_id: str, settings: str):
         from .artifacts import ModelDir
         from .pipeline import Pipeline
         self.pipe = Pipeline(ModelDir.open(model_dir), options, cache=MemoryCache())
-        self.model_id, self.settings = model_id, settings
+        self.req, self.model_id, self.settings = request, model_id, settings
 
     def __call__(self, batch: dict) -> dict:
         lines = []
         for path, file, qs, blob in zip(batch["path"], batch["file"], batch["questions"], batch["prepared"]):
-            recs = answer_file(self.pipe, str(path), [str(q) for q in qs], pickle.loads(blob), self.model_id,
+            recs = answer_file(self.pipe, self.req, str(path), [str(q) for q in qs], pickle.loads(blob), self.model_id,
                                str(file), self.settings)
             lines.append("".join(map(record_line, recs)))
         return {"lines": lines}
 
 
-def run_batch_ray(address: str, model_dir: Path, options, files: list[str], questions: list[str], out: Path,
+def run_batch_ray(address: str, model_dir: Path, options, request, files: list[str], questions: list[str], out: Path,
                   model_id: str, progress: Callable[[int], object] | None = None, actors: int = 1,
                   log: Callable[[str], None] = lambda m: None) -> Summary:
     with journal_lock(out):
-        return _run(address, model_dir, options, files, questions, out, model_id, progress, actors, log)
+        return _run(address, model_dir, options, request, files, questions, out, model_id, progress, actors, log)
 
 
-def _run(address, model_dir, options, files, questions, out, model_id, progress, actors, log) -> Summary:
+def _run(address, model_dir, options, request, files, questions, out, model_id, progress, actors, log) -> Summary:
     from .artifacts import ModelDir
-    settings = settings_key(ModelDir.open(model_dir), options)
+    settings = settings_key(ModelDir.open(model_dir), options, request)
     todo, skipped = pending(files, questions, out, settings)
     summary = Summary(skipped=skipped)
     if not todo:
@@ -107,7 +107,9 @@ def _run(address, model_dir, options, files, questions, out, model_id, progress,
     items = [{"path": f, "file": os.path.abspath(f), "questions": qs} for f, qs in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map(_prepare_row, fn_kwargs={"filters": filters}, num_cpus=1, runtime_env=env)
-    ds = ds.map_batches(_Answer, fn_constructor_args=(str(model_dir), options, model_id, settings), batch_size=1,
+    request = replace(request, progress=None)  # a callback of this process does not travel to the actors
+    ds = ds.map_batches(_Answer, fn_constructor_args=(str(model_dir), options, request, model_id, settings),
+                        batch_size=1,
                         concurrency=actors, num_gpus=gpus, num_cpus=0 if gpus else 1, runtime_env=env)
     with open(out, "a", encoding="utf-8") as fh:
         for row in ds.iter_rows():

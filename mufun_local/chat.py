@@ -18,7 +18,7 @@ from typing import Iterator
 from . import prompt as prompt_mod
 from .audio import check_file
 from .errors import MufunError
-from .pipeline import AudioInput, Pipeline, Result, Timer
+from .pipeline import AudioInput, Pipeline, Request, Result
 
 DEFAULT_CHAT_CTX = 8192
 CHAT_PROMPT = "> "
@@ -33,8 +33,12 @@ class Turn:
 
 
 class ChatSession:
-    def __init__(self, pipe: Pipeline, n_ctx: int | None = None):
+    """One conversation in one open context; `request` (sampling, answer length, progress)
+    holds for every turn."""
+
+    def __init__(self, pipe: Pipeline, request: Request | None = None, n_ctx: int | None = None):
         self.pipe = pipe
+        self.request = request or Request()
         llm = pipe.llm
         self.n_ctx = n_ctx or min(llm.n_ctx_train, DEFAULT_CHAT_CTX)
         llm.open_context(self.n_ctx, pipe.opt.n_batch, pipe.opt.f32_kv, pipe.opt.flash_attn)
@@ -53,7 +57,7 @@ class ChatSession:
 
     def send(self, question: str) -> Iterator[str]:
         """Stream the answer to one user turn."""
-        pipe, llm = self.pipe, self.pipe.llm
+        pipe = self.pipe
         audios = list(self.pending)
         marker = self.template.marker
         user = self.template.user(question, len(audios)) if audios or not self.turns else question
@@ -61,23 +65,17 @@ class ChatSession:
         if prm.n_audio != len(audios):
             raise MufunError(f"the question has {question.count(marker)} {marker} "
                              f"marker(s) for {len(audios)} new audio file(s)")
-        chunks = prompt_mod.tokenize(prm, llm.tokenize)
-        res = self.result = Result()
-        timer = Timer(res.timings)
-        res.prompt_tokens = sum(map(len, chunks))
-        keys = [pipe.cache_key(a) for a in audios]
-        embeddings, _ = pipe.audio_embeddings(audios, timer, res.prompt_tokens, used=llm.n_past, keys=keys)
-        res.audio_tokens = sum(len(e) for e in embeddings)
+        answer = pipe.extend(prm, audios, self.request)  # the audio is embedded here
+        self.result = answer.result
         self.pending = []
         turn = Turn(question, [{"path": a.path, "segs": a.segs} for a in audios])
         self.turns.append(turn)
-        pipe.prefill(pipe.plan(chunks, keys), embeddings, timer)
         try:
-            for piece in pipe._generate(llm, res):
+            for piece in answer:
                 turn.answer += piece
                 yield piece
         finally:
-            turn.tokens = list(res.tokens)
+            turn.tokens = list(answer.result.tokens)
 
     def to_json(self) -> str:
         return json.dumps({

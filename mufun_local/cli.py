@@ -67,18 +67,17 @@ def _segs_list(values: tuple[str, ...], n: int) -> list:
 def encoder_options(f):
     """--encoder-backend/--compute-type/--device/--threads, handed to the command as one
     `encoder` dict of Options fields."""
-    from .encoder import BACKENDS, COMPUTE_TYPES
+    from .encoder_backends import ALL_COMPUTE_TYPES, BACKENDS
 
     @functools.wraps(f)
     def wrapper(*args, encoder_backend, compute_type, device, threads, **kw):
         return f(*args, encoder=dict(encoder_backend=encoder_backend, compute_type=compute_type, device=device,
                                      threads=threads, quiet=kw.get("quiet", False)), **kw)
 
-    types = sorted({t for ts in COMPUTE_TYPES.values() for t in ts})
     wrapper = click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads (default: all cores).")(wrapper)
     wrapper = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                            help="Where the encoder runs.")(wrapper)
-    wrapper = click.option("--compute-type", type=click.Choice(types), default=None,
+    wrapper = click.option("--compute-type", type=click.Choice(ALL_COMPUTE_TYPES), default=None,
                            help="Encoder compute type (default: the most accurate fast one: float32 on a CPU, "
                                 "bfloat16 on OpenVINO where the CPU has it, float16 on CUDA). int8 is faster "
                                 "but loses twice what the original's bfloat16 run does (README, Accuracy).")(wrapper)
@@ -176,19 +175,20 @@ def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, ma
     gbnf = (constrain.schema_grammar(schema_doc) if schema
             else constrain.read_file(grammar, "grammar") if grammar else None)
     md = _open_model(model, quiet)
-    opt = _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers,
-                   ctx, encoder, verbose, flash_attn)
-    opt.sampling.grammar = gbnf
+    opt, req = _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers,
+                        ctx, encoder, verbose, flash_attn)
+    req.sampling.grammar = gbnf
     status = StatusLine(enabled=None if not quiet else False)
+    req.progress = status
     pipe = Pipeline(md, opt, log=_stderr if verbose else None, cache=None if no_cache else _embedding_cache(),
-                    prefix_cache=None if no_cache else _prefix_cache(), progress=status)
+                    prefix_cache=None if no_cache else _prefix_cache())
     try:
-        stream = pipe.ask([AudioInput(f, s) for f, s in zip(files, seg_list)], question)
-        for piece in stream:
+        answer = pipe.ask([AudioInput(f, s) for f, s in zip(files, seg_list)], question, req)
+        for piece in answer:
             if not as_json:
                 click.echo(piece, nl=False)
                 sys.stdout.flush()
-        res = pipe.result
+        res = answer.result
     finally:
         status.clear()
         pipe.close()
@@ -214,13 +214,14 @@ def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, ma
 
 def _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers, ctx,
              encoder, verbose, flash_attn=False):
-    from .pipeline import Options
+    """The pipeline's load options and the request's (sampling defaults from the model)."""
+    from .pipeline import Options, Request
 
     sampling = md.sampling(temperature, top_p, top_k, seed, repeat_penalty=repeat_penalty)
     if max_tokens < 1:
         raise MufunError("--max-tokens must be at least 1")
-    return Options(**encoder, n_gpu_layers=n_gpu_layers, n_ctx=ctx, max_tokens=max_tokens,
-                   sampling=sampling, verbose=verbose, flash_attn=flash_attn)
+    return (Options(**encoder, n_gpu_layers=n_gpu_layers, n_ctx=ctx, verbose=verbose, flash_attn=flash_attn),
+            Request(max_tokens, sampling))
 
 
 # ------------------------------------------------------------------ chat
@@ -261,12 +262,12 @@ def chat(audio_files, model, temperature, top_p, top_k, repeat_penalty, seed, ma
 
     _setup_logging(quiet, verbose)
     md = _open_model(model, quiet)
-    opt = _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers,
-                   ctx, encoder, verbose, flash_attn)
+    opt, req = _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers,
+                        ctx, encoder, verbose, flash_attn)
     status = StatusLine(enabled=None if not quiet else False)
-    pipe = Pipeline(md, opt, log=_stderr if verbose else None, cache=None if no_cache else _embedding_cache(),
-                    progress=status)
-    session = ChatSession(pipe, ctx)
+    req.progress = status
+    pipe = Pipeline(md, opt, log=_stderr if verbose else None, cache=None if no_cache else _embedding_cache())
+    session = ChatSession(pipe, req, ctx)
     for f in audio_files:
         session.add_audio(AudioInput(f))
     tty = sys.stdin.isatty()
@@ -338,7 +339,7 @@ def _chat_command(session, line: str) -> bool:
 
 
 def _bar_stage(bar):
-    """A Pipeline.progress callback that shows the current file's stage after the bar."""
+    """A Request.progress callback that shows the current file's stage after the bar."""
     names = {"decode": "decoding", "encoder": "encoder", "prefill": "reading", "answer": "answering"}
 
     def show(stage: str, done: int, total: int) -> None:
@@ -408,13 +409,13 @@ def serve(model, host, port, api_key, allow_hosts, ctx, max_tokens, max_queue, r
     # a server answers request after request: reloading the encoder each time would cost seconds
     # encoder_batch=1: a request stopped by its client or deadline stops after the current
     # 30 s window (one window per call costs OpenVINO ~4 % per window, ONNX Runtime nothing)
-    opt = Options(**encoder, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens, verbose=verbose, keep_audio_models=True,
+    opt = Options(**encoder, n_gpu_layers=n_gpu_layers, verbose=verbose, keep_audio_models=True,
                   flash_attn=flash_attn, encoder_batch=1)
     opt.n_ctx = ctx or min(int(md.manifest["dims"]["max_positions"]), 8192)
     app = create_app(md, opt, api_key=api_key, max_queue=max_queue, max_body_mb=max_body_mb,
                      cache=None if no_cache else _embedding_cache(),
                      prefix_cache=None if no_cache else _prefix_cache(), hosts=allowed_hosts(host, allow_hosts),
-                     request_timeout=request_timeout)
+                     request_timeout=request_timeout, max_tokens=max_tokens)
     if not quiet:
         _stderr(f"serving {md.path} on http://{host}:{port} (OpenAI API at /v1, web page at /)")
     uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning")
@@ -467,7 +468,7 @@ def batch(inputs, model, questions, tags, schema, out, fmt, temperature, seed, m
 
     from .batch import expand_inputs, run_batch
     from .llm import Sampling
-    from .pipeline import Options, Pipeline
+    from .pipeline import Options, Pipeline, Request
 
     _setup_logging(quiet, verbose)
     files = expand_inputs(inputs)
@@ -484,11 +485,10 @@ def batch(inputs, model, questions, tags, schema, out, fmt, temperature, seed, m
     schema_doc = export.TAGS_SCHEMA if tags else (constrain.load_schema(schema) if schema else None)
     max_tokens = max_tokens or (512 if schema_doc else 128)
     md = _open_model(model, quiet)
-    opt = Options(**encoder, n_ctx=ctx, max_tokens=max_tokens, keep_audio_models=True, parallel=parallel,
-                  schema=schema_doc,
-                  sampling=Sampling(temperature=temperature, seed=seed,
-                                    grammar=constrain.schema_grammar(schema_doc) if schema_doc else None),
-                  verbose=verbose)
+    opt = Options(**encoder, n_ctx=ctx, keep_audio_models=True, parallel=parallel, verbose=verbose)
+    req = Request(max_tokens, Sampling(temperature=temperature, seed=seed,
+                                       grammar=constrain.schema_grammar(schema_doc) if schema_doc else None),
+                  schema=schema_doc)
     if ray_actors < 1:
         raise MufunError("--ray-actors must be at least 1")
     if ray_address:
@@ -501,11 +501,11 @@ def batch(inputs, model, questions, tags, schema, out, fmt, temperature, seed, m
     model_id = str(md.manifest["source"]["id"])
     try:
         if ray_address:
-            summary = run_batch_ray(ray_address, md.path, opt, files, list(questions), Path(out), model_id,
+            summary = run_batch_ray(ray_address, md.path, opt, req, files, list(questions), Path(out), model_id,
                                     progress=bar.update, actors=ray_actors, log=_stderr if verbose else (lambda m: None))
         else:
-            pipe.progress = _bar_stage(bar)
-            summary = run_batch(pipe, files, list(questions), Path(out), model_id, progress=bar.update)
+            req.progress = _bar_stage(bar)
+            summary = run_batch(pipe, req, files, list(questions), Path(out), model_id, progress=bar.update)
     except KeyboardInterrupt:
         bar.close()
         _stderr(f"interrupted; everything answered so far is in {out} (run again to resume)")
@@ -683,21 +683,22 @@ def _system_info() -> str:
 
     from importlib.metadata import version
 
+    from .encoder_backends import REGISTRY
     from .encoder_choice import cpu_signature
-    from .encoder_onnx import installed, openvino_bf16
     from .llm import cpu_has_amx, use_extra_bufts
     try:
         cuda = ctranslate2.get_cuda_device_count()
     except Exception:
         cuda = 0
     extra = []
-    for backend in ("onnxruntime", "openvino"):
-        if not installed(backend):
-            extra.append(f"{backend:<11} not installed (no wheel for this platform in the default install; "
-                         f"`pip install {backend}` where one exists)")
+    for b in REGISTRY.values():
+        if b.name == "ctranslate2":  # its line is above, with CUDA
             continue
-        line = f"{backend:<11} {version(backend)}"
-        extra.append(line + (f"; native bfloat16: {openvino_bf16()}" if backend == "openvino" else ""))
+        if not b.installed():
+            extra.append(f"{b.name:<11} not installed (no wheel for this platform in the default install; "
+                         f"`pip install {b.package}` where one exists)")
+            continue
+        extra.append(f"{b.name:<11} {version(b.package)}; default compute type here: {b.default_compute_type()}")
     return "\n".join([
         f"llama.cpp   {llama_cpp.__version__}; GPU offload: {bool(llama_cpp.llama_supports_gpu_offload())}",
         f"            {llama_cpp.llama_print_system_info().decode().strip()}",

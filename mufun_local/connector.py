@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .devices import torch_cuda
 from .encoder import HiddenStates, gelu
 from .errors import ModelError
 
@@ -43,7 +44,7 @@ class Connector:
                 import torch
             except ImportError:
                 raise ModelError("the CUDA connector needs torch: pip install 'mufun-local[cuda]'") from None
-            if not torch.cuda.is_available():
+            if not torch_cuda():
                 raise ModelError("the CUDA connector needs a CUDA build of torch and a GPU")
             dev = torch.device("cuda")
             self._torch = {k: torch.from_numpy(v).to(dev) for k, v in

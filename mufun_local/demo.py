@@ -28,7 +28,7 @@ def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print
     from .artifacts import MANIFEST, ModelDir
     from .convert.run import convert, default_encoder_backends
     from .llm import Sampling
-    from .pipeline import AudioInput, Options, Pipeline
+    from .pipeline import AudioInput, Pipeline, Request
     from .synthetic import generate
 
     root = home() / "demo"
@@ -54,11 +54,10 @@ def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print
             test_chord(wav)
         echo(f"[3/4] test audio: {wav} (3 s stereo A-minor chord, 44.1 kHz)")
     md = ModelDir.open(model_dir)
-    pipe = Pipeline(md, Options(max_tokens=max_tokens, sampling=Sampling(temperature=0.0)), log=echo)
+    pipe = Pipeline(md, log=echo)
     echo(f"[4/4] mufun-local ask {wav.name} {question!r} --temperature 0")
     try:
-        answer = "".join(pipe.ask([AudioInput(str(wav))], question))
-        res = pipe.result
+        res = pipe.ask([AudioInput(str(wav))], question, Request(max_tokens, Sampling(temperature=0.0))).finish()
     finally:
         pipe.close()
     for stage in ("decode", "features", "encoder", "connector", "prefill", "generate"):
@@ -66,6 +65,6 @@ def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print
     echo(f"      {res.audio_tokens} audio embeddings + {res.prompt_tokens} prompt tokens -> "
          f"{len(res.tokens)} generated tokens")
     echo("answer (random weights, so this is noise; every stage ran):")
-    echo(repr(answer))
+    echo(repr(res.text))
     echo("Next: `mufun-local pull` fetches and converts the real model (it says the size first), "
          "then `mufun-local ask song.flac \"What genre is this?\"` asks about your own music.")

@@ -1,4 +1,4 @@
-"""Where each engine runs: GPU detection and the LLM offload choice.
+"""Where each engine runs: CPU and GPU detection, the encoder's device and the LLM offload choice.
 
 `--n-gpu-layers` defaults to "auto": every layer on the GPU when the weights plus the KV
 cache fit in free VRAM, otherwise as many layers as fit (the rest stay on the CPU), and 0
@@ -9,6 +9,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass
+
+from .errors import ModelError
 
 VRAM_RESERVE = 512 * 1024**2  # CUDA context, scratch buffers, the encoder's activations
 
@@ -37,6 +39,36 @@ def cpu_info(cpuinfo: str | None = None) -> tuple[str, set[str]]:
     return name, flags
 
 
+def ct2_cuda() -> bool:
+    """Whether CTranslate2 (the encoder's GPU engine) sees a CUDA device."""
+    import ctranslate2
+    try:
+        return ctranslate2.get_cuda_device_count() > 0
+    except Exception:  # a CPU-only build can raise instead of answering 0
+        return False
+
+
+def torch_cuda() -> bool:
+    """Whether torch is installed with CUDA and sees a GPU (the connector's GPU path)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def resolve_device(device: str) -> str:
+    """--device for the encoder: auto is CUDA when CTranslate2 sees one."""
+    if device == "auto":
+        return "cuda" if ct2_cuda() else "cpu"
+    if device == "cuda" and not ct2_cuda():
+        raise ModelError("--device cuda: no CUDA device is visible to CTranslate2 "
+                         "(install its CUDA build and a driver, or use --device cpu)")
+    if device not in ("cpu", "cuda"):
+        raise ModelError(f"unknown device {device!r}: use cpu, cuda or auto")
+    return device
+
+
 def free_vram_bytes() -> int | None:
     """Free memory of GPU 0, from nvidia-smi (or torch when it has CUDA); None if unknown."""
     if shutil.which("nvidia-smi"):
@@ -46,12 +78,9 @@ def free_vram_bytes() -> int | None:
             return int(out.split()[0]) * 1024**2
         except (subprocess.SubprocessError, ValueError, IndexError, OSError):
             pass
-    try:
+    if torch_cuda():
         import torch
-        if torch.cuda.is_available():
-            return int(torch.cuda.mem_get_info()[0])
-    except ImportError:
-        pass
+        return int(torch.cuda.mem_get_info()[0])
     return None
 
 

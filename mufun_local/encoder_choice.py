@@ -21,7 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from .encoder import BACKENDS, COMPUTE_TYPES, converted_backends, load_encoder, resolve_device
+from .devices import resolve_device
+from .encoder_backends import GPU_BACKEND, converted, get, load_encoder
 from .errors import ModelError
 
 CPU_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni", "avx2")
@@ -45,24 +46,16 @@ def cpu_signature() -> str:
     return f"{name} [{' '.join(f for f in CPU_FLAGS if f in flags)}] x{os.cpu_count()}"
 
 
-def _installed(backend: str) -> bool:
-    if backend == "ctranslate2":
-        return True
-    from .encoder_onnx import installed
-    return installed(backend)
-
-
 def candidates(encoder_dir: Path, compute_type: str | None) -> list[tuple[str, str]]:
     """(backend, compute type) pairs worth measuring on this CPU."""
-    from .encoder import default_compute_type
     out = []
-    for b in converted_backends(encoder_dir):
-        if not _installed(b):
+    for b in converted(encoder_dir):
+        if not b.installed():
             continue
         if compute_type is None:
-            out.append((b, default_compute_type("cpu", b)))
-        elif compute_type in COMPUTE_TYPES[b]:
-            out.append((b, compute_type))
+            out.append((b.name, b.default_compute_type("cpu")))
+        elif compute_type in b.compute_types:
+            out.append((b.name, compute_type))
     return out
 
 
@@ -98,17 +91,15 @@ def choose(encoder_dir: str | Path, backend: str = "auto", device: str = "auto",
     """Which backend and compute type to load (measuring once when `auto` has a choice)."""
     encoder_dir = Path(encoder_dir)
     if backend != "auto":
-        if backend not in BACKENDS:
-            raise ModelError(f"unknown encoder backend {backend!r}: choose from auto, {', '.join(BACKENDS)}")
-        dev = resolve_device(device) if backend == "ctranslate2" else "cpu"
-        from .encoder import default_compute_type
-        return Choice(backend, compute_type or default_compute_type(dev, backend), "as requested")
+        b = get(backend)
+        return Choice(b.name, compute_type or b.default_compute_type(b.device_for(device)), "as requested")
     if resolve_device(device) == "cuda":
-        return Choice("ctranslate2", compute_type or "float16", "CUDA: CTranslate2 is the GPU backend")
+        gpu = get(GPU_BACKEND)
+        return Choice(gpu.name, compute_type or gpu.default_compute_type("cuda"), "CUDA: CTranslate2 is the GPU backend")
     pairs = candidates(encoder_dir, compute_type)
     if not pairs:
         raise ModelError(f"no converted, installed encoder backend runs compute type {compute_type} "
-                         f"(converted: {', '.join(converted_backends(encoder_dir))})")
+                         f"(converted: {', '.join(b.name for b in converted(encoder_dir))})")
     if len(pairs) == 1:
         return Choice(*pairs[0], "the only candidate converted and installed for this CPU")
 

@@ -10,18 +10,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .encoder import EncoderBase, HiddenStates, gelu, resolve_device
+from .encoder import EncoderBase, HiddenStates, gelu
 from .errors import ModelError
 
 
 class CT2Encoder(EncoderBase):
     backend = "ctranslate2"
 
-    def __init__(self, encoder_dir: str | Path, device: str = "auto", compute_type: str | None = None,
-                 threads: int = 0, batch_size: int = 4):
+    def __init__(self, encoder_dir: str | Path, device: str, compute_type: str, threads: int = 0, batch_size: int = 4):
         import ctranslate2
 
-        super().__init__(encoder_dir, resolve_device(device), compute_type, batch_size)
+        super().__init__(encoder_dir, device, compute_type, batch_size)
         fe = self.frontend
         try:
             self.w1 = np.ascontiguousarray(fe["conv1_weight"].reshape(fe["conv1_weight"].shape[0], -1).T)

@@ -19,26 +19,6 @@ from .errors import ModelError
 OUTPUTS = ("hs0", "hs7", "hs15", "hs32")
 
 
-def _import(backend: str):
-    try:
-        if backend == "onnxruntime":
-            import onnxruntime
-            return onnxruntime
-        import openvino
-        return openvino
-    except ImportError:
-        raise ModelError(f"--encoder-backend {backend}: {backend} is not installed (it has no wheel for this "
-                         f"platform in the default install; `pip install {backend}` where one exists)") from None
-
-
-def installed(backend: str) -> bool:
-    try:
-        _import(backend)
-        return True
-    except ModelError:
-        return False
-
-
 @functools.lru_cache(maxsize=1)
 def openvino_bf16() -> bool:
     """Whether OpenVINO runs bfloat16 natively on this CPU (AVX512-BF16 or AMX)."""
@@ -50,7 +30,7 @@ def openvino_bf16() -> bool:
 
 
 class _OnnxEncoder(EncoderBase):
-    def __init__(self, encoder_dir: str | Path, device: str, compute_type: str | None, batch_size: int):
+    def __init__(self, encoder_dir: str | Path, device: str, compute_type: str, batch_size: int):
         super().__init__(encoder_dir, "cpu", compute_type, batch_size)
         files = self.info.get("onnx", {})
         name = files.get("int8" if self.compute_type == "int8" else "float32")
@@ -67,8 +47,8 @@ class _OnnxEncoder(EncoderBase):
 class OnnxRuntimeEncoder(_OnnxEncoder):
     backend = "onnxruntime"
 
-    def __init__(self, encoder_dir, device="cpu", compute_type=None, threads=0, batch_size=4):
-        ort = _import("onnxruntime")
+    def __init__(self, encoder_dir, device, compute_type, threads=0, batch_size=4):
+        import onnxruntime as ort
         super().__init__(encoder_dir, device, compute_type, batch_size)
         so = ort.SessionOptions()
         so.intra_op_num_threads = max(0, threads)
@@ -85,8 +65,8 @@ class OnnxRuntimeEncoder(_OnnxEncoder):
 class OpenVinoEncoder(_OnnxEncoder):
     backend = "openvino"
 
-    def __init__(self, encoder_dir, device="cpu", compute_type=None, threads=0, batch_size=4):
-        ov = _import("openvino")
+    def __init__(self, encoder_dir, device, compute_type, threads=0, batch_size=4):
+        import openvino as ov
         super().__init__(encoder_dir, device, compute_type, batch_size)
         config = {"INFERENCE_PRECISION_HINT": "bf16" if self.compute_type == "bfloat16" else "f32",
                   "PERFORMANCE_HINT": "LATENCY"}

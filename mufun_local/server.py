@@ -29,7 +29,7 @@ from . import prompt as prompt_mod
 from .artifacts import ModelDir
 from .errors import MufunError
 from .llm import Sampling
-from .pipeline import AudioInput, Options, Pipeline
+from .pipeline import AudioInput, Options, Pipeline, Request
 
 AUDIO_FORMATS = {"wav", "mp3", "flac", "ogg", "opus", "m4a", "aac", "webm", "oga", "mp4", "aiff", "wma"}
 
@@ -236,7 +236,6 @@ class Worker(threading.Thread):
 
     def _serve(self, job: Job) -> None:
         pipe = self.pipe
-        pipe.opt.sampling, pipe.opt.max_tokens = job.sampling, job.max_tokens
         if job.cancel.is_set():
             return
 
@@ -244,8 +243,7 @@ class Worker(threading.Thread):
             check_job(job)  # stops the work between encoder windows, prefill batches and tokens
             if stage in ("encoder", "prefill"):  # the long stages, as SSE comments
                 self._emit(job, "progress", stage, done, total)
-        pipe.progress = progress
-        stream = pipe.complete(job.prompt, job.audios)
+        stream = pipe.complete(job.prompt, job.audios, Request(job.max_tokens, job.sampling, progress=progress))
         out, finish = StopFilter(job.stop), "length"
         try:
             first = True
@@ -263,7 +261,7 @@ class Worker(threading.Thread):
             else:
                 if first:
                     self._emit(job, "start")
-                finish = "stop" if pipe.result.stopped == "stop" else "length"
+                finish = "stop" if stream.result.stopped == "stop" else "length"
             tail = out.flush()
             if tail:
                 self._emit(job, "delta", tail)
@@ -278,8 +276,7 @@ class Worker(threading.Thread):
             return
         finally:
             stream.close()
-            pipe.progress = None
-        res = pipe.result
+        res = stream.result
         completion = len([t for t in res.tokens if t not in pipe.stop_ids])
         self._emit(job, "done", {"text": out.text, "finish": finish,
                                  "prompt_tokens": res.prompt_tokens + res.audio_tokens,
@@ -318,10 +315,12 @@ def key_matches(authorization: str, api_key: str) -> bool:
 
 def create_app(model: ModelDir, options: Options, api_key: str | None = None, max_queue: int = 32,
                max_body_mb: float = 64.0, cache=None, model_id: str | None = None, prefix_cache=None,
-               hosts: set[str] | None = None, request_timeout: float = 600.0, max_uploads: int = 2):
+               hosts: set[str] | None = None, request_timeout: float = 600.0, max_uploads: int = 2,
+               max_tokens: int = 512):
     """The ASGI app. `hosts`: Host header names it answers (see allowed_hosts; None: any);
     `request_timeout`: seconds a request may take from its arrival; `max_uploads`: request
-    bodies read and decoded at once (each holds ~4x its size until its audio is on disk)."""
+    bodies read and decoded at once (each holds ~4x its size until its audio is on disk);
+    `max_tokens`: a request's answer length when it does not say."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, StreamingResponse
@@ -374,7 +373,7 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
             return v
         def given(name, cast, lo=None, hi=None):
             return None if body.get(name) is None else num(name, cast, None, lo, hi)
-        max_tokens = num("max_tokens", int, body.get("max_completion_tokens") or options.max_tokens, 1, options.n_ctx)
+        answer_tokens = num("max_tokens", int, body.get("max_completion_tokens") or max_tokens, 1, options.n_ctx)
         stop = body.get("stop") or []
         if isinstance(stop, str):
             stop = [stop]
@@ -382,7 +381,7 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
             raise RequestError(400, "stop must be a string or a list of up to 4 strings", "stop")
         sampling = model.sampling(given("temperature", float, 0, 2), given("top_p", float, 0, 1),
                                   seed=given("seed", int), grammar=response_grammar(body.get("response_format")))
-        return sampling, max_tokens, stop
+        return sampling, answer_tokens, stop
 
     def parse_request(raw: bytes | bytearray, tmpdir: str):
         body = parse_body(raw)

@@ -9,7 +9,7 @@ transformers float32 and bfloat16; then what `--encoder-backend auto` picks here
     python scripts/bench_encoder.py [--windows 2] [--threads 2] [--ckpt DIR]
 
 Needs the `reference` extra (torch, transformers) for the baseline, and the onnxruntime and
-openvino extras for those rows (a backend that is not installed is left out).
+openvino engines for those rows (a backend that is not installed is left out).
 """
 from __future__ import annotations
 
@@ -50,15 +50,14 @@ def main() -> int:
     from mufun_local.convert.checkpoint import Checkpoint
     from mufun_local.convert.encoder import write_encoder
     from mufun_local import encoder_choice
-    from mufun_local.encoder import load_encoder
-    from mufun_local.encoder_onnx import installed
+    from mufun_local.encoder_backends import get, load_encoder
     from mufun_local.synthetic import generate
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="mufun-bench-"))
     ckpt_dir = Path(args.ckpt) if args.ckpt else generate(work / "small", "small", seed=0)
     ckpt = Checkpoint(ckpt_dir)
-    artifacts = ("ctranslate2", "onnx") if installed("onnxruntime") else ("ctranslate2",)
+    artifacts = ("ctranslate2", "onnx") if get("onnxruntime").installed() else ("ctranslate2",)
     write_encoder(ckpt, work / "encoder", "float16", artifacts, onnx_int8="onnx" in artifacts)
     rng = np.random.default_rng(0)
     t = np.arange(30 * 16000) / 16000
@@ -86,7 +85,7 @@ def main() -> int:
     errors["transformers bfloat16"] = rel(run_ref(ref_bf16, x.to(torch.bfloat16))[32].float().numpy(), truth)
     del ref, ref_bf16
     for backend in ("ctranslate2", "onnxruntime", "openvino"):
-        if backend != "ctranslate2" and not installed(backend):
+        if not get(backend).installed():
             print(f"({backend} not installed: left out)", file=sys.stderr)
             continue
         for ct in ("bfloat16", "float32") if backend == "openvino" else ("int8", "float32"):

@@ -9,7 +9,7 @@ from mufun_local import prompt
 from mufun_local.artifacts import ModelDir
 from mufun_local.errors import MufunError
 from mufun_local.llm import LLM, Sampling
-from mufun_local.pipeline import AudioInput, Options, Pipeline
+from mufun_local.pipeline import AudioInput, Options, Pipeline, Request
 
 needs_ffmpeg = pytest.mark.skipif(not have_ffmpeg_cli(), reason="the reference decodes with the ffmpeg CLI, as the original does")
 
@@ -26,14 +26,13 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def run(model_dir, files, segs, question, **opts):
-    opts.setdefault("max_tokens", 12)
-    opts.setdefault("sampling", Sampling(temperature=0.0))
-    pipe = Pipeline(ModelDir.open(model_dir), Options(device="cpu", compute_type="float32", f32_kv=True,
-                                                       keep_logits=True, **opts))
+def run(model_dir, files, segs, question, max_tokens=12, sampling=None, **opts):
+    req = Request(max_tokens, sampling or Sampling(temperature=0.0), keep_logits=True)
+    pipe = Pipeline(ModelDir.open(model_dir), Options(device="cpu", compute_type="float32", f32_kv=True, **opts))
     try:
-        text = "".join(pipe.ask([AudioInput(f, s) for f, s in zip(files, segs or [None] * len(files))], question))
-        res = pipe.result
+        answer = pipe.ask([AudioInput(f, s) for f, s in zip(files, segs or [None] * len(files))], question, req)
+        text = "".join(answer)
+        res = answer.result
         assert text == res.text
         return res
     finally:
@@ -97,17 +96,16 @@ def test_batch_split_boundaries(tiny_f32, n):
 
 
 def test_overflow_is_refused_before_compute(tiny_f32, audio_dir):
-    pipe = Pipeline(ModelDir.open(tiny_f32), Options(device="cpu", n_ctx=256, max_tokens=8))
+    pipe = Pipeline(ModelDir.open(tiny_f32), Options(device="cpu", n_ctx=256))
     with pytest.raises(MufunError, match=r"at most 0 s of audio fit"):
-        list(pipe.ask([AudioInput(str(audio_dir / "song44k.wav"))], "What genre?"))
-    assert pipe._encoder is None, "the encoder must not run for a request that cannot fit"
+        list(pipe.ask([AudioInput(str(audio_dir / "song44k.wav"))], "What genre?", Request(8)))
+    assert not pipe.audio.loaded, "the encoder must not run for a request that cannot fit"
     pipe.close()
 
 
 def test_context_sized_to_request(tiny_q4, audio_dir):
-    pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu", max_tokens=20, sampling=Sampling()))
-    list(pipe.ask([AudioInput(str(audio_dir / "long48k.flac"))], "What genre?"))
-    res = pipe.result
+    pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu"))
+    res = pipe.ask([AudioInput(str(audio_dir / "long48k.flac"))], "What genre?", Request(20)).finish()
     assert res.audio_tokens == 600
     need = res.prompt_tokens + res.audio_tokens + 20
     assert need <= pipe.llm.n_ctx < need + 256
@@ -126,11 +124,11 @@ def test_sampling_is_seeded(tiny_q4, audio_dir):
 
 def test_repeated_asks_reset_the_cache(tiny_f32, audio_dir):
     md = ModelDir.open(tiny_f32)
-    pipe = Pipeline(md, Options(device="cpu", compute_type="float32", f32_kv=True, keep_logits=True,
-                                max_tokens=8, n_ctx=1024))
+    pipe = Pipeline(md, Options(device="cpu", compute_type="float32", f32_kv=True, n_ctx=1024))
     item = [AudioInput(str(audio_dir / "song22k.flac"))]
-    first = ("".join(pipe.ask(item, "Genre?")), pipe.result.first_logits)
-    second = ("".join(pipe.ask(item, "Genre?")), pipe.result.first_logits)
+    req = Request(8, keep_logits=True)
+    first, second = (pipe.ask(item, "Genre?", req).finish() for _ in range(2))
+    first, second = (first.text, first.first_logits), (second.text, second.first_logits)
     assert first[0] == second[0]
     np.testing.assert_array_equal(first[1], second[1])
     pipe.close()
@@ -155,11 +153,10 @@ def test_default_attention_and_kv_keep_a_long_prefix_exact(tiny_f16, reference, 
     theirs = reference.ask([str(song)], question, max_tokens=1)
     errors = {}
     for flash in (False, True):
-        pipe = Pipeline(ModelDir.open(tiny_f16), Options(device="cpu", compute_type="float32", keep_logits=True,
-                                                         max_tokens=1, flash_attn=flash))
-        list(pipe.ask([AudioInput(str(song))], question))
-        assert pipe.result.audio_tokens == 1200
-        errors[flash] = rel(pipe.result.first_logits, theirs.first_logits)
+        pipe = Pipeline(ModelDir.open(tiny_f16), Options(device="cpu", compute_type="float32", flash_attn=flash))
+        res = pipe.ask([AudioInput(str(song))], question, Request(1, keep_logits=True)).finish()
+        assert res.audio_tokens == 1200
+        errors[flash] = rel(res.first_logits, theirs.first_logits)
         pipe.close()
     print(f"relative logit error: flash attention off {errors[False]:.2e}, on {errors[True]:.2e}")
     # measured here: off 3.1e-4, on 7.2e-3; the bound sits between them, well inside 1e-2
@@ -169,17 +166,18 @@ def test_default_attention_and_kv_keep_a_long_prefix_exact(tiny_f16, reference, 
 def test_llm_weights_load_after_the_encoder_is_gone(tiny_q4, audio_dir, monkeypatch):
     """llama.cpp maps the whole GGUF in at load; a one-shot ask must not hold it and the
     encoder at once (tokenizing and sizing use the vocabulary alone)."""
-    import mufun_local.pipeline as pl
+    import mufun_local.llm as llm_mod
     seen = []
 
-    class Spy(pl.LLM):
+    class Spy(llm_mod.LLM):
         def __init__(self, *a, **kw):
-            seen.append(pipe._encoder is None and pipe._connector is None)
+            seen.append(not pipe.audio.loaded)
             super().__init__(*a, **kw)
-    monkeypatch.setattr(pl, "LLM", Spy)
-    pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu", max_tokens=3, sampling=Sampling()))
-    text = "".join(pipe.ask([AudioInput(str(audio_dir / "song22k.flac"))], "Genre?"))
-    assert seen == [True] and pipe.result.text == text and pipe._vocab is None
+    monkeypatch.setattr(llm_mod, "LLM", Spy)
+    pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu"))
+    answer = pipe.ask([AudioInput(str(audio_dir / "song22k.flac"))], "Genre?", Request(3))
+    text = "".join(answer)
+    assert seen == [True] and answer.result.text == text and pipe._vocab is None
     pipe.close()
 
 
@@ -189,19 +187,17 @@ def test_encoder_is_gone_before_the_connector_runs(tiny_q4, audio_dir, monkeypat
     (batch jobs keep it for the next file). The embeddings are the same either way."""
     from mufun_local.connector import Connector
     seen, real = [], Connector.__call__
-    monkeypatch.setattr(Connector, "__call__", lambda self, hs: seen.append(pipe._encoder is None) or real(self, hs))
-    pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu", max_tokens=3, keep_audio_models=keep,
-                                                    keep_logits=True))
+    monkeypatch.setattr(Connector, "__call__",
+                        lambda self, hs: seen.append(pipe.audio._encoder is None) or real(self, hs))
+    req = Request(3, keep_logits=True)
+    pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu", keep_audio_models=keep))
     audios = [AudioInput(str(audio_dir / "song22k.flac")), AudioInput(str(audio_dir / "song22k.flac"), segs=(0.0, 2.0))]
     prm = prompt.build("Genre?", 2, pipe.template)
-    "".join(pipe.complete(prm, audios))
+    logits = pipe.complete(prm, audios, req).finish().first_logits
     assert seen == [False, not keep]
-    logits = pipe.result.first_logits
     pipe.close()
-    other = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu", max_tokens=3, keep_audio_models=not keep,
-                                                     keep_logits=True))
-    "".join(other.complete(prm, audios))
-    np.testing.assert_array_equal(other.result.first_logits, logits)
+    other = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu", keep_audio_models=not keep))
+    np.testing.assert_array_equal(other.complete(prm, audios, req).finish().first_logits, logits)
     other.close()
 
 
@@ -220,10 +216,10 @@ def test_default_encoder_is_no_less_accurate_than_the_originals_bf16(tiny_all, t
     bound = rel(np.asarray(bf16, np.float32), exact)
     errors = {}
     for label, opts in (("default", {}), ("int8", dict(encoder_backend="onnxruntime", compute_type="int8"))):
-        pipe = Pipeline(ModelDir.open(tiny_all), Options(device="cpu", keep_logits=True, max_tokens=1, **opts))
-        list(pipe.ask([AudioInput(song)], question))
-        errors[label] = rel(pipe.result.first_logits, exact)
-        errors[label + " engine"] = f"{pipe.encoder_choice.backend} {pipe.encoder_choice.compute_type}"
+        pipe = Pipeline(ModelDir.open(tiny_all), Options(device="cpu", **opts))
+        errors[label] = rel(pipe.ask([AudioInput(song)], question, Request(1, keep_logits=True)).finish().first_logits,
+                            exact)
+        errors[label + " engine"] = f"{pipe.audio.choice.backend} {pipe.audio.choice.compute_type}"
         pipe.close()
     print(f"relative logit error: original bf16 {bound:.2e}, ours {errors}")
     assert errors["default"] <= bound < errors["int8"], errors

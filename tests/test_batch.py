@@ -13,7 +13,7 @@ import pytest
 from audio_fixtures import music, write_audio
 from mufun_local.cli import main
 from mufun_local.llm import Sampling
-from mufun_local.pipeline import AudioInput, Options, Pipeline
+from mufun_local.pipeline import AudioInput, Pipeline, Request
 from mufun_local.artifacts import ModelDir
 
 QUESTIONS = ["What genre is this?", "Describe the mood."]
@@ -33,8 +33,8 @@ def library(tmp_path):
 
 
 def greedy_answer(model_dir, path, question):
-    pipe = Pipeline(ModelDir.open(model_dir), Options(max_tokens=8, sampling=Sampling(temperature=0.0, seed=0)))
-    text = "".join(pipe.ask([AudioInput(str(path))], question))
+    pipe = Pipeline(ModelDir.open(model_dir))
+    text = pipe.ask([AudioInput(str(path))], question, Request(8, Sampling(temperature=0.0, seed=0))).finish().text
     pipe.close()
     return text
 
@@ -105,8 +105,9 @@ def test_questions_share_one_encoding(tmp_path, tiny_q4, library, monkeypatch):
     calls = []
     real = Encoder.hidden_states
     monkeypatch.setattr(Encoder, "hidden_states", lambda self, mel, **kw: calls.append(1) or real(self, mel, **kw))
-    pipe = Pipeline(ModelDir.open(tiny_q4), Options(max_tokens=4, sampling=Sampling(temperature=0.0)))
-    s = run_batch(pipe, [str(library / "a.wav")], QUESTIONS + ["Tempo?"], tmp_path / "o.jsonl", "m")
+    pipe = Pipeline(ModelDir.open(tiny_q4))
+    s = run_batch(pipe, Request(4, Sampling(temperature=0.0)), [str(library / "a.wav")], QUESTIONS + ["Tempo?"],
+                  tmp_path / "o.jsonl", "m")
     assert s.done == 3 and len(calls) == 1
     pipe.close()
 
@@ -177,9 +178,9 @@ def test_any_failure_of_one_file_is_its_error_and_the_run_goes_on(tmp_path, tiny
         return real(path, filters, file)
     monkeypatch.setattr(batch_mod, "prepare", prepare)
     files = sorted(str(p) for p in lib.iterdir())
-    pipe = Pipeline(ModelDir.open(tiny_q4), Options(max_tokens=4, sampling=Sampling(temperature=0.0)))
+    pipe = Pipeline(ModelDir.open(tiny_q4))
     out = tmp_path / "o.jsonl"
-    s = run_batch(pipe, files, ["Genre?"], out, "m", prefetch=0)
+    s = run_batch(pipe, Request(4, Sampling(temperature=0.0)), files, ["Genre?"], out, "m", prefetch=0)
     by = {os.path.basename(r["path"]): r for r in lines(out)}
     assert (s.done, s.failed) == (1, 2)
     assert "shares no common factor" in by["bomb.wav"]["error"]
@@ -241,10 +242,10 @@ def test_two_runs_on_one_out_cannot_interleave(tmp_path, tiny_q4):
     from mufun_local.batch import journal_lock, run_batch
     from mufun_local.errors import MufunError
     out = tmp_path / "o.jsonl"
-    pipe = Pipeline(ModelDir.open(tiny_q4), Options(max_tokens=2))
+    pipe = Pipeline(ModelDir.open(tiny_q4))
     with journal_lock(out):
         with pytest.raises(MufunError, match="another batch run is writing it"):
-            run_batch(pipe, [str(tmp_path / "x.wav")], ["q"], out, "m")
+            run_batch(pipe, Request(2), [str(tmp_path / "x.wav")], ["q"], out, "m")
     assert not out.exists() or out.read_text() == ""
     pipe.close()
 

@@ -11,22 +11,22 @@ import time
 import numpy as np
 import pytest
 
-from mufun_local.artifacts import ModelDir
 from mufun_local.chat import ChatSession
 from mufun_local.embcache import EmbeddingCache
 from mufun_local.llm import Sampling
-from mufun_local.pipeline import AudioInput, Options, Pipeline
+from mufun_local.pipeline import AudioInput
+from pipeline_helpers import bound_pipe
 
 
 def _pipe(model_dir, cache=None, **opts):
     opts.setdefault("max_tokens", 8)
     opts.setdefault("sampling", Sampling(temperature=0.0))
-    return Pipeline(ModelDir.open(model_dir), Options(device="cpu", **opts), cache=cache)
+    return bound_pipe(model_dir, cache, device="cpu", **opts)
 
 
 def _ask(pipe, path, question="What genre?", segs=None):
-    text = "".join(pipe.ask([AudioInput(str(path), segs)], question))
-    return text, pipe.result
+    res = pipe.ask([AudioInput(str(path), segs)], question).finish()
+    return res.text, res
 
 
 def test_cache_hit_skips_the_encoder(tmp_path, tiny_q4, audio_dir, encoder_calls):
@@ -96,7 +96,7 @@ def test_chat_turn1_equals_ask_and_turn2_reuses_the_cache(tiny_q4, audio_dir):
     ask_text, ask_res = _ask(_pipe(tiny_q4), song, "What genre is this?")
 
     pipe = _pipe(tiny_q4)
-    chat = ChatSession(pipe, n_ctx=2048)
+    chat = ChatSession(pipe.pipe, pipe.req, n_ctx=2048)
     chat.add_audio(AudioInput(str(song)))
     turn1 = "".join(chat.send("What genre is this?"))
     assert turn1 == ask_text and chat.result.tokens == ask_res.tokens
@@ -115,7 +115,7 @@ def test_chat_turn1_equals_ask_and_turn2_reuses_the_cache(tiny_q4, audio_dir):
 
 def test_chat_audio_in_a_later_turn(tiny_q4, audio_dir):
     pipe = _pipe(tiny_q4)
-    chat = ChatSession(pipe, n_ctx=2048)
+    chat = ChatSession(pipe.pipe, pipe.req, n_ctx=2048)
     chat.add_audio(AudioInput(str(audio_dir / "song22k.flac")))
     "".join(chat.send("What genre?"))
     chat.add_audio(AudioInput(str(audio_dir / "song44k.wav")))

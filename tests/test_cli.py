@@ -207,18 +207,20 @@ def test_offload_choice():
 
 
 def test_cuda_requested_without_cuda(capsys, tiny_q4, audio_dir, monkeypatch):
-    import mufun_local.encoder as enc
-    monkeypatch.setattr(enc, "cuda_available", lambda: False)
+    import mufun_local.devices as devices
+    monkeypatch.setattr(devices, "ct2_cuda", lambda: False)
     code, _, err = run_cli(capsys, "ask", "-m", str(tiny_q4), str(audio_dir / "song22k.flac"), "Q?", "--device", "cuda")
     assert_one_line_error(code, err, "no CUDA device")
 
 
 def test_auto_device_picks_cuda_when_present(monkeypatch):
-    import mufun_local.encoder as enc
-    monkeypatch.setattr(enc, "cuda_available", lambda: True)
-    assert enc.resolve_device("auto") == "cuda" and enc.default_compute_type("cuda") == "float16"
-    monkeypatch.setattr(enc, "cuda_available", lambda: False)
-    assert enc.resolve_device("auto") == "cpu" and enc.default_compute_type("cpu") == "float32"
+    import mufun_local.devices as devices
+    from mufun_local.encoder_backends import get
+    ct2 = get("ctranslate2")
+    monkeypatch.setattr(devices, "ct2_cuda", lambda: True)
+    assert ct2.device_for("auto") == "cuda" and ct2.default_compute_type("cuda") == "float16"
+    monkeypatch.setattr(devices, "ct2_cuda", lambda: False)
+    assert ct2.device_for("auto") == "cpu" and ct2.default_compute_type("cpu") == "float32"
 
 
 def test_mp3_named_text_is_one_clean_line(tmp_path):

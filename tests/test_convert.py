@@ -375,7 +375,7 @@ def test_an_instruct_release_converts_with_its_template_and_chat_follows_it(tmp_
     """A checkpoint folder named like the release (or --template) gets qwen2_instruct in its
     manifest; chat's later turns end the answer with <|im_end|>; ask is unchanged."""
     from mufun_local.chat import ChatSession
-    from mufun_local.pipeline import AudioInput, Options, Pipeline
+    from mufun_local.pipeline import AudioInput, Pipeline, Request
     src = shutil.copytree(tiny_ckpt, tmp_path / "MuFun-Instruct")
     out = convert(str(src), tmp_path / "instruct", quant="f16", quiet=True)
     md = ModelDir.open(out)
@@ -385,14 +385,15 @@ def test_an_instruct_release_converts_with_its_template_and_chat_follows_it(tmp_
     song = str(audio_dir / "song22k.flac")
     answers = []
     for model in (out, base):
-        pipe = Pipeline(ModelDir.open(model), Options(max_tokens=4))
-        answers.append("".join(pipe.ask([AudioInput(song)], "Genre?")))
+        pipe = Pipeline(ModelDir.open(model))
+        answers.append(pipe.ask([AudioInput(song)], "Genre?", Request(4)).finish().text)
         pipe.close()
     assert answers[0] == answers[1]  # one question: the chat() wrapper, the same for every release
-    pipe = Pipeline(md, Options(max_tokens=3))
-    chat = ChatSession(pipe, n_ctx=2048)
+    pipe = Pipeline(md)
+    chat = ChatSession(pipe, Request(3), n_ctx=2048)
     chat.add_audio(AudioInput(song))
     "".join(chat.send("Genre?"))
     "".join(chat.send("Mood?"))
     assert chat.result.prompt_tokens == len(pipe.llm.tokenize("<|im_end|>USER: Mood? ASSISTANT:"))
     pipe.close()
+

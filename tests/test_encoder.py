@@ -11,7 +11,7 @@ from audio_fixtures import music
 from mufun_local import features
 from mufun_local.artifacts import ModelDir
 from mufun_local.connector import Connector, pool
-from mufun_local.encoder import load_encoder
+from mufun_local.encoder_backends import load_encoder
 
 
 def rel(a, b) -> float:

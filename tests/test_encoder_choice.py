@@ -9,7 +9,7 @@ import pytest
 from mufun_local import encoder_choice
 from mufun_local.artifacts import ModelDir
 from mufun_local.errors import ModelError
-from mufun_local.pipeline import AudioInput, Options, Pipeline
+from mufun_local.pipeline import AudioInput, Options, Pipeline, Request
 from test_cli import assert_one_line_error, run_cli
 
 
@@ -46,8 +46,8 @@ def test_auto_without_a_choice_does_not_measure(tiny_q4, tiny_all, monkeypatch):
     monkeypatch.setattr(encoder_choice, "measure", lambda *a: pytest.fail("nothing to choose from"))
     only_ct2 = encoder_choice.choose(ModelDir.open(tiny_q4).encoder_dir, "auto", "cpu")
     assert (only_ct2.backend, only_ct2.compute_type) == ("ctranslate2", "float32")
-    import mufun_local.encoder as enc
-    monkeypatch.setattr(enc, "cuda_available", lambda: True)
+    import mufun_local.devices as devices
+    monkeypatch.setattr(devices, "ct2_cuda", lambda: True)
     on_gpu = encoder_choice.choose(ModelDir.open(tiny_all).encoder_dir, "auto", "auto")
     assert (on_gpu.backend, on_gpu.compute_type) == ("ctranslate2", "float16")
 
@@ -57,9 +57,9 @@ def test_answers_match_across_float32_backends(tiny_all, audio_dir):
     logits = {}
     for backend in ("ctranslate2", "onnxruntime", "openvino"):
         pipe = Pipeline(ModelDir.open(tiny_all), Options(device="cpu", encoder_backend=backend, compute_type="float32",
-                                                         f32_kv=True, keep_logits=True, max_tokens=4))
-        list(pipe.ask([AudioInput(str(audio_dir / "song44k.wav"))], "What genre is this?"))
-        logits[backend] = pipe.result.first_logits
+                                                         f32_kv=True))
+        logits[backend] = pipe.ask([AudioInput(str(audio_dir / "song44k.wav"))], "What genre is this?",
+                                   Request(4, keep_logits=True)).finish().first_logits
         pipe.close()
     base = logits.pop("ctranslate2")
     for backend, x in logits.items():
@@ -87,7 +87,7 @@ def test_compute_type_the_backend_lacks_is_one_line(capsys, tiny_all, audio_dir)
 def test_missing_engine_says_how_to_install(tiny_all, monkeypatch):
     import sys
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
-    from mufun_local.encoder import load_encoder
+    from mufun_local.encoder_backends import load_encoder
     with pytest.raises(ModelError, match=r"onnxruntime is not installed .*`pip install onnxruntime`"):
         load_encoder(ModelDir.open(tiny_all).encoder_dir, "onnxruntime")
     assert ("onnxruntime", "int8") not in encoder_choice.candidates(ModelDir.open(tiny_all).encoder_dir, None)
@@ -98,7 +98,7 @@ def test_damaged_onnx_file_is_one_line(tiny_all, tmp_path):
     copy = tmp_path / "model"
     shutil.copytree(tiny_all, copy)
     (copy / "encoder" / "onnx" / "encoder.int8.onnx").write_bytes(b"\x08\x07garbage")
-    from mufun_local.encoder import load_encoder
+    from mufun_local.encoder_backends import load_encoder
     with pytest.raises(ModelError, match="encoder.int8.onnx: cannot load") as exc:
         load_encoder(copy / "encoder", "onnxruntime", "cpu", "int8")
     assert "\n" not in str(exc.value)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mufun_local.artifacts import ModelDir
 from mufun_local.errors import MufunError
 from mufun_local.llm import Sampling
-from mufun_local.pipeline import AudioInput, Options, Pipeline
+from mufun_local.pipeline import AudioInput
+from pipeline_helpers import bound_pipe
 
 GREEDY = Sampling(temperature=0.0)
 SEEDED = Sampling(temperature=1.2, top_k=50, seed=11)
@@ -17,15 +17,14 @@ QUESTIONS = ["Genre?", "Describe the mood and the instruments in detail, please.
 
 
 def _pipe(model_dir, sampling, **opts):
-    return Pipeline(ModelDir.open(model_dir), Options(device="cpu", compute_type="float32", max_tokens=12,
-                                                      sampling=sampling, keep_logits=True, **opts))
+    return bound_pipe(model_dir, device="cpu", compute_type="float32", max_tokens=12, sampling=sampling,
+                      keep_logits=True, **opts)
 
 
 def _lone(model_dir, song, question, sampling):
     pipe = _pipe(model_dir, sampling)
     try:
-        "".join(pipe.ask([AudioInput(str(song))], question))
-        return pipe.result
+        return pipe.ask([AudioInput(str(song))], question).finish()
     finally:
         pipe.close()
 
@@ -71,8 +70,7 @@ def test_groups_and_reuse_of_the_context(tiny_q4, audio_dir):
     results = pipe.ask_many([AudioInput(str(song))], QUESTIONS, parallel=2)
     assert rows == [600], "the audio is evaluated once for all groups"
     assert [r.tokens for r in results] == [_lone(tiny_q4, song, q, GREEDY).tokens for q in QUESTIONS]
-    "".join(pipe.ask([AudioInput(str(other))], "Genre?"))
-    assert pipe.result.tokens == _lone(tiny_q4, other, "Genre?", GREEDY).tokens
+    assert pipe.ask([AudioInput(str(other))], "Genre?").finish().tokens == _lone(tiny_q4, other, "Genre?", GREEDY).tokens
     again = pipe.ask_many([AudioInput(str(other))], QUESTIONS[:3])
     assert [r.tokens for r in again] == [_lone(tiny_q4, other, q, GREEDY).tokens for q in QUESTIONS[:3]]
     pipe.close()

@@ -9,7 +9,8 @@ import pytest
 
 from mufun_local.artifacts import ModelDir
 from mufun_local.llm import Sampling
-from mufun_local.pipeline import AudioInput, Options, Pipeline
+from mufun_local.pipeline import AudioInput
+from pipeline_helpers import bound_pipe
 from mufun_local.prefix_cache import PrefixCache, PrefixState
 
 GREEDY = Sampling(temperature=0.0)
@@ -20,13 +21,12 @@ def _pipe(model_dir, prefix=None, cache=None, **opts):
     opts.setdefault("max_tokens", 10)
     opts.setdefault("sampling", GREEDY)
     opts.setdefault("compute_type", "float32")
-    return Pipeline(ModelDir.open(model_dir), Options(device="cpu", keep_logits=True, **opts),
-                    cache=cache, prefix_cache=prefix)
+    return bound_pipe(model_dir, cache, prefix, device="cpu", keep_logits=True, **opts)
 
 
 def _ask(pipe, song, question, segs=None):
-    text = "".join(pipe.ask([AudioInput(str(song), segs)], question))
-    return text, pipe.result
+    res = pipe.ask([AudioInput(str(song), segs)], question).finish()
+    return res.text, res
 
 
 def _fresh(model_dir, song, question, **opts):
@@ -201,7 +201,7 @@ def test_batch_evaluates_each_files_prefix_once(tmp_path, tiny_q4, audio_dir):
     pipe.llm.eval_embeddings = counting
     files = [str(audio_dir / "song22k.flac"), str(audio_dir / "long48k.flac")]
     questions = ["Genre?", "Mood?", "Instruments?", "Tempo?", "Vocals?"]
-    summary = run_batch(pipe, files, questions, tmp_path / "out.jsonl", "tiny")
+    summary = run_batch(pipe.pipe, pipe.req, files, questions, tmp_path / "out.jsonl", "tiny")
     assert summary.done == 10
     assert rows == [300, 600], "each file's audio is prefilled once for all its questions"
     pipe.close()

@@ -4,8 +4,7 @@ from __future__ import annotations
 import io
 
 from mufun_local.artifacts import ModelDir
-from mufun_local.llm import Sampling
-from mufun_local.pipeline import AudioInput, Options, Pipeline
+from mufun_local.pipeline import AudioInput, Options, Pipeline, Request
 from mufun_local.progress import StatusLine
 
 
@@ -16,16 +15,16 @@ class FakeTTY(io.StringIO):
 
 def test_stages_in_order_with_counts(tiny_q4, audio_dir):
     events = []
-    pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu", max_tokens=3, sampling=Sampling(), n_batch=128),
-                    progress=lambda *e: events.append(e))
-    list(pipe.ask([AudioInput(str(audio_dir / "long48k.flac"))], "Genre?"))
+    pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu", n_batch=128))
+    res = pipe.ask([AudioInput(str(audio_dir / "long48k.flac"))], "Genre?",
+                   Request(3, progress=lambda *e: events.append(e))).finish()
     pipe.close()
     stages = [e[0] for e in events]
     assert stages[0] == "decode" and stages[-1] == "answer"
     enc = [e for e in events if e[0] == "encoder"]
     assert enc[0][1:] == (0, 2) and enc[-1][1:] == (2, 2)
     pre = [e for e in events if e[0] == "prefill"]
-    total = pipe.result.prompt_tokens + pipe.result.audio_tokens
+    total = res.prompt_tokens + res.audio_tokens
     assert all(t == total for _, _, t in pre) and pre[-1][1] == total
     assert [d for _, d, _ in pre] == sorted(d for _, d, _ in pre) and len(pre) >= 5   # 600 rows in batches of 128
     assert stages.index("answer") > max(i for i, s in enumerate(stages) if s == "prefill")

@@ -12,7 +12,7 @@ import pytest
 
 from mufun_local.artifacts import ModelDir
 from mufun_local.llm import Sampling
-from mufun_local.pipeline import AudioInput, Options, Pipeline
+from mufun_local.pipeline import AudioInput, Options, Pipeline, Request
 
 pytest.importorskip("starlette")
 openai = pytest.importorskip("openai")
@@ -38,9 +38,9 @@ def client(base, key=KEY):
 
 
 def ask_answer(model_dir, path, question, seed, max_tokens=16):
-    pipe = Pipeline(ModelDir.open(model_dir), Options(max_tokens=max_tokens, sampling=Sampling(
-        temperature=0.7, top_k=20, top_p=0.95, seed=seed)))
-    text = "".join(pipe.ask([AudioInput(str(path))], question))
+    pipe = Pipeline(ModelDir.open(model_dir))
+    text = pipe.ask([AudioInput(str(path))], question,
+                    Request(max_tokens, Sampling(temperature=0.7, top_k=20, top_p=0.95, seed=seed))).finish().text
     pipe.close()
     return text
 
@@ -301,7 +301,7 @@ def test_a_stopped_request_frees_the_worker_and_the_next_one_is_right(tiny_q4, a
     encoder window, prefill batch or token, and the next request's answer is `ask`'s."""
     from mufun_local.server import Worker
     song = audio_dir / "long48k.flac"
-    pipe = Pipeline(ModelDir.open(tiny_q4), Options(max_tokens=8, keep_audio_models=True))
+    pipe = Pipeline(ModelDir.open(tiny_q4), Options(keep_audio_models=True))
     worker = Worker(pipe, 4)
     late = _job(song, "Genre?", deadline=0.0)
     worker._serve(late)
@@ -324,8 +324,8 @@ def test_a_stopped_request_frees_the_worker_and_the_next_one_is_right(tiny_q4, a
     text = "".join(e[1] for e in ok.events if e[0] == "delta")
     assert ok.events[-1][0] == "done" and text == ok.events[-1][1]["text"]
     pipe.close()
-    fresh = Pipeline(ModelDir.open(tiny_q4), Options(max_tokens=8))
-    assert text == "".join(fresh.ask([AudioInput(str(song))], "Genre?"))
+    fresh = Pipeline(ModelDir.open(tiny_q4))
+    assert text == fresh.ask([AudioInput(str(song))], "Genre?", Request(8)).finish().text
     fresh.close()
 
 
@@ -333,7 +333,7 @@ def test_a_full_queue_and_a_stopped_worker_answer_503_before_any_body_is_read(ti
     from starlette.testclient import TestClient
 
     from mufun_local.server import create_app
-    app = create_app(ModelDir.open(tiny_q4), Options(n_ctx=1024, max_tokens=2), max_queue=1)
+    app = create_app(ModelDir.open(tiny_q4), Options(n_ctx=1024), max_queue=1, max_tokens=2)
     worker = app.state.worker
     read = []
 

@@ -9,7 +9,7 @@ import pytest
 
 from mufun_local.artifacts import ModelDir
 from mufun_local.llm import Sampling
-from mufun_local.pipeline import AudioInput, Options, Pipeline
+from mufun_local.pipeline import AudioInput, Pipeline, Request
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (Debian: apt-get install chromium)")
@@ -32,8 +32,8 @@ def page(serve):
 
 
 def greedy(model_dir, path, question, max_tokens=16):
-    pipe = Pipeline(ModelDir.open(model_dir), Options(max_tokens=max_tokens, sampling=Sampling(temperature=0.0)))
-    text = "".join(pipe.ask([AudioInput(str(path))], question))
+    pipe = Pipeline(ModelDir.open(model_dir))
+    text = pipe.ask([AudioInput(str(path))], question, Request(max_tokens, Sampling(temperature=0.0))).finish().text
     pipe.close()
     return text
 

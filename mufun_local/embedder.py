@@ -1,0 +1,161 @@
+"""The audio half: a file's 30 s windows -> log-mels -> encoder hidden states -> connector
+embeddings (one per 0.1 s), with the engine choice, the embedding-cache key, and lazy loading
+and release of the encoder and connector."""
+from __future__ import annotations
+
+import gc
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import audio as audio_mod
+from .artifacts import ModelDir
+from .devices import torch_cuda
+from .timing import Timer
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class AudioInput:
+    path: str
+    segs: tuple[float, float] | None = None
+    # made already by the caller (batch prefetch, Ray tasks): log-mels, seconds, content hash
+    mels: list | None = None
+    seconds: float = 0.0
+    sha256: str | None = None
+
+
+@dataclass
+class Embedded:
+    embeddings: np.ndarray            # [windows * 300, hidden]
+    seconds: float
+    windows: int
+    hidden_states: object = None      # encoder.HiddenStates when asked for
+
+
+def _stderr_line(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class AudioEmbedder:
+    """Owns the encoder and the connector of one model, loaded when first needed.
+    `options` is the pipeline's load-time Options (engine, compute type, device, threads)."""
+
+    def __init__(self, model: ModelDir, options, log: Callable[[str], None]):
+        self.model = model
+        self.opt = options
+        self.log = log
+        self.tokens_per_window = int(model.manifest["connector"]["tokens_per_window"])
+        self.hidden = int(model.manifest["dims"]["hidden"])
+        self._encoder = None
+        self._encoder_device = "cpu"
+        self._choice = None
+        self._mel_filters = None
+        self._connector = None
+
+    @property
+    def choice(self):
+        """(backend, compute type) for this machine; `auto` may time each candidate once."""
+        if self._choice is None:
+            from .encoder_choice import choose
+            from .models import home
+
+            notice = self.log if self.opt.verbose or self.opt.quiet else _stderr_line
+            self._choice = choose(self.model.encoder_dir, self.opt.encoder_backend, self.opt.device,
+                                  self.opt.compute_type, self.opt.threads, home() / "encoder-choice.json", notice)
+        return self._choice
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from .encoder_backends import load_encoder
+            c = self.choice
+            self._encoder = load_encoder(self.model.encoder_dir, c.backend, self.opt.device, c.compute_type,
+                                         self.opt.threads, self.opt.encoder_batch)
+            self.log(f"encoder: {self._encoder.describe()} ({c.reason})")
+            self._encoder_device = self._encoder.device  # the connector follows it, also once it is gone
+        return self._encoder
+
+    @property
+    def connector(self):
+        if self._connector is None:
+            from .connector import Connector
+            device = self._encoder.device if self._encoder is not None else self._encoder_device
+            use_cuda = device == "cuda" and torch_cuda()
+            self._connector = Connector(self.model.connector_file,
+                                        int(self.model.manifest["connector"]["pool_stride"]),
+                                        "cuda" if use_cuda else "cpu")
+        return self._connector
+
+    @property
+    def loaded(self) -> bool:
+        return self._encoder is not None or self._connector is not None
+
+    def cache_key(self, item: AudioInput) -> str:
+        from .embcache import EmbeddingCache, file_hash
+
+        if item.sha256 is None:
+            audio_mod.check_file(item.path)
+        c = self.choice
+        return EmbeddingCache.key(item.sha256 or file_hash(item.path), item.segs, self.model.audio_hash,
+                                  f"{c.backend}:{c.compute_type}")
+
+    def release(self) -> None:
+        self._encoder = self._connector = None
+        gc.collect()
+
+    @property
+    def mel_filters(self) -> np.ndarray:
+        """The Slaney filters the converter stored (no need to load the encoder for them)."""
+        if self._mel_filters is None:
+            from .errors import ModelError
+            try:
+                self._mel_filters = np.load(self.model.encoder_dir / "frontend.npz")["mel_filters"]
+            except (OSError, KeyError, ValueError) as exc:
+                raise ModelError(f"{self.model.encoder_dir}: encoder files missing or damaged ({exc})") from None
+        return self._mel_filters
+
+    def load_windows(self, item: AudioInput, timer: Timer,
+                     max_windows: int | None = None) -> tuple[list[np.ndarray], float]:
+        """Log-mels of the item's 30 s windows (decoding overlapped with them) and their
+        seconds; decoding stops after `max_windows` (TooLong). Log-mels the caller already
+        made pass through."""
+        if item.mels is not None:
+            return item.mels, item.seconds
+        from .frontend import load_log_mels
+        return load_log_mels(item.path, item.segs, self.mel_filters, max_windows, timer)
+
+    def embed_windows(self, mels: list[np.ndarray], timer: Timer, keep_layers: bool = False,
+                      last: bool = False, progress: Progress | None = None):
+        """Embeddings (and hidden states, if asked) of log-mel windows [n_mels, 3000]. With
+        `last` (no more audio to encode) the encoder goes before the connector runs: at real
+        size it holds ~5 GB that would otherwise sit under the connector's work."""
+        show = progress or (lambda *a: None)
+        show("encoder", 0, len(mels))
+        with timer("encoder"):  # loading the encoder, when it is not loaded yet, counts here
+            hs = self.encoder.hidden_states(np.stack(mels), on_batch=lambda k: show("encoder", k, len(mels)))
+        if last and not self.opt.keep_audio_models:
+            self._encoder = None
+            gc.collect()
+        with timer("connector"):
+            emb = self.connector(hs)
+        return emb, (hs if keep_layers else None)
+
+    def embed(self, item: AudioInput, keep_layers: bool = False,
+              timings: dict[str, float] | None = None) -> Embedded:
+        timer = Timer(timings if timings is not None else {})
+        windows, seconds = self.load_windows(item, timer)
+        emb, hs = self.embed_windows(windows, timer, keep_layers)
+        return Embedded(emb, seconds, len(windows), hs)
+
+    def usable(self, emb):
+        """A cached embedding array, or None when it is not one this model could have made
+        (another size, dtype or shape, non-finite values): then it is computed again."""
+        if (isinstance(emb, np.ndarray) and emb.dtype == np.float32 and emb.ndim == 2 and emb.shape[1] == self.hidden
+                and len(emb) and len(emb) % self.tokens_per_window == 0 and np.isfinite(emb).all()):
+            return emb
+        return None
+
