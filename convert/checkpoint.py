@@ -20,6 +20,8 @@ import numpy as np
 
 from mufun_local.errors import ModelError
 
+from .tensors import expected_shapes
+
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
 REQUIRED_FILES = ("config.json", "model.safetensors.index.json") + TOKENIZER_FILES
 OPTIONAL_FILES = ("added_tokens.json", "special_tokens_map.json", "generation_config.json")
@@ -106,42 +108,6 @@ def dims_from_config(cfg: dict) -> Dims:
         ))
     except (KeyError, TypeError, ValueError, OverflowError, ZeroDivisionError) as exc:
         raise ModelError(f"config.json: missing or invalid key {exc}") from None
-
-
-def expected_shapes(d: Dims) -> dict[str, tuple[int, ...]]:
-    """Every tensor the converter reads, with the shape config.json implies."""
-    s: dict[str, tuple[int, ...]] = {}
-    v = "vision_tower._vision_tower."
-    s[v + "conv1.weight"], s[v + "conv1.bias"] = (d.enc_d, d.n_mels, 3), (d.enc_d,)
-    s[v + "conv2.weight"], s[v + "conv2.bias"] = (d.enc_d, d.enc_d, 3), (d.enc_d,)
-    s[v + "embed_positions.weight"] = (d.enc_positions, d.enc_d)
-    for i in range(d.enc_layers):
-        L = f"{v}layers.{i}."
-        for p in ("q_proj", "v_proj", "out_proj"):
-            s[f"{L}self_attn.{p}.weight"], s[f"{L}self_attn.{p}.bias"] = (d.enc_d, d.enc_d), (d.enc_d,)
-        s[L + "self_attn.k_proj.weight"] = (d.enc_d, d.enc_d)
-        for n in ("self_attn_layer_norm", "final_layer_norm"):
-            s[f"{L}{n}.weight"], s[f"{L}{n}.bias"] = (d.enc_d,), (d.enc_d,)
-        s[L + "fc1.weight"], s[L + "fc1.bias"] = (d.enc_ffn, d.enc_d), (d.enc_ffn,)
-        s[L + "fc2.weight"], s[L + "fc2.bias"] = (d.enc_d, d.enc_ffn), (d.enc_d,)
-    s[v + "layer_norm.weight"], s[v + "layer_norm.bias"] = (d.enc_d,), (d.enc_d,)
-    c = "connector._connector."
-    s[c + "linear1.weight"], s[c + "linear1.bias"] = (d.connector_mid, d.connector_in), (d.connector_mid,)
-    s[c + "linear2.weight"], s[c + "linear2.bias"] = (d.hidden, d.connector_mid), (d.hidden,)
-    lm, H, hd = "language_model.model.", d.hidden, d.head_dim
-    s[lm + "embed_tokens.weight"] = (d.vocab_rows, H)
-    for i in range(d.llm_layers):
-        L = f"{lm}layers.{i}."
-        s[L + "input_layernorm.weight"] = s[L + "post_attention_layernorm.weight"] = (H,)
-        s[L + "self_attn.q_proj.weight"] = (d.llm_heads * hd, H)
-        s[L + "self_attn.k_proj.weight"] = s[L + "self_attn.v_proj.weight"] = (d.llm_kv_heads * hd, H)
-        s[L + "self_attn.o_proj.weight"] = (H, d.llm_heads * hd)
-        s[L + "self_attn.q_norm.weight"] = s[L + "self_attn.k_norm.weight"] = (hd,)
-        s[L + "mlp.gate_proj.weight"] = s[L + "mlp.up_proj.weight"] = (d.llm_ffn, H)
-        s[L + "mlp.down_proj.weight"] = (H, d.llm_ffn)
-    s[lm + "norm.weight"] = (H,)
-    s["language_model.lm_head.weight"] = (d.vocab_rows, H)
-    return s
 
 
 class Checkpoint:

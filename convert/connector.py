@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .tensors import connector
+
 POOL_STRIDE = 5  # AvgPool1d(5, 5) of the original's whisper tower: 1500 -> 300 per window
 
 CONNECTOR_TENSORS = ("linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias")
@@ -11,8 +13,8 @@ CONNECTOR_TENSORS = ("linear1.weight", "linear1.bias", "linear2.weight", "linear
 def write_connector(ckpt, path: Path) -> dict:
     from safetensors.numpy import save_file
 
-    tensors = {name: ckpt.get("connector._connector." + name) for name in CONNECTOR_TENSORS}
-    save_file(tensors, str(path), metadata={"format": "mufun-local connector"})
+    weights = {name: ckpt.get(connector(name)) for name in CONNECTOR_TENSORS}
+    save_file(weights, str(path), metadata={"format": "mufun-local connector"})
     d = ckpt.dims
     return {"file": path.name, "pool_stride": POOL_STRIDE, "in": d.connector_in,
             "mid": d.connector_mid, "out": d.hidden, "activation": "gelu_erf",

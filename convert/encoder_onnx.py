@@ -20,7 +20,8 @@ import numpy as np
 
 from mufun_local.errors import ModelError
 
-from .encoder import FEATURE_LAYERS, segment_bounds
+from . import tensors
+from .tensors import FEATURE_LAYERS, segment_bounds
 
 OPSET = 20
 
@@ -129,7 +130,7 @@ def build_graph(get, dims, onnx_path: Path, compact: bool = True, contrib_attent
 
     d, heads, eps = dims.enc_d, dims.enc_heads, dims.enc_ln_eps
     segment_bounds(dims.enc_layers)  # refuses a layer count MuFun cannot read
-    v = "vision_tower._vision_tower."
+    v = tensors.ENCODER
     g = _Graph(Path(str(onnx_path) + ".data"), compact, contrib_attention)
     try:
         x = g.op("Conv", ["mel", g.const("conv1.weight", get(v + "conv1.weight")),
@@ -140,7 +141,7 @@ def build_graph(get, dims, onnx_path: Path, compact: bool = True, contrib_attent
         x = g.op("Transpose", [g.op("Gelu", [x])], perm=[0, 2, 1])            # [B, 1500, d]
         x = g.op("Add", [x, g.const("positions", get(v + "embed_positions.weight"))], "hs0")
         for i in range(dims.enc_layers):
-            p = f"{v}layers.{i}."
+            p = tensors.enc_layer(i, "")
             h = g.layer_norm(x, p + "ln1", get(p + "self_attn_layer_norm.weight"),
                              get(p + "self_attn_layer_norm.bias"), eps)
             x = g.op("Add", [x, _attention(g, h, get, p + "self_attn.", d, heads)])

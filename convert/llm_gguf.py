@@ -14,37 +14,11 @@ import numpy as np
 
 from mufun_local.errors import ModelError
 
-# checkpoint name (after "language_model.") -> llama.cpp Qwen3 name; {i} is the block index
-TENSOR_NAMES: dict[str, str] = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.layers.{i}.input_layernorm.weight": "blk.{i}.attn_norm.weight",
-    "model.layers.{i}.self_attn.q_proj.weight": "blk.{i}.attn_q.weight",
-    "model.layers.{i}.self_attn.k_proj.weight": "blk.{i}.attn_k.weight",
-    "model.layers.{i}.self_attn.v_proj.weight": "blk.{i}.attn_v.weight",
-    "model.layers.{i}.self_attn.o_proj.weight": "blk.{i}.attn_output.weight",
-    "model.layers.{i}.self_attn.q_norm.weight": "blk.{i}.attn_q_norm.weight",
-    "model.layers.{i}.self_attn.k_norm.weight": "blk.{i}.attn_k_norm.weight",
-    "model.layers.{i}.post_attention_layernorm.weight": "blk.{i}.ffn_norm.weight",
-    "model.layers.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
-    "model.layers.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
-    "model.layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
+from .tensors import gguf_map
 
 LLM_QUANTS = ("q4_k_m", "q5_k_m", "q8_0", "f16", "f32")
-# llama.cpp's LLAMA_FTYPE values for the quantizer
-_LLAMA_FTYPE = {"q8_0": 7, "q4_k_m": 15, "q5_k_m": 17}
-
-
-def tensor_map(n_layers: int) -> list[tuple[str, str]]:
-    """(checkpoint name, GGUF name) for every LLM tensor: globals, then block by block."""
-    glob = [(s, d) for s, d in TENSOR_NAMES.items() if "{i}" not in s]
-    per_block = [(s, d) for s, d in TENSOR_NAMES.items() if "{i}" in s]
-    out = [("language_model." + s, d) for s, d in glob]
-    for i in range(n_layers):
-        out += [("language_model." + s.format(i=i), d.format(i=i)) for s, d in per_block]
-    return out
+# --quant -> gguf's LlamaFileType (llama.cpp's LLAMA_FTYPE, what its quantizer takes)
+_LLAMA_FTYPE = {"q8_0": "MOSTLY_Q8_0", "q4_k_m": "MOSTLY_Q4_K_M", "q5_k_m": "MOSTLY_Q5_K_M"}
 
 
 def looks_special(token: str) -> bool:
@@ -123,7 +97,7 @@ def write_gguf(ckpt, path: Path, ftype: str, vocab=None, progress=None) -> None:
     w.add_pad_token_id(special["pad"])
     w.add_add_bos_token(False)
 
-    pairs = tensor_map(d.llm_layers)
+    pairs = gguf_map(d.llm_layers)
     dtypes = {}
     for src, dst in pairs:
         shape = ckpt.tensors[src].shape
@@ -143,13 +117,14 @@ def write_gguf(ckpt, path: Path, ftype: str, vocab=None, progress=None) -> None:
 
 def quantize(f16_path: Path, out_path: Path, quant: str, threads: int = 0, verbose: bool = False) -> None:
     """llama.cpp's quantizer: F16 GGUF -> q8_0 / q4_k_m / q5_k_m (its log only when verbose)."""
+    import gguf
     import llama_cpp
     from llama_cpp import _logger
     from llama_cpp._utils import suppress_stdout_stderr
 
     _logger.set_verbose(verbose)
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = _LLAMA_FTYPE[quant]
+    params.ftype = int(gguf.LlamaFileType[_LLAMA_FTYPE[quant]])
     params.nthread = threads or (os.cpu_count() or 1)
     with suppress_stdout_stderr(disable=verbose):  # its per-tensor report bypasses the log callback
         rc = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(out_path).encode(), params)

@@ -313,66 +313,33 @@ def _sinusoids(length: int, channels: int) -> Init:
     return make
 
 
+def _init(kind: str, shape: tuple[int, ...]) -> Init:
+    """How the tensor table's `init` kinds are filled: near-identity norms, small biases,
+    fan-in scaled linear maps (gain after the colon), Whisper's sinusoid positions."""
+    if kind == "bias":
+        return _around(0.0, 0.02)
+    if kind == "norm":
+        return _around(1.0, 0.1)
+    if kind == "embed":
+        return _around(0.0, 1.0)
+    if kind == "positions":
+        return _sinusoids(*shape)
+    if kind == "conv":
+        return _linear(shape[1] * shape[2])
+    name, _, gain = kind.partition(":")
+    if name == "linear":
+        return _linear(shape[1], float(gain or 1.0))
+    raise ValueError(f"unknown init kind {kind!r}")
+
+
 def tensor_plan(p: Preset) -> list[tuple[str, tuple[int, ...], Init]]:
-    """Every tensor of a MuFun checkpoint, in the release's order: name, shape, init."""
-    d, f = p.enc_d, p.enc_ffn
-    plan: list[tuple[str, tuple[int, ...], Init]] = []
-    add = lambda name, shape, init: plan.append((name, tuple(shape), init))  # noqa: E731
-    bias = _around(0.0, 0.02)
-    norm_w = _around(1.0, 0.1)
+    """Every tensor of a MuFun checkpoint, in the release's order: name, shape, init (the
+    converter's table, convert/tensors.py, with the dims this preset's config.json gives)."""
+    from .convert.checkpoint import dims_from_config
+    from .convert.tensors import plan
 
-    lm = "language_model.model."
-    H, hd = p.llm_hidden, p.llm_head_dim
-    add(lm + "embed_tokens.weight", (p.vocab_rows, H), _around(0.0, 1.0))
-    for i in range(p.llm_layers):
-        L = f"{lm}layers.{i}."
-        add(L + "input_layernorm.weight", (H,), norm_w)
-        add(L + "mlp.down_proj.weight", (H, p.llm_ffn), _linear(p.llm_ffn))
-        add(L + "mlp.gate_proj.weight", (p.llm_ffn, H), _linear(H))
-        add(L + "mlp.up_proj.weight", (p.llm_ffn, H), _linear(H))
-        add(L + "post_attention_layernorm.weight", (H,), norm_w)
-        add(L + "self_attn.k_norm.weight", (hd,), norm_w)
-        add(L + "self_attn.k_proj.weight", (p.llm_kv_heads * hd, H), _linear(H))
-        add(L + "self_attn.o_proj.weight", (H, p.llm_heads * hd), _linear(p.llm_heads * hd))
-        add(L + "self_attn.q_norm.weight", (hd,), norm_w)
-        add(L + "self_attn.q_proj.weight", (p.llm_heads * hd, H), _linear(H))
-        add(L + "self_attn.v_proj.weight", (p.llm_kv_heads * hd, H), _linear(H))
-    add(lm + "norm.weight", (H,), norm_w)
-    add("language_model.lm_head.weight", (p.vocab_rows, H), _linear(H, gain=4.0))
-
-    c = "connector._connector."
-    vdim = 4 * d
-    add(c + "linear1.bias", (2 * vdim,), bias)
-    add(c + "linear1.weight", (2 * vdim, vdim), _linear(vdim))
-    add(c + "linear2.bias", (H,), bias)
-    add(c + "linear2.weight", (H, 2 * vdim), _linear(2 * vdim))
-
-    v = "vision_tower._vision_tower."
-    add(v + "conv1.bias", (d,), bias)
-    add(v + "conv1.weight", (d, p.n_mels, 3), _linear(3 * p.n_mels))
-    add(v + "conv2.bias", (d,), bias)
-    add(v + "conv2.weight", (d, d, 3), _linear(3 * d))
-    add(v + "embed_positions.weight", (p.enc_positions, d), _sinusoids(p.enc_positions, d))
-    for i in range(p.enc_layers):
-        L = f"{v}layers.{i}."
-        add(L + "fc1.bias", (f,), bias)
-        add(L + "fc1.weight", (f, d), _linear(d))
-        add(L + "fc2.bias", (d,), bias)
-        add(L + "fc2.weight", (d, f), _linear(f, gain=0.5))
-        add(L + "final_layer_norm.bias", (d,), bias)
-        add(L + "final_layer_norm.weight", (d,), norm_w)
-        add(L + "self_attn.k_proj.weight", (d, d), _linear(d))
-        add(L + "self_attn.out_proj.bias", (d,), bias)
-        add(L + "self_attn.out_proj.weight", (d, d), _linear(d, gain=0.5))
-        add(L + "self_attn.q_proj.bias", (d,), bias)
-        add(L + "self_attn.q_proj.weight", (d, d), _linear(d))
-        add(L + "self_attn.v_proj.bias", (d,), bias)
-        add(L + "self_attn.v_proj.weight", (d, d), _linear(d))
-        add(L + "self_attn_layer_norm.bias", (d,), bias)
-        add(L + "self_attn_layer_norm.weight", (d,), norm_w)
-    add(v + "layer_norm.bias", (d,), bias)
-    add(v + "layer_norm.weight", (d,), norm_w)
-    return plan
+    dims = dims_from_config(make_config(p, eos_id=0, model_max_length=8192))
+    return [(name, shape, _init(t.init, shape)) for name, shape, t in plan(dims)]
 
 
 def to_bf16_bytes(x: np.ndarray) -> bytes:

@@ -12,8 +12,8 @@ import torch
 from mufun_local.artifacts import ModelDir
 from mufun_local.cli import main
 from mufun_local.convert.checkpoint import Checkpoint
-from mufun_local.convert.llm_gguf import tensor_map
 from mufun_local.convert.run import convert
+from mufun_local.convert.tensors import gguf_map
 from mufun_local.errors import ModelError
 from mufun_local.llm import LLM
 
@@ -57,7 +57,7 @@ def test_gguf_tensors_round_trip_exactly(tiny_f32, tiny_ckpt):
     r = _reader(tiny_f32)
     ckpt = Checkpoint(tiny_ckpt)
     by_name = {t.name: t for t in r.tensors}
-    pairs = tensor_map(ckpt.dims.llm_layers)
+    pairs = gguf_map(ckpt.dims.llm_layers)
     assert set(by_name) == {dst for _, dst in pairs}
     for src, dst in pairs:
         data = np.asarray(by_name[dst].data).reshape(ckpt.tensors[src].shape)
