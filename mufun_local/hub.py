@@ -21,11 +21,13 @@ HUB_ID = re.compile(r"[\w.-]+/[\w.-]+(@[\w./-]+)?")
 PATTERNS = ("*.json", "*.safetensors", "merges.txt", "vocab.json")
 
 # For the estimates only. Conversion throughput measured with `mufun-local convert` of the
-# full-size checkpoint (16.4 GB of bf16 shards) on a 2-core Xeon: see README, Performance.
-CONVERT_BYTES_PER_CORE_S = 16.4e9 / 2 / 700
+# full-size checkpoint (17.8 GB of bf16 shards) on a 2-core Xeon: 513 s, plus 72 s timing the
+# encoder engines (README, Performance).
+CONVERT_BYTES_PER_CORE_S = 17.84e9 / 2 / 585
 # Bits per LLM weight of each GGUF type (llama.cpp's quantize table), and the share of a
-# MuFun checkpoint's parameters that is the Whisper encoder (0.64 of 8.8 B), which is
-# written twice at 16 bits (CTranslate2 and the ONNX graph).
+# MuFun checkpoint's parameters that is the Whisper encoder (0.64 of 8.9 B), which is
+# written twice at 16 bits (CTranslate2 and the ONNX graph). Full size: 7.7 GB estimated,
+# 7.97 GB written.
 BITS_PER_WEIGHT = {"q4_k_m": 4.89, "q5_k_m": 5.70, "q8_0": 8.50, "f16": 16.0, "f32": 32.0}
 ENCODER_SHARE = 0.073
 
