@@ -1,4 +1,4 @@
-"""The `mufun-local` command line: ask · chat · serve · batch · embed · convert · pull · info · models · demo."""
+"""The `mufun-local` command line: ask · chat · serve · batch · eval · embed · convert · pull · info · models · demo."""
 from __future__ import annotations
 
 import functools
@@ -523,6 +523,73 @@ def batch(inputs, model, questions, tags, schema, out, fmt, temperature, seed, m
         _stderr(f"done {summary.done}, skipped {summary.skipped} (already in {out}), failed {summary.failed}")
     if summary and summary.failed and not summary.done:
         raise MufunError(f"every answer failed; see the error field in {out}")
+
+
+# ------------------------------------------------------------------ eval
+
+@cli.command("eval")
+@click.argument("data", metavar="DATA")
+@model_option
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="JSONL results (appended; resumable). With --compare, the second model's go to OUT.compare.jsonl.")
+@click.option("--compare", "compare_model", default=None, metavar="M2",
+              help="Also run model M2 (e.g. a q8_0 conversion) on the same items; print both tables and the "
+                   "items whose letters differ.")
+@click.option("--task", "tasks", multiple=True, help="Only this task (repeatable; default: every task in DATA).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="The first N items of each task.")
+@click.option("--ctx", type=click.IntRange(min=64), default=None)
+@encoder_options
+@verbosity
+def eval_cmd(data, model, out, compare_model, tasks, limit, ctx, encoder, quiet, verbose):
+    """Accuracy on a MuCUE-format multiple-choice set, with the paper's prompt and settings.
+
+    DATA is a .json/.jsonl/.parquet item file or a folder of them (one per task): items with
+    question, choices_text, correct_choice, audio (a path relative to the file) and time_seg.
+    Greedy, 64 new tokens; the letter is read from each answer by rules (README, eval).
+
+    \b
+    mufun-local eval ./mucue --out q4.jsonl
+    mufun-local eval ./mucue --out q4.jsonl --model ./base-q4 --compare ./base-q8 --limit 50
+    """
+    from tqdm import tqdm
+
+    from . import evaluate
+    from .batch import read_records, settings_key
+    from .llm import Sampling
+    from .pipeline import Options, Pipeline, Request
+
+    _setup_logging(quiet, verbose)
+    out = Path(out)
+    items = evaluate.load_items(data, tasks, limit, audio_dir=out.parent / f".{out.name}.audio")
+    req = Request(evaluate.MAX_TOKENS, Sampling(temperature=0.0))
+    opt = Options(**encoder, n_ctx=ctx, keep_audio_models=True, verbose=verbose)
+    runs = []
+    for spec, journal in ((model, out), *(((compare_model, out.with_suffix(".compare.jsonl")),)
+                                          if compare_model else ())):
+        md = _open_model(spec, quiet)
+        settings = settings_key(md, opt, req)
+        pipe = Pipeline(md, opt, log=_stderr if verbose else None, cache=_embedding_cache())
+        bar = tqdm(total=len(items), unit="item", disable=quiet, file=sys.stderr, dynamic_ncols=True,
+                   desc=md.path.name)
+        try:
+            done, skipped, failed = evaluate.run_eval(pipe, req, items, journal, str(md.manifest["source"]["id"]),
+                                                      settings, progress=bar.update)
+        finally:
+            bar.close()
+            pipe.close()
+        if not quiet:
+            _stderr(f"{md.path.name}: answered {done}, skipped {skipped} (already in {journal}), failed {failed}")
+        keys = {it.key for it in items}
+        recs = {k: r for k, r in evaluate.latest(read_records(journal), settings).items() if k in keys}
+        runs.append((md.path.name, recs))
+    click.echo(evaluate.format_tables(runs))
+    if compare_model:
+        diff = evaluate.differing(runs[0][1], runs[1][1])
+        click.echo(f"\n{len(diff)} item(s) answered differently ({runs[0][0]} vs {runs[1][0]}; correct):")
+        for key, a, b, correct in diff[:50]:
+            click.echo(f"  {key}: {a or '-'} vs {b or '-'} ({correct})")
+        if len(diff) > 50:
+            click.echo(f"  ... and {len(diff) - 50} more (both journals hold every answer)")
 
 
 # ------------------------------------------------------------------ embed
