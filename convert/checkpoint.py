@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mufun_local.errors import ModelError
+from mufun_local.modeldir import DEFAULT_QUANT
 
 from .tensors import expected_shapes
 
@@ -223,14 +224,14 @@ def read_shard_header(path: Path) -> dict[str, TensorInfo]:
     return out
 
 
-def resolve_source(src: str, quant: str = "q4_k_m", log=None, quiet: bool = False) -> Checkpoint:
+def resolve_source(src: str, quant: str = DEFAULT_QUANT, quiet: bool = False) -> Checkpoint:
     """A local directory, or a hub id: the local Hugging Face cache first, else a download
-    that first says what it costs (mufun_local.hub)."""
+    that first says what it costs (mufun_local.hub; `quant` is for that estimate)."""
     from mufun_local import hub
 
     if os.path.isdir(src):
         return Checkpoint(src)
     if os.path.exists(src) or not hub.is_hub_id(src):
         raise ModelError(f"{src}: not a checkpoint directory or a hub id like Yi3852/MuFun-Base")
-    local = hub.download(src, quant, log or (lambda m: None), quiet=quiet)
+    local = hub.download(src, quant, quiet=quiet)
     return Checkpoint(local, source=hub.split(src)[0], revision=Path(local).name)

@@ -4,7 +4,7 @@ CTranslate2's Whisper ``encode()`` returns only the last layer. Its Wav2Vec2 enc
 a feature extractor is a plain stack of pre-norm GELU transformer layers over float input
 [batch, time, dim] followed by an output norm, so the 32 Whisper layers become three such
 models: layers [0,7) -> hs7, [7,15) -> hs15, [15,32) + Whisper's final LayerNorm -> hs32.
-Hidden state 0 (conv front end + positions) is computed on the host from `frontend.npz`.
+Hidden state 0 (the conv stem + positions) is computed on the host from `frontend.npz`.
 
 Segments A and B must return their residual stream *before* a norm, but the model always
 ends in one. They are widened by one channel that carries the token mean m (input

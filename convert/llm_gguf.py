@@ -21,6 +21,10 @@ LLM_QUANTS = ("q4_k_m", "q5_k_m", "q8_0", "f16", "f32")
 _LLAMA_FTYPE = {"q8_0": "MOSTLY_Q8_0", "q4_k_m": "MOSTLY_Q4_K_M", "q5_k_m": "MOSTLY_Q5_K_M"}
 
 
+# What --output-type / --embedding-type may keep a tensor at (gguf's GGMLQuantizationType names)
+KEEP_TYPES = {"q8_0": "Q8_0", "f16": "F16"}
+
+
 def looks_special(token: str) -> bool:
     """llama.cpp's converter (convert_hf_to_gguf.py, does_token_look_special): an added token
     shaped like a control token is typed CONTROL even when the tokenizer does not mark it
@@ -115,8 +119,12 @@ def write_gguf(ckpt, path: Path, ftype: str, vocab=None, progress=None) -> None:
     w.close()
 
 
-def quantize(f16_path: Path, out_path: Path, quant: str, threads: int = 0, verbose: bool = False) -> None:
-    """llama.cpp's quantizer: F16 GGUF -> q8_0 / q4_k_m / q5_k_m (its log only when verbose)."""
+def quantize(f16_path: Path, out_path: Path, quant: str, threads: int = 0, verbose: bool = False,
+             output_type: str | None = None, embedding_type: str | None = None) -> None:
+    """llama.cpp's quantizer: F16 GGUF -> q8_0 / q4_k_m / q5_k_m (its log only when verbose).
+    `output_type` / `embedding_type` (q8_0, f16) keep the output matrix (lm_head) and the token
+    embeddings at that type instead of the mix's own (llama-quantize's --output-tensor-type
+    and --token-embedding-type)."""
     import gguf
     import llama_cpp
     from llama_cpp import _logger
@@ -126,6 +134,9 @@ def quantize(f16_path: Path, out_path: Path, quant: str, threads: int = 0, verbo
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(gguf.LlamaFileType[_LLAMA_FTYPE[quant]])
     params.nthread = threads or (os.cpu_count() or 1)
+    for field, kind in (("output_tensor_type", output_type), ("token_embedding_type", embedding_type)):
+        if kind is not None:
+            setattr(params, field, int(gguf.GGMLQuantizationType[KEEP_TYPES[kind]]))
     with suppress_stdout_stderr(disable=verbose):  # its per-tensor report bypasses the log callback
         rc = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(out_path).encode(), params)
     if rc != 0:

@@ -9,16 +9,16 @@ import time
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable
 
-from mufun_local import artifacts
+from mufun_local import modeldir
 from mufun_local.errors import ModelError
+from mufun_local.logs import notice
 from mufun_local.prompt import TEMPLATES, variant_of
 
 from .checkpoint import Checkpoint, resolve_source
 from .connector import write_connector
 from .encoder import ENCODER_ARTIFACTS, ENCODER_QUANTS, write_encoder
-from .llm_gguf import LLM_QUANTS, load_vocab, quantize, write_gguf
+from .llm_gguf import KEEP_TYPES, LLM_QUANTS, load_vocab, quantize, write_gguf
 
 
 def check_out(out: Path, src: Path | None, force: bool) -> None:
@@ -33,8 +33,8 @@ def check_out(out: Path, src: Path | None, force: bool) -> None:
         raise ModelError(f"{out} already exists (use --force to replace it)")
     if out.is_symlink() or not out.is_dir():
         raise ModelError(f"{out}: is not a model directory; --force replaces only a converted model")
-    if any(out.iterdir()) and not (out / artifacts.MANIFEST).is_file():
-        raise ModelError(f"{out}: not a converted model (no {artifacts.MANIFEST}); "
+    if any(out.iterdir()) and not (out / modeldir.MANIFEST).is_file():
+        raise ModelError(f"{out}: not a converted model (no {modeldir.MANIFEST}); "
                          f"--force replaces only a converted model or an empty folder")
 
 
@@ -48,7 +48,7 @@ def _remove_stale(out: Path) -> None:
         m = pattern.fullmatch(p.name)
         if not m or not p.is_dir() or p.is_symlink() or _alive(int(m.group(2))):
             continue
-        if m.group(1) == "partial" or (out / artifacts.MANIFEST).is_file():
+        if m.group(1) == "partial" or (out / modeldir.MANIFEST).is_file():
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -123,25 +123,54 @@ def _bar(desc: str, quiet: bool):
     return bar, update
 
 
-def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m",
-            encoder_quant: str = "float16", encoder_backends=None, force: bool = False, keep_f16: bool = False,
-            threads: int = 0, quiet: bool = False, verbose: bool = False,
-            log: Callable[[str], None] | None = None, template: str = "auto", onnx_int8: bool = False) -> Path:
-    """Convert `src` (directory or hub id) into a model directory at `out`; returns its path."""
-    log = log or (lambda msg: None if quiet else print(msg, file=sys.stderr))
+def _check_options(quant, encoder_quant, encoder_backends, output_type, embedding_type) -> None:
     if quant not in LLM_QUANTS:
         raise ModelError(f"--quant {quant}: choose from {', '.join(LLM_QUANTS)}")
+    for flag, kind in (("--output-type", output_type), ("--embedding-type", embedding_type)):
+        if kind is not None and (kind not in KEEP_TYPES or quant in ("f16", "f32")):
+            raise ModelError(f"{flag} {kind}: give q8_0 or f16, with a quantized --quant (q4_k_m, q5_k_m, q8_0)")
     if encoder_quant not in ENCODER_QUANTS:
         raise ModelError(f"--encoder-quant {encoder_quant}: choose from {', '.join(ENCODER_QUANTS)}")
-    encoder_backends = default_encoder_backends() if encoder_backends is None else tuple(encoder_backends)
     if not encoder_backends or set(encoder_backends) - set(ENCODER_ARTIFACTS):
         raise ModelError(f"--encoder-backends {','.join(encoder_backends)}: "
                          f"give one or more of {', '.join(ENCODER_ARTIFACTS)}, comma-separated")
+
+
+def _write_llm(ckpt, tmp: Path, vocab, quant, keep_f16, threads, quiet, verbose, log, output_type,
+               embedding_type) -> dict:
+    """llm-<quant>.gguf (via an F16 GGUF and llama.cpp's quantizer unless f16/f32); its manifest entry."""
+    name = f"llm-{quant}.gguf"
+    base = "f32" if quant == "f32" else "f16"
+    base_path = tmp / (name if quant in ("f32", "f16") else "llm-f16.gguf")
+    bar, upd = _bar(f"llm ({base})", quiet)
+    write_gguf(ckpt, base_path, base, vocab, progress=upd)
+    bar.close()
+    if quant not in ("f32", "f16"):
+        log(f"quantizing to {quant} with llama.cpp ...")
+        quantize(base_path, tmp / name, quant, threads, verbose, output_type, embedding_type)
+        if not keep_f16:
+            base_path.unlink()
+    return {"file": name, "quant": quant,
+            **{k: v for k, v in (("output_type", output_type), ("embedding_type", embedding_type)) if v},
+            **({"f16_file": "llm-f16.gguf"} if keep_f16 and quant not in ("f32", "f16") else {})}
+
+
+def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = modeldir.DEFAULT_QUANT,
+            encoder_quant: str = "float16", encoder_backends=None, force: bool = False, keep_f16: bool = False,
+            threads: int = 0, quiet: bool = False, verbose: bool = False,
+            template: str = "auto", onnx_int8: bool = False,
+            output_type: str | None = None, embedding_type: str | None = None) -> Path:
+    """Convert `src` (directory or hub id) into a model directory at `out`; returns its path.
+    `output_type` / `embedding_type` keep lm_head / the token embeddings at q8_0 or f16 in a
+    quantized GGUF (README, Accuracy: what each mix costs)."""
+    log = (lambda msg: None) if quiet else notice
+    encoder_backends = default_encoder_backends() if encoder_backends is None else tuple(encoder_backends)
+    _check_options(quant, encoder_quant, encoder_backends, output_type, embedding_type)
     out = Path(out)
     t0 = time.perf_counter()
     local = Path(src.path if isinstance(src, Checkpoint) else src)
     check_out(out, local if local.is_dir() else None, force)  # before a download
-    ckpt = src if isinstance(src, Checkpoint) else resolve_source(str(src), quant, log, quiet)
+    ckpt = src if isinstance(src, Checkpoint) else resolve_source(str(src), quant, quiet)
     check_out(out, Path(ckpt.path), force)
     d = ckpt.dims
     vocab = load_vocab(ckpt.path, d.vocab_rows)  # the tokenizer is checked before any long work
@@ -163,21 +192,11 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
         bar.close()
         conn = write_connector(ckpt, tmp / "connector.safetensors")
 
-        llm_name = f"llm-{quant}.gguf"
-        base = "f32" if quant == "f32" else "f16"
-        base_path = tmp / (llm_name if quant in ("f32", "f16") else "llm-f16.gguf")
-        bar, upd = _bar(f"llm ({base})", quiet)
-        write_gguf(ckpt, base_path, base, vocab, progress=upd)
-        bar.close()
-        if quant not in ("f32", "f16"):
-            log(f"quantizing to {quant} with llama.cpp ...")
-            quantize(base_path, tmp / llm_name, quant, threads, verbose)
-            if not keep_f16:
-                base_path.unlink()
-
+        llm = _write_llm(ckpt, tmp, vocab, quant, keep_f16, threads, quiet, verbose, log, output_type,
+                         embedding_type)
         stop_ids = [i for i in (special["im_end"], special["endoftext"]) if i is not None]
         manifest = {
-            "format_version": artifacts.FORMAT_VERSION,
+            "format_version": modeldir.FORMAT_VERSION,
             "source": {"id": str(ckpt.source), "revision": ckpt.revision},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "tools": _tool_versions(),
@@ -185,13 +204,13 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = "q4_k_m"
             "encoder": {"dir": "encoder", "backends": enc["artifacts"], "feature_layers": enc["feature_layers"],
                         **({"stored_quantization": encoder_quant} if "ctranslate2" in encoder_backends else {})},
             "connector": conn,
-            "llm": {"file": llm_name, "quant": quant, **({"f16_file": "llm-f16.gguf"} if keep_f16 and quant not in ("f32", "f16") else {})},
+            "llm": llm,
             "prompt": TEMPLATES[variant].manifest_entry(),
             "stop_ids": stop_ids,
             "generation": _generation_defaults(ckpt.generation_config),
-            "files": artifacts.hash_tree(tmp),
+            "files": modeldir.hash_tree(tmp),
         }
-        (tmp / artifacts.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / modeldir.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _usual_modes(tmp)
         check_out(out, Path(ckpt.path), force)  # OUT may have changed during the long work
         _replace(tmp, out)

@@ -1,4 +1,4 @@
-"""Audio front end: any file -> float32 mono at the native rate -> segs -> 16 kHz -> 30 s windows.
+"""Decoding and resampling: any file -> float32 mono at the native rate -> segs -> 16 kHz -> 30 s windows.
 
 Why PyAV: the original MuFun decodes with the ffmpeg CLI (`ffmpeg -ac 1 -f f32le` at the
 file's native rate, via transformers' ``ffmpeg_read``). ffmpeg's mono downmix is not the
@@ -26,7 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import AudioError
+from .errors import AudioError, first_line
 
 log = logging.getLogger("mufun_local")
 
@@ -174,8 +174,7 @@ def decode(path: str) -> Decoded:
 
 def _reason(exc: BaseException) -> str:
     """The cause without the path (FFmpeg errors repeat it), one line."""
-    text = (getattr(exc, "strerror", None) or str(exc)).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
+    return first_line(getattr(exc, "strerror", None) or exc, 160)
 
 
 # ----------------------------------------------------------------------------- resampling

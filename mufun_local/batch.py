@@ -163,7 +163,7 @@ def prepare(path: str, mel_filters, file: str | None = None) -> dict:
     """One file's log-mel windows (the work that overlaps with the LLM), or its error.
     `file`: where to read `path` (an absolute path for Ray workers); errors name `path`."""
     from .embcache import file_hash
-    from .frontend import load_log_mels
+    from .mel_windows import load_log_mels
     from .timing import Timer
 
     timings: dict[str, float] = {}

@@ -22,7 +22,8 @@ import numpy as np
 
 from .batch import (MemoryCache, Summary, answer_file, count, journal_lock, pending, prepare, record_line,
                     settings_key)
-from .errors import MufunError
+from .errors import MufunError, first_line
+from .logs import log
 
 
 def import_ray():
@@ -34,7 +35,7 @@ def import_ray():
         raise MufunError("--ray needs Ray Data: pip install 'mufun-local[ray]'") from None
 
 
-def connect(address: str, log: Callable[[str], None]):
+def connect(address: str):
     """`local`: start a private Ray on this machine; `auto`: the cluster RAY_ADDRESS or
     `ray start` made; anything else: that address (host:port or ray://host:10001)."""
     ray = import_ray()
@@ -49,9 +50,9 @@ def connect(address: str, log: Callable[[str], None]):
     except (ConnectionError, RuntimeError, ValueError) as exc:
         hint = " (start one with `ray start --head`, or use --ray local)" if address == "auto" else ""
         raise MufunError(f"--ray {address}: cannot connect to a Ray cluster{hint}: "
-                         f"{(str(exc).strip().splitlines() or [''])[0][:200]}") from None
+                         f"{first_line(exc)}") from None
     res = ray.cluster_resources()
-    log(f"ray: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs")
+    log.info("ray: %d CPUs, %d GPUs", int(res.get("CPU", 0)), int(res.get("GPU", 0)))
     return ray
 
 
@@ -64,7 +65,7 @@ class _Answer:
     """Actor: one Pipeline answering every question about each prepared file."""
 
     def __init__(self, model_dir: str, options, request, model_id: str, settings: str):
-        from .artifacts import ModelDir
+        from .modeldir import ModelDir
         from .pipeline import Pipeline
         self.pipe = Pipeline(ModelDir.open(model_dir), options, cache=MemoryCache())
         self.req, self.model_id, self.settings = request, model_id, settings
@@ -79,20 +80,19 @@ class _Answer:
 
 
 def run_batch_ray(address: str, model_dir: Path, options, request, files: list[str], questions: list[str], out: Path,
-                  model_id: str, progress: Callable[[int], object] | None = None, actors: int = 1,
-                  log: Callable[[str], None] = lambda m: None) -> Summary:
+                  model_id: str, progress: Callable[[int], object] | None = None, actors: int = 1) -> Summary:
     with journal_lock(out):
-        return _run(address, model_dir, options, request, files, questions, out, model_id, progress, actors, log)
+        return _run(address, model_dir, options, request, files, questions, out, model_id, progress, actors)
 
 
-def _run(address, model_dir, options, request, files, questions, out, model_id, progress, actors, log) -> Summary:
-    from .artifacts import ModelDir
+def _run(address, model_dir, options, request, files, questions, out, model_id, progress, actors) -> Summary:
+    from .modeldir import ModelDir
     settings = settings_key(ModelDir.open(model_dir), options, request)
     todo, skipped = pending(files, questions, out, settings)
     summary = Summary(skipped=skipped)
     if not todo:
         return summary
-    ray = connect(address, log)
+    ray = connect(address)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and options.device != "cpu" else 0
     # Ray sets OMP_NUM_THREADS to a worker's CPU count (1). OpenBLAS rounds float32 products
     # (the connector's) differently with another thread count, so workers get this process's

@@ -12,9 +12,8 @@ import click
 
 from . import __version__
 from .errors import MufunError
+from .logs import NOTICE, log
 from .progress import StatusLine
-
-log = logging.getLogger("mufun_local")
 
 
 class FiniteRange(click.FloatRange):
@@ -40,9 +39,21 @@ class _Format(logging.Formatter):
         return f"warning: {msg}" if record.levelno >= logging.WARNING else msg
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (pytest's capture swaps it per test)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _setup_logging(quiet: bool, verbose: bool) -> None:
-    level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.WARNING)
-    handler = logging.StreamHandler(sys.stderr)
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose else NOTICE)
+    handler = _Stderr()
     handler.setFormatter(_Format())
     logging.basicConfig(level=level, handlers=[handler], force=True)
     log.setLevel(level)
@@ -101,8 +112,12 @@ def model_option(f):
 
 
 def quant_option(f):
-    return click.option("--quant", type=click.Choice(["q4_k_m", "q5_k_m", "q8_0", "f16", "f32"]), default="q4_k_m",
-                        show_default=True, help="LLM weight type in the GGUF.")(f)
+    from .modeldir import DEFAULT_QUANT
+    return click.option("--quant", type=click.Choice(["q4_k_m", "q5_k_m", "q8_0", "f16", "f32"]), default=DEFAULT_QUANT,
+                        show_default=True,
+                        help="LLM weight type in the GGUF. f16 (default) is as accurate as the original's bfloat16 "
+                             "run; q8_0 (half the size) and q4_k_m (a quarter, ~3x faster on a CPU) lose more "
+                             "(README, Accuracy).")(f)
 
 
 def verbosity(f):
@@ -112,8 +127,8 @@ def verbosity(f):
 
 
 def _open_model(spec, quiet):
-    from .models import resolve
-    return resolve(spec, log=(lambda m: None) if quiet else _stderr, quiet=quiet)
+    from .model_cache import resolve
+    return resolve(spec, quiet=quiet)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -180,7 +195,7 @@ def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, ma
     req.sampling.grammar = gbnf
     status = StatusLine(enabled=None if not quiet else False)
     req.progress = status
-    pipe = Pipeline(md, opt, log=_stderr if verbose else None, cache=None if no_cache else _embedding_cache(),
+    pipe = Pipeline(md, opt, cache=None if no_cache else _embedding_cache(),
                     prefix_cache=None if no_cache else _prefix_cache())
     try:
         answer = pipe.ask([AudioInput(f, s) for f, s in zip(files, seg_list)], question, req)
@@ -266,7 +281,7 @@ def chat(audio_files, model, temperature, top_p, top_k, repeat_penalty, seed, ma
                         ctx, encoder, verbose, flash_attn)
     status = StatusLine(enabled=None if not quiet else False)
     req.progress = status
-    pipe = Pipeline(md, opt, log=_stderr if verbose else None, cache=None if no_cache else _embedding_cache())
+    pipe = Pipeline(md, opt, cache=None if no_cache else _embedding_cache())
     session = ChatSession(pipe, req, ctx)
     for f in audio_files:
         session.add_audio(AudioInput(f))
@@ -350,12 +365,12 @@ def _bar_stage(bar):
 
 def _embedding_cache():
     from .embcache import EmbeddingCache
-    from .models import home
+    from .model_cache import home
     return EmbeddingCache(home() / "embeddings")
 
 
 def _prefix_cache():
-    from .models import home
+    from .model_cache import home
     from .prefix_cache import PrefixCache
     return PrefixCache(home() / "prefixes")
 
@@ -502,7 +517,7 @@ def batch(inputs, model, questions, tags, schema, out, fmt, temperature, seed, m
     try:
         if ray_address:
             summary = run_batch_ray(ray_address, md.path, opt, req, files, list(questions), Path(out), model_id,
-                                    progress=bar.update, actors=ray_actors, log=_stderr if verbose else (lambda m: None))
+                                    progress=bar.update, actors=ray_actors)
         else:
             req.progress = _bar_stage(bar)
             summary = run_batch(pipe, req, files, list(questions), Path(out), model_id, progress=bar.update)
@@ -568,7 +583,7 @@ def eval_cmd(data, model, out, compare_model, tasks, limit, ctx, encoder, quiet,
                                           if compare_model else ())):
         md = _open_model(spec, quiet)
         settings = settings_key(md, opt, req)
-        pipe = Pipeline(md, opt, log=_stderr if verbose else None, cache=_embedding_cache())
+        pipe = Pipeline(md, opt, cache=_embedding_cache())
         bar = tqdm(total=len(items), unit="item", disable=quiet, file=sys.stderr, dynamic_ncols=True,
                    desc=md.path.name)
         try:
@@ -616,7 +631,7 @@ def embed(audio_file, model, out, segs, layers, encoder, quiet, verbose):
 
     _setup_logging(quiet, verbose)
     md = _open_model(model, quiet)
-    pipe = Pipeline(md, Options(**encoder), log=_stderr if verbose else None)
+    pipe = Pipeline(md, Options(**encoder))
     timings: dict[str, float] = {}
     res = pipe.embed(AudioInput(audio_file, parse_segs(segs) if segs else None), keep_layers=layers,
                      timings=timings)
@@ -650,6 +665,11 @@ def embed(audio_file, model, out, segs, layers, encoder, quiet, verbose):
 @click.option("--onnx-int8", is_flag=True,
               help="Also write ONNX Runtime's int8 encoder graph (for --compute-type int8: faster where the CPU "
                    "lacks bf16 units, less accurate; its quantizer doubles conversion memory at full size).")
+@click.option("--output-type", type=click.Choice(["q8_0", "f16"]), default=None,
+              help="Keep the output matrix (lm_head) at this type in a quantized GGUF (the original's author keeps "
+                   "it unquantized for 4-bit; README, Accuracy, has what each mix costs).")
+@click.option("--embedding-type", type=click.Choice(["q8_0", "f16"]), default=None,
+              help="Keep the token embeddings at this type in a quantized GGUF.")
 @click.option("--template", type=click.Choice(["auto", "qwen2_base", "qwen2_instruct"]), default="auto",
               show_default=True,
               help="The release's conversation template (chat and serve follow it): auto reads the checkpoint's "
@@ -657,8 +677,8 @@ def embed(audio_file, model, out, segs, layers, encoder, quiet, verbose):
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="Quantizer threads (default: all cores).")
 @verbosity
-def convert(src, out, quant, encoder_quant, encoder_backends, keep_f16, onnx_int8, template, force, threads, quiet,
-            verbose):
+def convert(src, out, quant, encoder_quant, encoder_backends, keep_f16, onnx_int8, output_type, embedding_type,
+            template, force, threads, quiet, verbose):
     """Convert an original MuFun checkpoint (directory or hub id) into a model directory.
 
     \b
@@ -673,7 +693,8 @@ def convert(src, out, quant, encoder_quant, encoder_backends, keep_f16, onnx_int
                 else tuple(b.strip() for b in encoder_backends.split(",") if b.strip()))
     done = run_convert(src, out, quant=quant, encoder_quant=encoder_quant, encoder_backends=backends,
                        force=force, keep_f16=keep_f16, template=template, onnx_int8=onnx_int8,
-                       threads=threads, quiet=quiet, verbose=verbose)
+                       threads=threads, quiet=quiet, verbose=verbose, output_type=output_type,
+                       embedding_type=embedding_type)
     _measure_encoders(Path(done) / "encoder", quiet)
 
 
@@ -681,10 +702,9 @@ def _measure_encoders(encoder_dir: Path, quiet: bool) -> None:
     """Time the encoder engines now, where a wait is expected, instead of in the first `ask`
     (about a minute at the real size; kept per machine, so later conversions reuse it)."""
     from .encoder_choice import choose
-    from .models import home
+    from .model_cache import home
     try:
-        c = choose(encoder_dir, "auto", "auto", None, 0, home() / "encoder-choice.json",
-                   (lambda m: None) if quiet else _stderr)
+        c = choose(encoder_dir, "auto", "auto", None, 0, home() / "encoder-choice.json")
     except MufunError as exc:
         log.warning("could not time the encoder engines now (the first ask will): %s", exc)
         return
@@ -706,10 +726,11 @@ def pull(model_id, quant, quiet, verbose):
     mufun-local pull                              # Yi3852/MuFun-Base
     mufun-local pull Yi3852/MuFun-Instruct --quant q8_0
     """
-    from .models import DEFAULT_QUANT, pull as pull_model
+    from .model_cache import pull as pull_model
+    from .modeldir import DEFAULT_QUANT
 
     _setup_logging(quiet, verbose)
-    md, had = pull_model(model_id, quant, log=(lambda m: None) if quiet else _stderr, quiet=quiet)
+    md, had = pull_model(model_id, quant, quiet=quiet)
     if not had:
         _measure_encoders(md.path / "encoder", quiet)
     size = sum(p.stat().st_size for p in md.path.rglob("*") if p.is_file())
@@ -728,14 +749,15 @@ def info(model, verify, system):
     mufun-local info ./mufun-base-q4 --verify
     mufun-local info --system
     """
-    from .artifacts import describe
-    from .models import resolve
+    from .model_cache import resolve
+    from .modeldir import describe
 
+    _setup_logging(False, False)
     if system:
         click.echo(_system_info())
         if not model:
             return
-    md = resolve(model, log=_stderr)
+    md = resolve(model)
     click.echo(describe(md))
     if verify:
         bad = md.verify()
@@ -781,7 +803,7 @@ def _system_info() -> str:
 def models(ctx):
     """List the converted models in the cache ($MUFUN_HOME)."""
     if ctx.invoked_subcommand is None:
-        from .models import list_cached, models_dir
+        from .model_cache import list_cached, models_dir
         rows = list_cached()
         if not rows:
             click.echo(f"no cached models in {models_dir()}")
@@ -793,7 +815,7 @@ def models(ctx):
 @click.argument("name")
 def models_rm(name):
     """Delete a cached model."""
-    from .models import remove_cached
+    from .model_cache import remove_cached
     size = remove_cached(name)
     click.echo(f"removed {name} ({size / 1e9:.2f} GB)")
 
@@ -810,6 +832,7 @@ def demo(question, max_tokens):
     makes a 3-second test chord, and runs the same path as `ask`. The weights are random,
     so the answer is noise: the point is that every stage runs.
     """
+    _setup_logging(False, False)
     from .demo import run_demo
     run_demo(question, max_tokens, echo=click.echo)
 

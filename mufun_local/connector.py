@@ -12,7 +12,7 @@ import numpy as np
 
 from .devices import torch_cuda
 from .encoder import HiddenStates, gelu
-from .errors import ModelError
+from .errors import ModelError, first_line
 
 
 def pool(hs: np.ndarray, stride: int) -> np.ndarray:
@@ -29,7 +29,7 @@ class Connector:
         try:
             w = load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types for damaged files
-            raise ModelError(f"{path}: cannot read connector ({str(exc).splitlines()[0]})") from None
+            raise ModelError(f"{path}: cannot read connector ({first_line(exc)})") from None
         self.stride = pool_stride
         # [in, out] views of torch's [out, in] weights: BLAS reads them transposed, no copy
         self.w1 = w["linear1.weight"].T

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import MufunError
+from .errors import MufunError, first_line
 
 
 # llama-cpp-python's converter lets a string hold raw control characters, which JSON does not
@@ -33,7 +33,7 @@ def schema_grammar(schema: dict | str) -> str:
                          for line in grammar.splitlines())
     except (ValueError, KeyError, TypeError, NotImplementedError, RecursionError) as exc:
         raise MufunError(f"the JSON Schema cannot be turned into a grammar ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:200] if str(exc) else 'unsupported'})") from None
+                         f"{first_line(exc) if str(exc).strip() else 'unsupported'})") from None
 
 
 def json_grammar() -> str:

@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-from .models import home
+from .model_cache import home
 
 
 def test_chord(path, seconds: float = 3.0, rate: int = 44100) -> None:
@@ -25,7 +25,7 @@ def test_chord(path, seconds: float = 3.0, rate: int = 44100) -> None:
 def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print) -> None:
     from filelock import FileLock
 
-    from .artifacts import MANIFEST, ModelDir
+    from .modeldir import DEFAULT_QUANT, MANIFEST, ModelDir
     from .convert.run import convert, default_encoder_backends
     from .llm import Sampling
     from .pipeline import AudioInput, Pipeline, Request
@@ -33,7 +33,7 @@ def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print
 
     root = home() / "demo"
     root.mkdir(parents=True, exist_ok=True)
-    ckpt, model_dir, wav = root / "checkpoint-tiny", root / "model-tiny-q4_k_m", root / "chord.wav"
+    ckpt, model_dir, wav = root / "checkpoint-tiny", root / f"model-tiny-{DEFAULT_QUANT}", root / "chord.wav"
     with FileLock(str(root / ".lock")):
         t0 = time.perf_counter()
         if not (ckpt / "model.safetensors.index.json").is_file():
@@ -45,8 +45,8 @@ def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print
         t0 = time.perf_counter()
         if not (model_dir / MANIFEST).is_file():
             backends = default_encoder_backends()
-            convert(str(ckpt), model_dir, quant="q4_k_m", encoder_backends=backends, force=True, quiet=True)
-            echo(f"[2/4] converted to {' + '.join(backends)} encoder, connector and q4_k_m GGUF in {model_dir} "
+            convert(str(ckpt), model_dir, encoder_backends=backends, force=True, quiet=True)
+            echo(f"[2/4] converted to {' + '.join(backends)} encoder, connector and {DEFAULT_QUANT} GGUF in {model_dir} "
                  f"({time.perf_counter() - t0:.1f} s)")
         else:
             echo(f"[2/4] converted model: {model_dir} (cached)")
@@ -54,7 +54,7 @@ def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print
             test_chord(wav)
         echo(f"[3/4] test audio: {wav} (3 s stereo A-minor chord, 44.1 kHz)")
     md = ModelDir.open(model_dir)
-    pipe = Pipeline(md, log=echo)
+    pipe = Pipeline(md)
     echo(f"[4/4] mufun-local ask {wav.name} {question!r} --temperature 0")
     try:
         res = pipe.ask([AudioInput(str(wav))], question, Request(max_tokens, Sampling(temperature=0.0))).finish()

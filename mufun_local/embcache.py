@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import lru
-from .artifacts import sha256_file
+from .modeldir import sha256_file
 
 DEFAULT_LIMIT_MB = 2048
 

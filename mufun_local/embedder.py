@@ -4,15 +4,15 @@ and release of the encoder and connector."""
 from __future__ import annotations
 
 import gc
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from . import audio as audio_mod
-from .artifacts import ModelDir
+from .modeldir import ModelDir
 from .devices import torch_cuda
+from .logs import log
 from .timing import Timer
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -36,18 +36,13 @@ class Embedded:
     hidden_states: object = None      # encoder.HiddenStates when asked for
 
 
-def _stderr_line(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 class AudioEmbedder:
     """Owns the encoder and the connector of one model, loaded when first needed.
     `options` is the pipeline's load-time Options (engine, compute type, device, threads)."""
 
-    def __init__(self, model: ModelDir, options, log: Callable[[str], None]):
+    def __init__(self, model: ModelDir, options):
         self.model = model
         self.opt = options
-        self.log = log
         self.tokens_per_window = int(model.manifest["connector"]["tokens_per_window"])
         self.hidden = int(model.manifest["dims"]["hidden"])
         self._encoder = None
@@ -61,11 +56,11 @@ class AudioEmbedder:
         """(backend, compute type) for this machine; `auto` may time each candidate once."""
         if self._choice is None:
             from .encoder_choice import choose
-            from .models import home
+            from .model_cache import home
 
-            notice = self.log if self.opt.verbose or self.opt.quiet else _stderr_line
             self._choice = choose(self.model.encoder_dir, self.opt.encoder_backend, self.opt.device,
-                                  self.opt.compute_type, self.opt.threads, home() / "encoder-choice.json", notice)
+                                  self.opt.compute_type, self.opt.threads, home() / "encoder-choice.json",
+                                  quiet=self.opt.quiet)
         return self._choice
 
     @property
@@ -75,7 +70,7 @@ class AudioEmbedder:
             c = self.choice
             self._encoder = load_encoder(self.model.encoder_dir, c.backend, self.opt.device, c.compute_type,
                                          self.opt.threads, self.opt.encoder_batch)
-            self.log(f"encoder: {self._encoder.describe()} ({c.reason})")
+            log.info("encoder: %s (%s)", self._encoder.describe(), c.reason)
             self._encoder_device = self._encoder.device  # the connector follows it, also once it is gone
         return self._encoder
 
@@ -125,7 +120,7 @@ class AudioEmbedder:
         made pass through."""
         if item.mels is not None:
             return item.mels, item.seconds
-        from .frontend import load_log_mels
+        from .mel_windows import load_log_mels
         return load_log_mels(item.path, item.segs, self.mel_filters, max_windows, timer)
 
     def embed_windows(self, mels: list[np.ndarray], timer: Timer, keep_layers: bool = False,

@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .devices import resolve_device
 from .encoder_backends import GPU_BACKEND, converted, get, load_encoder
 from .errors import ModelError
+from .logs import notice
 
 CPU_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni", "avx2")
 
@@ -70,13 +70,14 @@ def _versions(backends) -> str:
 
 
 def measure(encoder_dir: Path, pairs: list[tuple[str, str]], threads: int, n_mels: int,
-            log: Callable[[str], None]) -> dict[str, float]:
+            quiet: bool = False) -> dict[str, float]:
     """Seconds for one 30 s window on each (backend, compute type), loading one at a time."""
     rng = np.random.default_rng(0)
     mel = np.clip(rng.standard_normal((1, n_mels, 3000)).astype(np.float32) * 0.4, -1.0, 1.5)
     seconds = {}
     for backend, ct in pairs:
-        log(f"encoder: timing {backend} {ct} on one window (once per machine) ...")
+        if not quiet:
+            notice(f"encoder: timing {backend} {ct} on one window (once per machine) ...")
         enc = load_encoder(encoder_dir, backend, "cpu", ct, threads, 1)
         enc.hidden_states(mel)  # first call pays lazy allocations
         t0 = time.perf_counter()
@@ -87,7 +88,7 @@ def measure(encoder_dir: Path, pairs: list[tuple[str, str]], threads: int, n_mel
 
 
 def choose(encoder_dir: str | Path, backend: str = "auto", device: str = "auto", compute_type: str | None = None,
-           threads: int = 0, cache_file: Path | None = None, log: Callable[[str], None] = lambda m: None) -> Choice:
+           threads: int = 0, cache_file: Path | None = None, quiet: bool = False) -> Choice:
     """Which backend and compute type to load (measuring once when `auto` has a choice)."""
     encoder_dir = Path(encoder_dir)
     if backend != "auto":
@@ -116,7 +117,7 @@ def choose(encoder_dir: str | Path, backend: str = "auto", device: str = "auto",
     seconds = cache.get(key)
     how = "measured earlier on this machine"
     if seconds is None:
-        seconds = measure(encoder_dir, pairs, threads, int(info.get("n_mels", 128)), log)
+        seconds = measure(encoder_dir, pairs, threads, int(info.get("n_mels", 128)), quiet)
         how = "measured now"
         if cache_file is not None:
             cache[key] = seconds

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .encoder import EncoderBase, HiddenStates, gelu
-from .errors import ModelError
+from .errors import ModelError, first_line
 
 
 class CT2Encoder(EncoderBase):
@@ -37,11 +37,11 @@ class CT2Encoder(EncoderBase):
                 model = ctranslate2.models.Wav2Vec2(str(self.dir / seg["dir"]), device=self.device,
                                                     compute_type=self.compute_type, intra_threads=threads)
             except (RuntimeError, ValueError) as exc:
-                raise ModelError(f"{self.dir / seg['dir']}: cannot load ({str(exc).splitlines()[0]})") from None
+                raise ModelError(f"{self.dir / seg['dir']}: cannot load ({first_line(exc)})") from None
             self.segments.append((model, bool(seg["raw_output"])))
 
-    # -- host front end
-    def front_end(self, mel: np.ndarray) -> np.ndarray:
+    # -- the conv stem (hidden state 0), on the host
+    def conv_stem(self, mel: np.ndarray) -> np.ndarray:
         """[B, n_mels, 3000] log-mel -> hidden state 0 [B, 1500, d]."""
         B, C, T = mel.shape
         x = np.zeros((B, C, T + 2), np.float32)
@@ -72,7 +72,7 @@ class CT2Encoder(EncoderBase):
         return np.ascontiguousarray(body)
 
     def _hidden_batch(self, mel: np.ndarray) -> HiddenStates:
-        states = [self.front_end(mel)]
+        states = [self.conv_stem(mel)]
         for model, raw in self.segments:
             h = states[-1]
             states.append(self._raw_segment(model, h) if raw else self._run(model, h))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .encoder import EncoderBase, HiddenStates
-from .errors import ModelError
+from .errors import ModelError, first_line
 
 OUTPUTS = ("hs0", "hs7", "hs15", "hs32")
 
@@ -40,8 +40,7 @@ class _OnnxEncoder(EncoderBase):
         self.path = self.dir / name
 
     def _load_error(self, exc: Exception) -> ModelError:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return ModelError(f"{self.path}: cannot load ({first[:300]})")
+        return ModelError(f"{self.path}: cannot load ({first_line(exc, 300)})")
 
 
 class OnnxRuntimeEncoder(_OnnxEncoder):

@@ -12,9 +12,9 @@ import fnmatch
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable
 
 from .errors import ModelError
+from .logs import notice
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+(@[\w./-]+)?")
 # What conversion reads: config, index, shards, tokenizer, generation defaults.
@@ -94,7 +94,7 @@ def plan(spec: str) -> Plan:
     return Plan(repo_id, info.sha or revision or "main", len(files), sum(s.size or 0 for s in files), missing)
 
 
-def download(spec: str, quant: str, log: Callable[[str], None], quiet: bool = False) -> str:
+def download(spec: str, quant: str, quiet: bool = False) -> str:
     """The local snapshot of `spec`: from the cache, else downloaded after saying what it costs."""
     local = cached(spec)
     if local:
@@ -103,7 +103,7 @@ def download(spec: str, quant: str, log: Callable[[str], None], quiet: bool = Fa
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     p = plan(spec)
-    log(f"downloading {p.describe(quant)} (`mufun-local pull` does this ahead of time)")
+    notice(f"downloading {p.describe(quant)} (`mufun-local pull` does this ahead of time)")
     was_disabled = are_progress_bars_disabled()
     if quiet:
         disable_progress_bars()

@@ -485,9 +485,9 @@ class LLM(Vocab):
         super().close()
 
 
-def load_llm(model, threads: int = 0, n_gpu_layers: int = -1, n_ctx: int | None = None, verbose: bool = False,
-             log=lambda msg: None) -> LLM:
-    """A converted model's GGUF (`model`: an artifacts.ModelDir), with as many layers on the
+def load_llm(model, threads: int = 0, n_gpu_layers: int = -1, n_ctx: int | None = None,
+             verbose: bool = False) -> LLM:
+    """A converted model's GGUF (`model`: a modeldir.ModelDir), with as many layers on the
     GPU as asked for and as fit beside a KV cache for `n_ctx` (devices.choose_offload)."""
     from .devices import choose_offload, free_vram_bytes, kv_cache_bytes
 
@@ -496,5 +496,6 @@ def load_llm(model, threads: int = 0, n_gpu_layers: int = -1, n_ctx: int | None 
     kv = kv_cache_bytes(min(n_ctx or d["max_positions"], 8192), d["llm_layers"], d["llm_kv_heads"], d["head_dim"])
     off = choose_offload(n_gpu_layers, d["llm_layers"], model.llm_file.stat().st_size,
                          kv, gpu, free_vram_bytes() if gpu and n_gpu_layers < 0 else None)
-    log(f"llm: llama.cpp, {off.n_gpu_layers} layer(s) on the GPU: {off.reason}")
+    from .logs import log
+    log.info("llm: llama.cpp, %d layer(s) on the GPU: %s", off.n_gpu_layers, off.reason)
     return LLM(model.llm_file, threads, off.n_gpu_layers, verbose=verbose)

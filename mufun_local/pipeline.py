@@ -16,17 +16,18 @@ import codecs
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from . import audio as audio_mod
 from . import prompt as prompt_mod
-from .artifacts import ModelDir
+from .modeldir import ModelDir
 from .budget import Budget
 from .embedder import AudioEmbedder, AudioInput, Embedded, Progress  # noqa: F401  (AudioInput, Embedded: API)
 from .errors import MufunError
 from .llm import LLM, Sampling
+from .logs import log
 from .timing import Timer, peak_rss_mb
 
 CTX_ROUND = 256
@@ -105,14 +106,12 @@ class Answer:
 
 
 class Pipeline:
-    def __init__(self, model: ModelDir, options: Options | None = None,
-                 log: Callable[[str], None] | None = None, cache=None, prefix_cache=None):
+    def __init__(self, model: ModelDir, options: Options | None = None, cache=None, prefix_cache=None):
         self.model = model
         self.cache = cache  # an embcache.EmbeddingCache, or None
         self.prefix_cache = prefix_cache  # a prefix_cache.PrefixCache, or None
         self.opt = options or Options()
-        self.log = log or (lambda msg: None)
-        self.audio = AudioEmbedder(model, self.opt, self.log)
+        self.audio = AudioEmbedder(model, self.opt)
         self._llm: LLM | None = None
         self._vocab = None
         m = model.manifest
@@ -130,7 +129,7 @@ class Pipeline:
         if self._llm is None:
             from .llm import load_llm
             self._llm = load_llm(self.model, self.opt.threads, self.opt.n_gpu_layers, self.opt.n_ctx,
-                                 self.opt.verbose, self.log)
+                                 self.opt.verbose)
             if self._vocab is not None:
                 self._vocab.close()
                 self._vocab = None
@@ -432,7 +431,7 @@ class Pipeline:
             try:
                 self.prefix_cache.put(PrefixState(self._prefix_key(head), llm.n_past, audio, llm.save_state()))
             except OSError as exc:  # a full disk costs the next question time, not this answer
-                self.log(f"prefix cache: not saved ({exc})")
+                log.warning("prefix cache: not saved (%s)", exc)
 
     def _generate(self, llm: LLM, req: Request, res: Result) -> Iterator[str]:
         req.show("answer", 0, req.max_tokens)

@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from . import prompt as prompt_mod
-from .artifacts import ModelDir
+from .modeldir import ModelDir
 from .errors import MufunError
 from .llm import Sampling
 from .pipeline import AudioInput, Options, Pipeline, Request
@@ -316,50 +316,81 @@ def key_matches(authorization: str, api_key: str) -> bool:
 def create_app(model: ModelDir, options: Options, api_key: str | None = None, max_queue: int = 32,
                max_body_mb: float = 64.0, cache=None, model_id: str | None = None, prefix_cache=None,
                hosts: set[str] | None = None, request_timeout: float = 600.0, max_uploads: int = 2,
-               max_tokens: int = 512):
+               max_tokens: int = 512, pipeline: Pipeline | None = None):
     """The ASGI app. `hosts`: Host header names it answers (see allowed_hosts; None: any);
     `request_timeout`: seconds a request may take from its arrival; `max_uploads`: request
     bodies read and decoded at once (each holds ~4x its size until its audio is on disk);
-    `max_tokens`: a request's answer length when it does not say."""
+    `max_tokens`: a request's answer length when it does not say; `pipeline`: what answers
+    (default: a Pipeline of `model` and `options`, its LLM loaded up front; tests pass a fake)."""
     from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
-
-    pipe = Pipeline(model, options, cache=cache, prefix_cache=prefix_cache)
-    pipe.llm.open_context(options.n_ctx, options.n_batch, options.f32_kv, options.flash_attn)  # loaded once, up front
-    worker = Worker(pipe, max_queue)
-    worker.start()
-    mid = model_id or model.manifest["source"]["id"]
-    max_body = int(max_body_mb * 1024 * 1024)
-    created = int(time.time())
-
-    def err(status: int, message: str, param=None, code=None, headers=None) -> JSONResponse:
-        etype = "invalid_request_error" if status < 500 else ("server_busy" if status == 503 else "server_error")
-        if status == 401:
-            etype = "authentication_error"
-        return JSONResponse(error_body(message, etype, param, code), status_code=status, headers=headers)
 
     if api_key is not None and not api_key.strip():
         raise MufunError("the API key is empty; give a real key, or none to serve without one")
+    pipe = pipeline
+    if pipe is None:
+        pipe = Pipeline(model, options, cache=cache, prefix_cache=prefix_cache)
+        pipe.llm.open_context(options.n_ctx, options.n_batch, options.f32_kv, options.flash_attn)  # loaded once
+    worker = Worker(pipe, max_queue)
+    worker.start()
+    api = _Api(model, options, worker, api_key, max_body_mb, model_id, request_timeout, max_uploads, max_tokens)
+    routes = [
+        Route("/health", api.health),
+        Route("/v1/models", api.models),
+        Route("/v1/chat/completions", api.completions, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes + _static_routes())
+    if hosts is not None:
+        app.add_middleware(_HostCheck, hosts=hosts)
+    app.state.worker = worker
+    app.state.pipeline = pipe
+    return app
 
-    def authorized(request: Request) -> bool:
-        return api_key is None or key_matches(request.headers.get("authorization", ""), api_key)
 
-    uploads = asyncio.Semaphore(max(1, max_uploads))
+def _err(status: int, message: str, param=None, code=None, headers=None):
+    """An OpenAI-shaped error response."""
+    from starlette.responses import JSONResponse
+    etype = "invalid_request_error" if status < 500 else ("server_busy" if status == 503 else "server_error")
+    if status == 401:
+        etype = "authentication_error"
+    return JSONResponse(error_body(message, etype, param, code), status_code=status, headers=headers)
 
-    async def health(request: Request):
-        if not worker.is_alive():
+
+def _usage(d: dict) -> dict:
+    return {"prompt_tokens": d["prompt_tokens"], "completion_tokens": d["completion_tokens"],
+            "total_tokens": d["prompt_tokens"] + d["completion_tokens"]}
+
+
+class _Api:
+    """The routes of one server: request checks, body reading and parsing off the event loop,
+    the queue to the worker, and the answer as JSON or as server-sent events."""
+
+    def __init__(self, model: ModelDir, options: Options, worker: Worker, api_key: str | None, max_body_mb: float,
+                 model_id: str | None, request_timeout: float, max_uploads: int, max_tokens: int):
+        self.model, self.options, self.worker, self.api_key = model, options, worker, api_key
+        self.max_body_mb, self.max_body = max_body_mb, int(max_body_mb * 1024 * 1024)
+        self.mid = model_id or model.manifest["source"]["id"]
+        self.request_timeout, self.max_tokens = request_timeout, max_tokens
+        self.uploads = asyncio.Semaphore(max(1, max_uploads))
+        self.created = int(time.time())
+
+    def authorized(self, request) -> bool:
+        return self.api_key is None or key_matches(request.headers.get("authorization", ""), self.api_key)
+
+    async def health(self, request):
+        from starlette.responses import JSONResponse
+        if not self.worker.is_alive():
             return JSONResponse({"status": "error", "detail": "the worker thread stopped"}, status_code=503)
-        return JSONResponse({"status": "ok", "queued": worker.jobs.qsize(), "busy": worker.busy})
+        return JSONResponse({"status": "ok", "queued": self.worker.jobs.qsize(), "busy": self.worker.busy})
 
-    async def models(request: Request):
-        if not authorized(request):
-            return err(401, "missing or wrong API key (Authorization: Bearer ...)")
+    async def models(self, request):
+        from starlette.responses import JSONResponse
+        if not self.authorized(request):
+            return _err(401, "missing or wrong API key (Authorization: Bearer ...)")
         return JSONResponse({"object": "list", "data": [
-            {"id": mid, "object": "model", "created": created, "owned_by": "mufun-local"}]})
+            {"id": self.mid, "object": "model", "created": self.created, "owned_by": "mufun-local"}]})
 
-    def sampling_from(body: dict) -> tuple[Sampling, int, list[str]]:
+    def sampling_from(self, body: dict) -> tuple[Sampling, int, list[str]]:
         def num(name, cast, default, lo=None, hi=None):
             v = body.get(name, default)
             if v is None:
@@ -371,28 +402,31 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
             if not math.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
                 raise RequestError(400, f"{name} must be between {lo} and {hi}", name)
             return v
+
         def given(name, cast, lo=None, hi=None):
             return None if body.get(name) is None else num(name, cast, None, lo, hi)
-        answer_tokens = num("max_tokens", int, body.get("max_completion_tokens") or max_tokens, 1, options.n_ctx)
+        answer_tokens = num("max_tokens", int, body.get("max_completion_tokens") or self.max_tokens, 1,
+                            self.options.n_ctx)
         stop = body.get("stop") or []
         if isinstance(stop, str):
             stop = [stop]
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
             raise RequestError(400, "stop must be a string or a list of up to 4 strings", "stop")
-        sampling = model.sampling(given("temperature", float, 0, 2), given("top_p", float, 0, 1),
-                                  seed=given("seed", int), grammar=response_grammar(body.get("response_format")))
+        sampling = self.model.sampling(given("temperature", float, 0, 2), given("top_p", float, 0, 1),
+                                       seed=given("seed", int), grammar=response_grammar(body.get("response_format")))
         return sampling, answer_tokens, stop
 
-    def parse_request(raw: bytes | bytearray, tmpdir: str):
+    def parse_request(self, raw: bytes | bytearray, tmpdir: str):
         body = parse_body(raw)
-        prm, audios = build_prompt(body.get("messages"), model.manifest, tmpdir)
-        sampling, max_tokens, stop = sampling_from(body)
+        prm, audios = build_prompt(body.get("messages"), self.model.manifest, tmpdir)
+        sampling, max_tokens, stop = self.sampling_from(body)
         stream_options = body.get("stream_options") or {}
         if not isinstance(stream_options, dict):
             raise RequestError(400, "stream_options must be an object", "stream_options")
         return body, prm, audios, sampling, max_tokens, stop, stream_options
 
-    async def next_event(job: Job, request: Request):
+    @staticmethod
+    async def next_event(job: Job, request):
         """The job's next event; a client that goes away meanwhile cancels the job (the
         worker notices at its next encoder window, prefill batch or token)."""
         while True:
@@ -403,73 +437,82 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
                     job.cancel.set()
                     raise asyncio.CancelledError from None
 
-    async def completions(request: Request):
-        if not authorized(request):
-            return err(401, "missing or wrong API key (Authorization: Bearer ...)")
-        if not worker.is_alive():
-            return err(503, "the server's worker stopped; restart the server")
-        if worker.jobs.full():  # before reading what may be a large body
-            return err(503, "the server is busy; retry shortly", headers={"Retry-After": "5"})
-        arrived = time.monotonic()
-        async with uploads:
+    async def read_request(self, request):
+        """The parsed request (its audio written to a new folder), or an error response."""
+        async with self.uploads:
             raw, size = bytearray(), 0
             async for chunk in request.stream():  # read to the end even when too large, so the
                 size += len(chunk)                 # client sees the 413 rather than a broken pipe
-                if size <= max_body:
+                if size <= self.max_body:
                     raw += chunk
-            if size > max_body:
-                return err(413, f"request body larger than {max_body_mb:g} MB")
+            if size > self.max_body:
+                return _err(413, f"request body larger than {self.max_body_mb:g} MB")
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "application/json":  # a web page's form or text/plain POST needs no preflight
-                return err(415, "Content-Type must be application/json")
+                return _err(415, "Content-Type must be application/json")
             tmpdir = tempfile.mkdtemp(prefix="mufun-serve-")
             try:  # parsing and base64 decoding off the event loop; the audio goes to disk
-                body, prm, audios, sampling, max_tokens, stop, stream_options = \
-                    await asyncio.to_thread(parse_request, raw, tmpdir)
+                return (*await asyncio.to_thread(self.parse_request, raw, tmpdir), tmpdir)
             except RequestError as exc:
                 _rmtree(tmpdir)
-                return err(exc.status, exc.message, exc.param, exc.code)
+                return _err(exc.status, exc.message, exc.param, exc.code)
             except Exception as exc:  # a shape nothing above checks: still the client's error, and no leak
                 _rmtree(tmpdir)
-                return err(400, f"malformed request ({type(exc).__name__})")
+                return _err(400, f"malformed request ({type(exc).__name__})")
             finally:
                 del raw
-        loop = asyncio.get_running_loop()
-        job = Job(prm, audios, sampling, max_tokens, stop, loop, asyncio.Queue(), tmpdir,
-                  deadline=arrived + request_timeout)
+
+    async def completions(self, request):
+        if not self.authorized(request):
+            return _err(401, "missing or wrong API key (Authorization: Bearer ...)")
+        if not self.worker.is_alive():
+            return _err(503, "the server's worker stopped; restart the server")
+        if self.worker.jobs.full():  # before reading what may be a large body
+            return _err(503, "the server is busy; retry shortly", headers={"Retry-After": "5"})
+        arrived = time.monotonic()
+        parsed = await self.read_request(request)
+        if not isinstance(parsed, tuple):
+            return parsed
+        body, prm, audios, sampling, max_tokens, stop, stream_options, tmpdir = parsed
+        job = Job(prm, audios, sampling, max_tokens, stop, asyncio.get_running_loop(), asyncio.Queue(), tmpdir,
+                  deadline=arrived + self.request_timeout)
         try:
-            worker.submit(job)
+            self.worker.submit(job)
         except queue.Full:
             _rmtree(tmpdir)
-            return err(503, "the server is busy; retry shortly", headers={"Retry-After": "5"})
-        rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        base = {"id": rid, "created": now, "model": mid}
+            return _err(503, "the server is busy; retry shortly", headers={"Retry-After": "5"})
+        base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.mid}
         streaming = False
         try:
-            first = await next_event(job, request)
+            first = await self.next_event(job, request)
             while first[0] == "progress" and not body.get("stream"):
-                first = await next_event(job, request)
+                first = await self.next_event(job, request)
             if first[0] == "error":
-                return err(first[1], first[2])
+                return _err(first[1], first[2])
             if not body.get("stream"):
-                while True:
-                    ev = await next_event(job, request)
-                    if ev[0] == "error":
-                        return err(ev[1], ev[2])
-                    if ev[0] == "done":
-                        break
-                d = ev[1]
-                return JSONResponse({**base, "object": "chat.completion", "choices": [{
-                    "index": 0, "message": {"role": "assistant", "content": d["text"]},
-                    "finish_reason": d["finish"]}],
-                    "usage": {"prompt_tokens": d["prompt_tokens"], "completion_tokens": d["completion_tokens"],
-                              "total_tokens": d["prompt_tokens"] + d["completion_tokens"]}})
+                return await self.answer_json(job, request, base)
             streaming = True
         finally:
             if not streaming:
                 job.cancel.set()  # done, failed, or the client went away while waiting
+        return self.answer_stream(job, base, bool(stream_options.get("include_usage")))
 
-        include_usage = bool(stream_options.get("include_usage"))
+    async def answer_json(self, job: Job, request, base: dict):
+        from starlette.responses import JSONResponse
+        while True:
+            ev = await self.next_event(job, request)
+            if ev[0] == "error":
+                return _err(ev[1], ev[2])
+            if ev[0] == "done":
+                break
+        d = ev[1]
+        return JSONResponse({**base, "object": "chat.completion", "choices": [{
+            "index": 0, "message": {"role": "assistant", "content": d["text"]}, "finish_reason": d["finish"]}],
+            "usage": _usage(d)})
+
+    @staticmethod
+    def answer_stream(job: Job, base: dict, include_usage: bool):
+        from starlette.responses import StreamingResponse
 
         async def sse():
             chunk = {**base, "object": "chat.completion.chunk"}
@@ -490,9 +533,7 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
                         d = ev[1]
                         yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": d["finish"]}]})
                         if include_usage:
-                            yield _sse({**chunk, "choices": [], "usage": {
-                                "prompt_tokens": d["prompt_tokens"], "completion_tokens": d["completion_tokens"],
-                                "total_tokens": d["prompt_tokens"] + d["completion_tokens"]}})
+                            yield _sse({**chunk, "choices": [], "usage": _usage(d)})
                         break
                 yield "data: [DONE]\n\n"
             finally:
@@ -500,19 +541,6 @@ def create_app(model: ModelDir, options: Options, api_key: str | None = None, ma
 
         return StreamingResponse(sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    routes = [
-        Route("/health", health),
-        Route("/v1/models", models),
-        Route("/v1/chat/completions", completions, methods=["POST"]),
-    ]
-    static = _static_routes()
-    app = Starlette(routes=routes + static)
-    if hosts is not None:
-        app.add_middleware(_HostCheck, hosts=hosts)
-    app.state.worker = worker
-    app.state.pipeline = pipe
-    return app
 
 
 class _HostCheck:

@@ -88,7 +88,7 @@ def bandwidth_gbs(nbytes: int = 1 << 30) -> float:
 
 def llm_micro(model_dir: Path, n_rows: int, gen_tokens: int, threads: int) -> dict:
     """Embedding prefill vs token prefill of the same length; generation tokens/s."""
-    from mufun_local.artifacts import ModelDir
+    from mufun_local.modeldir import ModelDir
     from mufun_local.llm import LLM, Sampling
 
     md = ModelDir.open(model_dir)
@@ -130,7 +130,7 @@ def main() -> int:
     ap.add_argument("--preset", choices=["tiny", "small", "full"], default="small")
     ap.add_argument("--audio", help="your own file instead of the generated song")
     ap.add_argument("--seconds", type=float, default=180.0)
-    ap.add_argument("--quant", default="q4_k_m")
+    ap.add_argument("--quant", default=None, help="LLM weight type (default: convert's, f16)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--encoder-backend", default="auto", help="ours: auto, ctranslate2, onnxruntime or openvino")
@@ -151,6 +151,8 @@ def main() -> int:
     if not (ckpt / "model.safetensors.index.json").is_file():
         print(f"generating the {args.preset} checkpoint ...", file=sys.stderr)
         generate(ckpt, args.preset, seed=0)
+    from mufun_local.modeldir import DEFAULT_QUANT
+    args.quant = args.quant or DEFAULT_QUANT
     model = work / f"model-{args.preset}-{args.quant}"
     if not (model / "manifest.json").is_file():
         print(f"converting ({args.quant}) ...", file=sys.stderr)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Audio front end speed: decode + resample + log-mel of one file, ours vs the original's path.
+"""Decoding and log-mel speed: decode + resample + log-mel of one file, ours vs the original's path.
 
 The original's path is ffmpeg_read (the ffmpeg CLI) + torchaudio's resample (the
 reference's faithful copy) + WhisperFeatureExtractor, one window at a time; ours is
@@ -40,7 +40,7 @@ def make_song(path: Path, seconds: float, rate: int, seed: int = 0) -> Path:
 def ours(path: str):
     """What `ask` runs: decode + resample in a worker thread, overlapped with the log-mels."""
     from mufun_local import features
-    from mufun_local.frontend import load_log_mels
+    from mufun_local.mel_windows import load_log_mels
     return np.stack(load_log_mels(path, None, _filters(features))[0])
 
 
@@ -51,7 +51,7 @@ def _filters(features, cache={}):
 
 
 def original(path: str):
-    from mufun_local import reference
+    import mufun_reference as reference
     return reference.log_mel(reference.load_audio_single(path)).numpy()
 
 

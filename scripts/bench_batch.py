@@ -65,9 +65,8 @@ def main() -> int:
     model = work / f"model-{ckpt.name}"
     if not (model / "manifest.json").exists():
         convert(str(ckpt), model, quant="q4_k_m", encoder_backends=default_encoder_backends(), force=True, quiet=True)
-    from mufun_local.models import home
-    choose(model / "encoder", cache_file=home() / "encoder-choice.json",
-           log=lambda m: print(m, file=sys.stderr))  # the one-off measurement, before any timing
+    from mufun_local.model_cache import home
+    choose(model / "encoder", cache_file=home() / "encoder-choice.json")  # the one-off measurement, before any timing
     songs = work / "songs"
     songs.mkdir(exist_ok=True)
     for i in range(args.files):

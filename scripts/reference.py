@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from mufun_local.reference import ReferenceMuFun
+from mufun_reference import ReferenceMuFun
 
 
 def main() -> int:

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# The PyTorch reference (the oracle) lives with the scripts, outside the installed package.
+sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Caches the runtime writes (embeddings, the encoder-backend measurement) stay out of the user's.
 os.environ["MUFUN_HOME"] = tempfile.mkdtemp(prefix="mufun-test-home-")
@@ -68,9 +70,17 @@ def tiny_q4(tmp_path_factory, tiny_ckpt) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reference(tiny_ckpt):
-    from mufun_local.reference import ReferenceMuFun
-    return ReferenceMuFun(tiny_ckpt)
+def ref():
+    """The PyTorch oracle module (scripts/mufun_reference.py); its tests skip without torch."""
+    pytest.importorskip("torch", reason="the PyTorch reference needs the test extra's torch")
+    pytest.importorskip("transformers", reason="the PyTorch reference needs transformers")
+    import mufun_reference
+    return mufun_reference
+
+
+@pytest.fixture(scope="session")
+def reference(ref, tiny_ckpt):
+    return ref.ReferenceMuFun(tiny_ckpt)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import pytest
 
 from audio_fixtures import have_ffmpeg_cli
 from mufun_local import prompt
-from mufun_local.artifacts import ModelDir
+from mufun_local.modeldir import ModelDir
 from mufun_local.errors import MufunError
 from mufun_local.llm import LLM, Sampling
 from mufun_local.pipeline import AudioInput, Options, Pipeline, Request
@@ -208,7 +208,7 @@ def test_default_encoder_is_no_less_accurate_than_the_originals_bf16(tiny_all, t
     own bfloat16 run; int8 (opt-in only) is measured beside them and is further."""
     import torch
 
-    from mufun_local.reference import ReferenceMuFun
+    from mufun_reference import ReferenceMuFun
     monkeypatch.setenv("MUFUN_HOME", str(tmp_path))
     song, question = str(audio_dir / "long48k.flac"), "What genre is this?"
     exact = reference.ask([song], question, max_tokens=1).first_logits
@@ -223,3 +223,27 @@ def test_default_encoder_is_no_less_accurate_than_the_originals_bf16(tiny_all, t
         pipe.close()
     print(f"relative logit error: original bf16 {bound:.2e}, ours {errors}")
     assert errors["default"] <= bound < errors["int8"], errors
+
+
+def test_default_quant_is_no_less_accurate_than_the_originals_bf16(tiny_ckpt, reference, ref, audio_dir, tmp_path):
+    """convert's default LLM weights keep the first-step logits no further from the float32
+    reference than the original's own bfloat16 run; q4_k_m (opt-in) is measured beside them
+    and is further (q8_0 is printed: between them)."""
+    import torch
+
+    from mufun_local.convert.run import convert
+    song, question = str(audio_dir / "long48k.flac"), "What genre is this?"
+    exact = reference.ask([song], question, max_tokens=1).first_logits
+    bf16 = ref.ReferenceMuFun(tiny_ckpt, dtype=torch.bfloat16).ask([song], question, max_tokens=1).first_logits
+    bound = rel(np.asarray(bf16, np.float32), exact)
+    errors = {}
+    for quant in ("default", "q8_0", "q4_k_m"):
+        out = convert(str(tiny_ckpt), tmp_path / quant, encoder_quant="float32", encoder_backends=("ctranslate2",),
+                      quiet=True, **({} if quant == "default" else {"quant": quant}))
+        pipe = Pipeline(ModelDir.open(out), Options(device="cpu", encoder_backend="ctranslate2",
+                                                    compute_type="float32", f32_kv=True))
+        logits = pipe.ask([AudioInput(song)], question, Request(1, keep_logits=True)).finish().first_logits
+        errors[quant] = rel(logits, exact)
+        pipe.close()
+    print(f"relative logit error: original bf16 {bound:.2e}, ours {errors}")
+    assert errors["default"] <= bound < errors["q4_k_m"], errors

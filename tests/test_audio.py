@@ -1,4 +1,4 @@
-"""Audio front end vs the original's path (ffmpeg CLI decode, torchaudio resample, windows)."""
+"""Decoding, resampling and windows vs the original's path (ffmpeg CLI decode, torchaudio resample, windows)."""
 from __future__ import annotations
 
 import shutil
@@ -6,11 +6,9 @@ import subprocess
 
 import numpy as np
 import pytest
-import torch
 
 from audio_fixtures import have_ffmpeg_cli, music, write_audio
 from mufun_local import audio
-from mufun_local import reference as ref
 from mufun_local.errors import AudioError
 
 needs_ffmpeg = pytest.mark.skipif(not have_ffmpeg_cli(), reason="the ffmpeg CLI (the original's decoder) is not installed")
@@ -66,11 +64,12 @@ def test_formats_the_original_cannot_read(tmp_path, ext, rate):
 
 
 @pytest.mark.parametrize("rate", [8000, 11025, 22050, 37800, 44100, 48000, 96000])
-def test_resample_equals_torchaudio(rate):
+def test_resample_equals_torchaudio(ref, rate):
     rng = np.random.default_rng(rate)
     x = music(2.1, rate, 1)[: rate * 2 + 123, 0]
     x = x + (0.3 * rng.standard_normal(len(x))).astype(np.float32)
     ours = audio.resample(x, rate)
+    import torch
     theirs = ref.resample(torch.from_numpy(x.copy()), rate, 16000).numpy()
     assert ours.shape == theirs.shape
     assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < 1e-5
@@ -84,7 +83,7 @@ def test_resample_in_blocks_equals_one_block():
 
 
 @pytest.mark.parametrize("seconds,expected", [(0.3, 1), (30.0, 1), (30.2, 1), (30.6, 2), (60.0, 2), (75.0, 3)])
-def test_window_rule_matches_original(tmp_path, seconds, expected):
+def test_window_rule_matches_original(ref, tmp_path, seconds, expected):
     import soundfile as sf
     x = np.zeros(int(round(seconds * 16000)), np.float32)
     sf.write(str(tmp_path / "x.wav"), x, 16000, subtype="FLOAT")
@@ -160,7 +159,7 @@ def test_parse_segs():
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
-def test_load_windows_equals_original_load_audio_single(audio_dir):
+def test_load_windows_equals_original_load_audio_single(ref, audio_dir):
     for name, seg in (("song44k.wav", None), ("long48k.flac", None), ("song44k.wav", (1.0, 5.5))):
         ours = audio.load_windows(str(audio_dir / name), seg)
         theirs = ref.load_audio_single(str(audio_dir / name), seg)
@@ -242,7 +241,7 @@ def test_far_too_long_is_refused_from_the_declared_length(tmp_path, monkeypatch,
     assert len(audio.load_windows(str(path), (140.0, 170.0), max_windows=1)) == 1
 
 
-def test_segs_stream_equals_whole_then_cut(tmp_path):
+def test_segs_stream_equals_whole_then_cut(ref, tmp_path):
     """segs cut at the native rate, then resample, then the original's window rule."""
     path = write_audio(tmp_path / "x.flac", music(70.0, 22050, 2), 22050)
     full = audio.decode(str(path))
@@ -255,17 +254,17 @@ def test_segs_stream_equals_whole_then_cut(tmp_path):
             np.testing.assert_allclose(a, b, atol=2e-6)
 
 
-def test_overlapped_front_end_equals_the_sequential_one(tmp_path):
+def test_overlapped_decoding_equals_the_sequential_one(tmp_path):
     """frontend.load_log_mels (decoding in a worker thread) = log_mel(load_windows), exactly;
     its errors reach the caller and leave no thread behind."""
     import threading
 
     from mufun_local import features
-    from mufun_local.frontend import load_log_mels, one_blas_thread
+    from mufun_local.mel_windows import load_log_mels, one_blas_thread
     path = write_audio(tmp_path / "x.flac", music(75.0, 44100, 2), 44100)
     filters = features.mel_filters(128)
     mels, seconds = load_log_mels(str(path), (2.0, 70.0), filters)
-    with one_blas_thread():  # as the front end runs it: float32 GEMMs round by thread count
+    with one_blas_thread():  # as mel_windows runs it: float32 GEMMs round by thread count
         want = features.log_mel(audio.load_windows(str(path), (2.0, 70.0)), filters)
     np.testing.assert_array_equal(np.stack(mels), want)
     assert seconds == pytest.approx(68.0, abs=1e-3) and len(mels) == 3

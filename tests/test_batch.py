@@ -14,7 +14,7 @@ from audio_fixtures import music, write_audio
 from mufun_local.cli import main
 from mufun_local.llm import Sampling
 from mufun_local.pipeline import AudioInput, Pipeline, Request
-from mufun_local.artifacts import ModelDir
+from mufun_local.modeldir import ModelDir
 
 QUESTIONS = ["What genre is this?", "Describe the mood."]
 
@@ -170,7 +170,7 @@ def test_any_failure_of_one_file_is_its_error_and_the_run_goes_on(tmp_path, tiny
     def prepare(path, filters, file=None):
         if path.endswith("weird.wav"):
             raise_in = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("decoder fell over"))  # noqa: E731
-            monkeypatch.setattr("mufun_local.frontend.load_log_mels", raise_in)
+            monkeypatch.setattr("mufun_local.mel_windows.load_log_mels", raise_in)
             try:
                 return real(path, filters, file)
             finally:

@@ -15,7 +15,7 @@ from mufun_local.chat import ChatSession
 from mufun_local.embcache import EmbeddingCache
 from mufun_local.llm import Sampling
 from mufun_local.pipeline import AudioInput
-from pipeline_helpers import bound_pipe
+from helpers import bound_pipe
 
 
 def _pipe(model_dir, cache=None, **opts):

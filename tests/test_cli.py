@@ -9,21 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from mufun_local.cli import main
-
-
-def run_cli(capsys, *args):
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, match):
-    assert code != 0
-    lines = [line for line in err.strip().splitlines() if line]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    assert match in lines[0], lines[0]
+from helpers import assert_one_line_error, run_cli
 
 
 def test_ask_json(capsys, tiny_q4, audio_dir, tmp_path, monkeypatch):
@@ -158,7 +144,8 @@ def test_original_checkpoint_dir_converts_once_into_the_cache(capsys, monkeypatc
     code, _, err = run_cli(capsys, *args)
     assert code == 0 and "converting" not in err
     code, out, _ = run_cli(capsys, "models")
-    assert "q4_k_m" in out
+    from mufun_local.modeldir import DEFAULT_QUANT
+    assert f"-{DEFAULT_QUANT} " in out  # converted with the default weight type
 
 
 def test_demo(capsys, monkeypatch, tmp_path):
@@ -176,7 +163,7 @@ def test_console_script_exit_code(tmp_path):
 
 def test_runtime_imports_no_torch():
     code = ("import sys, mufun_local.cli, mufun_local.pipeline, mufun_local.encoder, mufun_local.connector, "
-            "mufun_local.llm, mufun_local.audio, mufun_local.features, mufun_local.models, mufun_local.convert.run;"
+            "mufun_local.llm, mufun_local.audio, mufun_local.features, mufun_local.model_cache, mufun_local.convert.run;"
             "bad = [m for m in ('torch', 'transformers', 'torchaudio') if m in sys.modules];"
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -242,10 +229,27 @@ def test_chat_from_a_pipe_fails_when_a_turn_fails(tmp_path, tiny_q4):
 
 def test_one_merge_of_sampling_defaults(tiny_q4):
     """CLI and server take what a request gives and the model's generation config for the rest."""
-    from mufun_local.artifacts import ModelDir
+    from mufun_local.modeldir import ModelDir
     md = ModelDir.open(tiny_q4)
     d = md.sampling_defaults()
     s = md.sampling(seed=5)
     assert (s.temperature, s.top_p, s.top_k, s.seed) == (d["temperature"], d["top_p"], d["top_k"], 5)
     s = md.sampling(0.0, 0.5, 3, repeat_penalty=1.2)
     assert (s.temperature, s.top_p, s.top_k, s.repeat_penalty) == (0.0, 0.5, 3, 1.2) and 0 <= s.seed < 2**31
+
+
+def test_ask_options_reach_the_request_without_a_model_running(capsys, tiny_q4, audio_dir, monkeypatch):
+    """The CLI's plumbing against a FakePipeline (no encoder, no llama.cpp): the request
+    carries --max-tokens and the sampling flags, --json carries the result."""
+    import mufun_local.pipeline as pipeline_mod
+    from helpers import FakePipeline
+    made = []
+    monkeypatch.setattr(pipeline_mod, "Pipeline", lambda md, opt, **kw: made.append(FakePipeline(md)) or made[-1])
+    code, out, err = run_cli(capsys, "ask", "-m", str(tiny_q4), str(audio_dir / "song22k.flac"), "Genre?",
+                             "--max-tokens", "3", "--temperature", "0", "--seed", "5", "--json", "-q")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["text"] == "a b c" and res["tokens"] == [1, 2, 3] and res["stopped"] == "length"
+    audios, req = made[0].calls[0][1], made[0].calls[0][2]
+    assert audios[0].path.endswith("song22k.flac")
+    assert (req.max_tokens, req.sampling.temperature, req.sampling.seed) == (3, 0.0, 5)

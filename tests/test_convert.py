@@ -7,9 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
-from mufun_local.artifacts import ModelDir
+from mufun_local.modeldir import ModelDir
 from mufun_local.cli import main
 from mufun_local.convert.checkpoint import Checkpoint
 from mufun_local.convert.run import convert
@@ -89,6 +88,7 @@ def test_logits_match_qwen3(request, reference, fixture, tol):
     ids = reference.tokenizer(reference.prompt("Is there a singer?").replace("<audio>", ""),
                               add_special_tokens=False).input_ids
     llm.eval_tokens(ids)
+    import torch
     with torch.no_grad():
         theirs = reference.llm(torch.tensor([ids])).logits[0, -1].numpy()
     ours = llm.logits()
@@ -216,7 +216,7 @@ def test_existing_output_needs_force(tmp_path, tiny_ckpt):
 
 
 def _hash_tree(root):
-    from mufun_local.artifacts import hash_tree
+    from mufun_local.modeldir import hash_tree
     return hash_tree(root)
 
 
@@ -279,7 +279,7 @@ def test_hub_cache_layout_is_found(tmp_path, monkeypatch, tiny_ckpt):
     assert m["source"] == {"id": "Yi3852/MuFun-Base", "revision": snap.name}
 
 
-@pytest.mark.skipif(os.environ.get("MUFUN_SKIP_SMALL") == "1", reason="MUFUN_SKIP_SMALL=1")
+@pytest.mark.small
 def test_small_preset_converts_and_loads(tmp_path, small_ckpt):
     out = convert(str(small_ckpt), tmp_path / "small", quant="q4_k_m", keep_f16=True, quiet=True)
     md = ModelDir.open(out)
@@ -397,3 +397,26 @@ def test_an_instruct_release_converts_with_its_template_and_chat_follows_it(tmp_
     assert chat.result.prompt_tokens == len(pipe.llm.tokenize("<|im_end|>USER: Mood? ASSISTANT:"))
     pipe.close()
 
+
+def test_quant_mixes_keep_output_and_embeddings(tmp_path, tiny_ckpt, tiny_q4, capsys):
+    """--output-type / --embedding-type keep lm_head / the token embeddings at that type in a
+    quantized GGUF (read back with gguf's reader); the manifest and `info` say so."""
+    import gguf
+
+    def types(model):
+        r = gguf.GGUFReader(str(ModelDir.open(model).llm_file))
+        return {t.name: t.tensor_type for t in r.tensors}
+
+    out = convert(str(tiny_ckpt), tmp_path / "mix", quant="q4_k_m", output_type="f16", embedding_type="q8_0",
+                  quiet=True)
+    mixed, plain = types(out), types(tiny_q4)
+    assert mixed["output.weight"] == gguf.GGMLQuantizationType.F16 != plain["output.weight"]
+    assert mixed["token_embd.weight"] == gguf.GGMLQuantizationType.Q8_0 != plain["token_embd.weight"]
+    assert mixed["blk.0.ffn_up.weight"] == plain["blk.0.ffn_up.weight"]  # the rest is the mix's own
+    llm = ModelDir.open(out).manifest["llm"]
+    assert (llm["output_type"], llm["embedding_type"]) == ("f16", "q8_0")
+    assert main(["info", str(out)]) == 0
+    assert "Qwen3 q4_k_m, output f16, embeddings q8_0" in capsys.readouterr().out
+    with pytest.raises(ModelError, match="--output-type q8_0: give q8_0 or f16, with a quantized --quant"):
+        convert(str(tiny_ckpt), tmp_path / "bad", quant="f16", output_type="q8_0", quiet=True)
+    assert not (tmp_path / "bad").exists()

@@ -1,17 +1,17 @@
 """Every encoder backend (hidden states 0/7/15/32) and the connector vs transformers' WhisperEncoder."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
-import torch
 
 from audio_fixtures import music
 from mufun_local import features
-from mufun_local.artifacts import ModelDir
+from mufun_local.modeldir import ModelDir
 from mufun_local.connector import Connector, pool
 from mufun_local.encoder_backends import load_encoder
+
+torch = pytest.importorskip("torch", reason="these tests compare with PyTorch (the test extra)")
 
 
 def rel(a, b) -> float:
@@ -113,7 +113,7 @@ def real_dims(small_encoder, mel):
     return enc_dir, x, [theirs[i].numpy() for i in (0, 7, 15, 32)]
 
 
-@pytest.mark.skipif(os.environ.get("MUFUN_SKIP_SMALL") == "1", reason="MUFUN_SKIP_SMALL=1")
+@pytest.mark.small
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_real_encoder_dims(real_dims, backend):
     """float32 within 1e-5 at every hidden state; the reduced type within 5e-2 at hs32."""

@@ -7,17 +7,19 @@ import numpy as np
 import pytest
 
 from mufun_local import encoder_choice
-from mufun_local.artifacts import ModelDir
+from mufun_local.modeldir import ModelDir
 from mufun_local.errors import ModelError
 from mufun_local.pipeline import AudioInput, Options, Pipeline, Request
-from test_cli import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli
 
 
-def test_auto_times_each_candidate_once_then_reads_the_cache(tiny_all, tmp_path, monkeypatch):
+def test_auto_times_each_candidate_once_then_reads_the_cache(tiny_all, tmp_path, monkeypatch, caplog):
+    from mufun_local.logs import NOTICE
+    caplog.set_level(NOTICE, logger="mufun_local")
     enc_dir = ModelDir.open(tiny_all).encoder_dir
     cache = tmp_path / "choice.json"
-    msgs = []
-    first = encoder_choice.choose(enc_dir, "auto", "cpu", None, 2, cache, msgs.append)
+    first = encoder_choice.choose(enc_dir, "auto", "cpu", None, 2, cache)
+    msgs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("encoder: timing")]
     timed = {f"{b} {c}" for b, c in encoder_choice.candidates(enc_dir, None)}
     assert set(first.seconds) == timed and {"ctranslate2 float32", "onnxruntime float32"} <= timed
     assert not any("int8" in t for t in timed), "int8 loses more than the original's bf16: never a default"

@@ -9,7 +9,7 @@ import pytest
 
 from mufun_local import evaluate
 from mufun_local.pipeline import Pipeline
-from test_cli import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli
 
 CHOICES = "(A) rock (B) jazz (C) classical (D) hip hop"
 

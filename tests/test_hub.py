@@ -13,9 +13,9 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from packaging.requirements import Requirement
 
 from mufun_local import hub
-from mufun_local.artifacts import ModelDir
+from mufun_local.modeldir import ModelDir
 from mufun_local.convert.run import convert, default_encoder_backends
-from test_cli import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

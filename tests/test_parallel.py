@@ -8,7 +8,7 @@ import pytest
 from mufun_local.errors import MufunError
 from mufun_local.llm import Sampling
 from mufun_local.pipeline import AudioInput
-from pipeline_helpers import bound_pipe
+from helpers import bound_pipe
 
 GREEDY = Sampling(temperature=0.0)
 SEEDED = Sampling(temperature=1.2, top_k=50, seed=11)

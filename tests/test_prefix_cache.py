@@ -7,10 +7,10 @@ import threading
 import numpy as np
 import pytest
 
-from mufun_local.artifacts import ModelDir
+from mufun_local.modeldir import ModelDir
 from mufun_local.llm import Sampling
 from mufun_local.pipeline import AudioInput
-from pipeline_helpers import bound_pipe
+from helpers import bound_pipe
 from mufun_local.prefix_cache import PrefixCache, PrefixState
 
 GREEDY = Sampling(temperature=0.0)

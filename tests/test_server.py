@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from mufun_local.artifacts import ModelDir
+from mufun_local.modeldir import ModelDir
 from mufun_local.llm import Sampling
 from mufun_local.pipeline import AudioInput, Options, Pipeline, Request
 
@@ -352,3 +352,51 @@ def test_a_full_queue_and_a_stopped_worker_answer_503_before_any_body_is_read(ti
         assert r.status_code == 503 and r.headers["Retry-After"] == "5"
     assert not read, "a refused request's body was read"
     app.state.pipeline.close()
+
+
+# ------------------------------------------------------------------ request handling, with no model running
+
+@pytest.fixture
+def fake_app(tiny_q4):
+    """The server around a FakePipeline: the HTTP and queue logic in milliseconds."""
+    from starlette.testclient import TestClient
+
+    from helpers import FakePipeline
+    from mufun_local.server import create_app
+    md = ModelDir.open(tiny_q4)
+    fake = FakePipeline(md, words=6, stop_after=None)
+    app = create_app(md, Options(n_ctx=1024), max_tokens=4, pipeline=fake, api_key=KEY)
+    with TestClient(app) as c:
+        yield c, fake
+
+
+def test_stream_and_request_options_reach_the_pipeline(fake_app):
+    c, fake = fake_app
+    body = {"model": "m", "stream": True, "max_tokens": 3, "temperature": 0.5, "seed": 7,
+            "messages": [{"role": "user", "content": "hi"}]}
+    r = c.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200
+    events = [line for line in r.text.split("\n\n") if line]
+    progress = [i for i, e in enumerate(events) if e.startswith(": progress")]
+    first_text = next(i for i, e in enumerate(events) if '"content": "a"' in e)
+    assert progress and progress[0] < first_text and events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[len("data: "):]) for e in events if e.startswith("data: {")]
+    text = "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks)
+    assert text == "a b c" and chunks[-1]["choices"][0]["finish_reason"] == "length"
+    req = fake.calls[-1][2]
+    assert (req.max_tokens, req.sampling.temperature, req.sampling.seed) == (3, 0.5, 7)
+    r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]},
+               headers={"Authorization": f"Bearer {KEY}"})
+    assert r.json()["choices"][0]["message"]["content"] == "a b c d"  # the server's default, 4
+    assert fake.calls[-1][2].max_tokens == 4
+
+
+def test_an_early_stop_is_finish_reason_stop_and_usage_counts(fake_app):
+    c, fake = fake_app
+    fake.stop_after = 2
+    r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+               headers={"Authorization": f"Bearer {KEY}"})
+    out = r.json()
+    assert out["choices"][0]["message"]["content"] == "a b" and out["choices"][0]["finish_reason"] == "stop"
+    assert out["usage"]["completion_tokens"] == 2 and out["usage"]["prompt_tokens"] == 10
+    assert c.post("/v1/chat/completions", json={"messages": []}).status_code == 401

@@ -5,9 +5,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from mufun_local.synthetic import PRESETS, QWEN3_ADDED_TOKENS, make_config, tensor_plan, to_bf16_bytes
+
+torch = pytest.importorskip("torch", reason="these tests compare with PyTorch (the test extra)")
 
 RELEASE_FILES = {
     "config.json", "generation_config.json", "model.safetensors.index.json", "vocab.json",

@@ -21,6 +21,11 @@ from .errors import ModelError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# The LLM's weight type when none is asked for: the most compact one no further from the
+# float32 reference than the original's own bfloat16 run (scripts/bench_divergence.py,
+# README Accuracy: F16 1.1e-6 mean KL vs bf16's 6.4e-4; q8_0 1.8e-3 and q4_k_m 9.8e-2 lose
+# more, so they are opt-in with --quant).
+DEFAULT_QUANT = "f16"
 
 
 
@@ -128,16 +133,19 @@ def describe(md: ModelDir) -> str:
     m = md.manifest
     dims, llm, enc = m["dims"], m["llm"], m["encoder"]
     total = sum(f["size"] for f in m["files"].values())
+    onnx = "float32" + (", int8" if any(k.endswith("encoder.int8.onnx") for k in m["files"]) else "")
+    mix = "".join(f", {name} {llm[key]}" for key, name in (("output_type", "output"), ("embedding_type", "embeddings"))
+                  if llm.get(key))
     lines = [
         f"model      {md.path}",
         f"source     {m['source']['id']}" + (f" @ {m['source']['revision']}" if m['source'].get('revision') else ""),
         f"encoder    Whisper d={dims['enc_d']} layers={dims['enc_layers']} heads={dims['enc_heads']} "
         f"mels={dims['n_mels']}; hidden states {enc['feature_layers']}; "
-        + ", ".join(f"{b} ({enc['stored_quantization']})" if b == "ctranslate2" else f"{b} (float32, int8)"
+        + ", ".join(f"{b} ({enc['stored_quantization']})" if b == "ctranslate2" else f"{b} ({onnx})"
                     for b in enc.get("backends", ["ctranslate2"])),
         f"connector  {dims['connector_in']} -> {dims['connector_mid']} -> {dims['hidden']}, "
         f"pool stride {m['connector']['pool_stride']} ({m['connector']['tokens_per_window']} tokens / 30 s)",
-        f"llm        Qwen3 {llm['quant']}: hidden={dims['hidden']} layers={dims['llm_layers']} "
+        f"llm        Qwen3 {llm['quant']}{mix}: hidden={dims['hidden']} layers={dims['llm_layers']} "
         f"heads={dims['llm_heads']}/{dims['llm_kv_heads']} vocab={dims['vocab_rows']}",
         f"stop ids   {m['stop_ids']}",
         f"generation {m['generation']}",

@@ -1,6 +1,6 @@
 """PyTorch reference of MuFun inference: the oracle for parity tests and benchmarks.
 
-It follows the original release step by step (``load_audio_single`` in
+It follows the original release step by step (laitselec/MuFun: ``load_audio_single`` in
 tinyllava/data/image_preprocess.py, the whisper vision tower, the ``blp`` connector and
 ``prepare_inputs_labels_for_multimodal`` of modeling_tinyllava.py): ffmpeg decode at the
 native rate, torchaudio's resample (a faithful copy below: torchaudio has no wheel for the
@@ -9,7 +9,8 @@ transformers' WhisperEncoder with ``output_hidden_states``, layers 0/7/15/32 con
 AvgPool1d(5), Linear-GELU-Linear, the audio embeddings spliced at each ``<audio>``, and
 Qwen3ForCausalLM with greedy decoding.
 
-Needs the ``reference`` extra (torch, transformers). Never imported by the runtime.
+Needs the ``reference`` extra (torch, transformers). It lives in scripts/, outside the
+installed package: the runtime never imports it; tests/conftest.py puts scripts/ on the path.
 """
 from __future__ import annotations
 
@@ -217,9 +218,8 @@ class ReferenceMuFun:
         return [self.tokenizer(chunk, add_special_tokens=False).input_ids
                 for chunk in self.prompt(question).split("<audio>")]
 
-    @torch.no_grad()
-    def generate_from_embeddings(self, question: str, audio_embeddings: list[torch.Tensor],
-                                 max_tokens: int = 32) -> Answer:
+    def _prompt_embeds(self, question: str, audio_embeddings: list[torch.Tensor]) -> tuple[torch.Tensor, list]:
+        """The prompt's input embeddings [positions, hidden] (text pieces around the audios)."""
         chunks = self.prompt_ids(question)
         if len(chunks) - 1 != len(audio_embeddings):
             raise ValueError("one <audio> marker per audio is needed")
@@ -229,8 +229,13 @@ class ReferenceMuFun:
             parts.append(table(torch.tensor(ids, dtype=torch.long)))
             if i < len(audio_embeddings):
                 parts.append(audio_embeddings[i].to(self.dtype))
-        embeds = torch.cat(parts)[None]
-        out = self.llm(inputs_embeds=embeds, use_cache=True)
+        return torch.cat(parts), chunks
+
+    @torch.no_grad()
+    def generate_from_embeddings(self, question: str, audio_embeddings: list[torch.Tensor],
+                                 max_tokens: int = 32) -> Answer:
+        embeds, chunks = self._prompt_embeds(question, audio_embeddings)
+        out = self.llm(inputs_embeds=embeds[None], use_cache=True)
         first = out.logits[0, -1].float().numpy().copy()
         tokens: list[int] = []
         past, logits = out.past_key_values, out.logits[0, -1]
@@ -245,6 +250,16 @@ class ReferenceMuFun:
         return Answer(text=self.tokenizer.decode(text_ids), tokens=tokens, first_logits=first,
                       prompt_tokens=sum(map(len, chunks)),
                       audio_tokens=sum(int(a.shape[0]) for a in audio_embeddings))
+
+    @torch.no_grad()
+    def forced_logits(self, question: str, audio_embeddings: list[torch.Tensor], tokens: list[int]) -> np.ndarray:
+        """The next-token logits before each of `tokens` when the answer is forced to be
+        `tokens` ([len(tokens), vocab], float32): one forward pass over prompt + answer."""
+        embeds, _ = self._prompt_embeds(question, audio_embeddings)
+        answer = self.llm.get_input_embeddings()(torch.tensor(tokens[:-1], dtype=torch.long))
+        prompt_len = int(embeds.shape[0])
+        logits = self.llm(inputs_embeds=torch.cat([embeds, answer])[None]).logits[0]
+        return logits[prompt_len - 1:prompt_len - 1 + len(tokens)].float().numpy().copy()
 
     def ask(self, audio_paths: list[str], question: str, segs=None, max_tokens: int = 32) -> Answer:
         segs = segs or [None] * len(audio_paths)

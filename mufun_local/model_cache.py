@@ -13,14 +13,13 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Callable
 
-from .artifacts import MANIFEST, ModelDir
+from .modeldir import DEFAULT_QUANT, MANIFEST, ModelDir
 from .errors import ModelError
 from .hub import is_hub_id
+from .logs import notice
 
 DEFAULT_MODEL = "Yi3852/MuFun-Base"
-DEFAULT_QUANT = "q4_k_m"
 
 
 def home() -> Path:
@@ -45,7 +44,7 @@ def _cache_name(label: str, quant: str) -> str:
     return f"{safe}-{quant}"
 
 
-def _convert_cached(src: str, name: str, quant: str, log: Callable[[str], None], quiet: bool = False) -> ModelDir:
+def _convert_cached(src: str, name: str, quant: str, quiet: bool = False) -> ModelDir:
     from filelock import FileLock
 
     target = models_dir() / name
@@ -57,15 +56,14 @@ def _convert_cached(src: str, name: str, quant: str, log: Callable[[str], None],
             return ModelDir.open(target)
         from .convert.checkpoint import resolve_source
         from .convert.run import convert, default_encoder_backends
-        ckpt = resolve_source(src, quant, log, quiet)  # says what a download costs before it starts
-        log(f"converting {src} into {target} (once) ...")
-        convert(ckpt, target, quant=quant, encoder_backends=default_encoder_backends(), force=True, log=log,
-                quiet=quiet)
+        ckpt = resolve_source(src, quant, quiet)  # says what a download costs before it starts
+        if not quiet:
+            notice(f"converting {src} into {target} (once) ...")
+        convert(ckpt, target, quant=quant, encoder_backends=default_encoder_backends(), force=True, quiet=quiet)
     return ModelDir.open(target)
 
 
-def resolve(spec: str | None = None, quant: str = DEFAULT_QUANT,
-            log: Callable[[str], None] = lambda m: None, quiet: bool = False) -> ModelDir:
+def resolve(spec: str | None = None, quant: str = DEFAULT_QUANT, quiet: bool = False) -> ModelDir:
     spec = spec or os.environ.get("MUFUN_MODEL") or DEFAULT_MODEL
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -73,17 +71,16 @@ def resolve(spec: str | None = None, quant: str = DEFAULT_QUANT,
             return ModelDir.open(path)
         if _is_checkpoint(path):
             digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
-            return _convert_cached(str(path), _cache_name(f"{path.name}-{digest}", quant), quant, log, quiet)
+            return _convert_cached(str(path), _cache_name(f"{path.name}-{digest}", quant), quant, quiet)
         raise ModelError(f"{path}: neither a converted model nor an original MuFun checkpoint")
     if path.exists():
         raise ModelError(f"{path}: not a model directory")
     if not is_hub_id(spec):
         raise ModelError(f"{spec}: no such model directory, and not a hub id like {DEFAULT_MODEL}")
-    return _convert_cached(spec, _cache_name(spec, quant), quant, log, quiet)
+    return _convert_cached(spec, _cache_name(spec, quant), quant, quiet)
 
 
-def pull(spec: str | None, quant: str = DEFAULT_QUANT, log: Callable[[str], None] = lambda m: None,
-         quiet: bool = False) -> tuple[ModelDir, bool]:
+def pull(spec: str | None, quant: str = DEFAULT_QUANT, quiet: bool = False) -> tuple[ModelDir, bool]:
     """Download (unless cached) and convert a hub id into the model cache, where `--model ID`
     finds it. Returns the model and whether it was already there."""
     spec = spec or os.environ.get("MUFUN_MODEL") or DEFAULT_MODEL
@@ -92,7 +89,7 @@ def pull(spec: str | None, quant: str = DEFAULT_QUANT, log: Callable[[str], None
                          f"converts with `mufun-local convert`")
     target = models_dir() / _cache_name(spec, quant)
     had = (target / MANIFEST).is_file()
-    return _convert_cached(spec, target.name, quant, log, quiet), had
+    return _convert_cached(spec, target.name, quant, quiet), had
 
 
 def list_cached() -> list[tuple[str, int]]:
