@@ -165,14 +165,21 @@ def build_graph(get, dims, onnx_path: Path, compact: bool = True, contrib_attent
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
-    """ONNX Runtime dynamic int8 quantisation of the weight MatMuls (per output channel)."""
+    """ONNX Runtime dynamic int8 quantisation of the weight MatMuls (per output channel).
+    Its scratch folder (ort.quant.*, gigabytes at full size) is made beside `dst`, inside
+    the conversion's temporary folder, so a killed conversion's leftovers go with that
+    folder instead of staying in /tmp."""
+    import tempfile
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
     logging.disable(logging.WARNING)  # its advice to run shape pre-processing does not apply here
+    scratch, tempfile.tempdir = tempfile.tempdir, str(dst.parent)
     try:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul"], use_external_data_format=True,
                          extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1})  # 1: FLOAT
     finally:
+        tempfile.tempdir = scratch
         logging.disable(logging.NOTSET)
 
 

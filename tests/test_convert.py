@@ -420,3 +420,17 @@ def test_quant_mixes_keep_output_and_embeddings(tmp_path, tiny_ckpt, tiny_q4, ca
     with pytest.raises(ModelError, match="--output-type q8_0: give q8_0 or f16, with a quantized --quant"):
         convert(str(tiny_ckpt), tmp_path / "bad", quant="f16", output_type="q8_0", quiet=True)
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_int8_quantizers_scratch_stays_inside_the_conversion(tmp_path, tiny_ckpt, monkeypatch):
+    """ONNX Runtime's quantizer makes a multi-GB scratch folder with tempfile: it is made in
+    the conversion's temporary folder (which a killed run's successor removes), not /tmp."""
+    import tempfile
+
+    import onnxruntime.quantization as q
+    seen, real = [], q.quantize_dynamic
+    monkeypatch.setattr(q, "quantize_dynamic", lambda *a, **k: seen.append(tempfile.gettempdir()) or real(*a, **k))
+    before = tempfile.gettempdir()
+    convert(str(tiny_ckpt), tmp_path / "m", quant="f16", encoder_backends=("onnx",), onnx_int8=True, quiet=True)
+    assert len(seen) == 1 and f".m.partial-{os.getpid()}" in seen[0]
+    assert tempfile.gettempdir() == before
