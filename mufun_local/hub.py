@@ -20,10 +20,11 @@ HUB_ID = re.compile(r"[\w.-]+/[\w.-]+(@[\w./-]+)?")
 # What conversion reads: config, index, shards, tokenizer, generation defaults.
 PATTERNS = ("*.json", "*.safetensors", "merges.txt", "vocab.json")
 
-# For the estimates only. Conversion throughput measured with `mufun-local convert` of the
-# full-size checkpoint (17.8 GB of bf16 shards) on a 2-core Xeon: 513 s, plus 72 s timing the
-# encoder engines (README, Performance).
-CONVERT_BYTES_PER_CORE_S = 17.84e9 / 2 / 585
+# For the estimates only: core-seconds per checkpoint byte, measured with `mufun-local
+# convert` of the full-size checkpoint (17.8 GB of bf16 shards) on a 2-core Xeon, the
+# encoder-engine timing (72 s) included: F16 148 s; a quantized type 513 s (llama.cpp's
+# quantizer pass on top). README, Performance.
+CORE_SECONDS_PER_BYTE = {"plain": (148 + 72) * 2 / 17.84e9, "quantized": (513 + 72) * 2 / 17.84e9}
 # Bits per LLM weight of each GGUF type (llama.cpp's quantize table), and the share of a
 # MuFun checkpoint's parameters that is the Whisper encoder (0.64 of 8.9 B), which is
 # written twice at 16 bits (CTranslate2 and the ONNX graph). Full size: 7.7 GB estimated,
@@ -63,7 +64,8 @@ class Plan:
 
     def describe(self, quant: str, cores: int | None = None) -> str:
         cores = max(1, cores or os.cpu_count() or 1)
-        seconds = self.total_bytes / (CONVERT_BYTES_PER_CORE_S * cores)
+        rate = CORE_SECONDS_PER_BYTE["plain" if quant in ("f16", "f32") else "quantized"]
+        seconds = self.total_bytes * rate / cores
         params = self.total_bytes / 2  # bf16 shards
         out = params * ((1 - ENCODER_SHARE) * BITS_PER_WEIGHT.get(quant, 16.0) / 8 + ENCODER_SHARE * 4)
         fetch = (f"{_gb(self.missing_bytes)} to download" if self.missing_bytes

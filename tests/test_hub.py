@@ -114,6 +114,8 @@ def test_the_plan_estimates_scale_with_the_checkpoint():
     gb = float(text.split("writes about ")[1].split()[0])
     assert 7 < gb < 9  # measured: 7.97 GB
     assert float(p.describe("q8_0", cores=2).split("writes about ")[1].split()[0]) > gb
+    f16 = p.describe("f16", cores=2)  # measured: 3.7 min (no quantizer pass), 19.3 GB
+    assert int(f16.split("takes about ")[1].split()[0]) <= 5 and 18 < float(f16.split("writes about ")[1].split()[0]) < 21
 
 
 def test_pull_offline_is_one_line(capsys, hub_cache, monkeypatch):
