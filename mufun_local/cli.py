@@ -563,8 +563,8 @@ def eval_cmd(data, model, out, compare_model, tasks, limit, ctx, encoder, quiet,
     Greedy, 64 new tokens; the letter is read from each answer by rules (README, eval).
 
     \b
-    mufun-local eval ./mucue --out q4.jsonl
-    mufun-local eval ./mucue --out q4.jsonl --model ./base-q4 --compare ./base-q8 --limit 50
+    mufun-local eval ./mucue --out f16.jsonl
+    mufun-local eval ./mucue --out q4.jsonl --model ./mufun-base-q4 --compare ./mufun-base --limit 50
     """
     from tqdm import tqdm
 
@@ -682,9 +682,9 @@ def convert(src, out, quant, encoder_quant, encoder_backends, keep_f16, onnx_int
     """Convert an original MuFun checkpoint (directory or hub id) into a model directory.
 
     \b
-    mufun-local convert ./MuFun-Base ./mufun-base-q4
+    mufun-local convert ./MuFun-Base ./mufun-base                      # F16, as accurate as bf16
     mufun-local convert Yi3852/MuFun-Base ./mufun-base-q8 --quant q8_0
-    mufun-local convert ./MuFun-Base ./mufun-base-q4 --encoder-backends ctranslate2,onnx
+    mufun-local convert ./MuFun-Base ./mufun-base-q4 --quant q4_k_m    # the fastest on a CPU
     """
     from .convert.run import convert as run_convert, default_encoder_backends
 
@@ -746,7 +746,7 @@ def info(model, verify, system):
     """Describe a converted model (and with --verify, check its files).
 
     \b
-    mufun-local info ./mufun-base-q4 --verify
+    mufun-local info ./mufun-base --verify
     mufun-local info --system
     """
     from .model_cache import resolve
