@@ -605,6 +605,9 @@ def eval_cmd(data, model, out, compare_model, tasks, limit, ctx, encoder, quiet,
             click.echo(f"  {key}: {a or '-'} vs {b or '-'} ({correct})")
         if len(diff) > 50:
             click.echo(f"  ... and {len(diff) - 50} more (both journals hold every answer)")
+    for name, recs in runs:
+        if recs and all(r.get("error") is not None for r in recs.values()):
+            raise MufunError(f"{name}: every item failed; see the error field in the journal")
 
 
 # ------------------------------------------------------------------ embed

@@ -119,6 +119,8 @@ def load_items(data: str | Path, tasks: Iterable[str] = (), limit: int | None = 
     data = Path(data)
     if not data.exists():
         raise MufunError(f"{data}: no such file or folder")
+    if data.is_file() and data.suffix not in DATA_SUFFIXES:
+        raise MufunError(f"{data}: not a .json, .jsonl or .parquet item file")
     files = [data] if data.is_file() else sorted(p for p in data.rglob("*") if p.suffix in DATA_SUFFIXES)
     if not files:
         raise MufunError(f"{data}: no .json, .jsonl or .parquet item files in it")
@@ -248,9 +250,11 @@ def format_tables(runs: list[tuple[str, dict[str, dict]]]) -> str:
         cells = [_pct(tab[t][1], tab[t][0]) + (f" ({tab[t][2]} failed)" if tab[t][2] else "")
                  if t in tab else "—" for _, tab in tables]
         lines.append(f"| {t} | {n} | " + " | ".join(cells) + " |")
-    avg = [sum(100 * c / n for n, c, _ in tab.values() if n) / max(1, sum(1 for n, _, _ in tab.values() if n))
-           for _, tab in tables]
-    lines.append("| **average over tasks** | | " + " | ".join(f"**{a:.1f}**" for a in avg) + " |")
+    avg = []
+    for _, tab in tables:
+        answered = [100 * c / n for n, c, _ in tab.values() if n]
+        avg.append(f"**{sum(answered) / len(answered):.1f}**" if answered else "—")
+    lines.append("| **average over tasks** | | " + " | ".join(avg) + " |")
     micro = [_pct(sum(c for _, c, _ in tab.values()), sum(n for n, _, _ in tab.values())) for _, tab in tables]
     lines.append(f"| all items | {len(runs[0][1])} | " + " | ".join(micro) + " |")
     return "\n".join(lines)

@@ -134,3 +134,16 @@ def test_bad_sets_are_one_line(capsys, tmp_path, tiny_q4):
     (tmp_path / "t.json").write_text("{not json")
     code, _, err = run_cli(capsys, "eval", str(tmp_path / "t.json"), "-m", str(tiny_q4), "--out", str(tmp_path / "r"))
     assert_one_line_error(code, err, "not a readable item list")
+    (tmp_path / "song.wav").write_bytes(b"RIFF")
+    code, _, err = run_cli(capsys, "eval", str(tmp_path / "song.wav"), "-m", str(tiny_q4), "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "not a .json, .jsonl or .parquet item file")
+
+
+def test_a_run_where_every_item_failed_exits_non_zero(capsys, tmp_path, tiny_q4):
+    (tmp_path / "bad.flac").write_bytes(b"fLaC" + bytes(2000))
+    (tmp_path / "t.json").write_text(json.dumps([{"question": "q", "choices_text": "(A) a (B) b",
+                                                  "correct_choice": "A", "audio": "bad.flac"}]))
+    code, out, err = run_cli(capsys, "eval", str(tmp_path / "t.json"), "-m", str(tiny_q4), "--out",
+                             str(tmp_path / "r.jsonl"), "-q")
+    assert code == 1 and "every item failed" in err and "Traceback" not in err
+    assert "| **average over tasks** | | — |" in out and "(1 failed)" in out
