@@ -4,7 +4,9 @@ Everything is generated here from seeds; nothing is downloaded.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -15,8 +17,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 # The PyTorch reference (the oracle) lives with the scripts, outside the installed package.
 sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Caches the runtime writes (embeddings, the encoder-backend measurement) stay out of the user's.
+# Caches the runtime writes (embeddings, the encoder-backend measurement) stay out of the
+# user's, in a folder removed when the run ends.
 os.environ["MUFUN_HOME"] = tempfile.mkdtemp(prefix="mufun-test-home-")
+atexit.register(shutil.rmtree, os.environ["MUFUN_HOME"], ignore_errors=True)
 
 
 @pytest.fixture
