@@ -83,12 +83,17 @@ def _read_list(path: Path) -> list[str]:
 
 
 def read_done(out: Path, settings: str = "") -> dict[tuple[str, str], list[int]]:
-    """(path, question) -> the file's stat, for the pairs answered with `settings`. A last
-    line without its newline is kept when it is a whole record (the newline is added) and cut
-    when it is the start of one a crash left half-written. A file that is not a journal is
-    refused, never touched."""
+    """(path, question) -> the file's stat, for the pairs answered with `settings`."""
+    return {(rec["path"], rec["question"]): rec.get("stat") for rec in resume_records(out)
+            if rec.get("error") is None and rec.get("settings") == settings}
+
+
+def resume_records(out: Path) -> list[dict]:
+    """The records of a journal about to be appended to. A last line without its newline
+    is kept when it is a whole record (the newline is added) and cut when it is the start of
+    one a crash left half-written. A file that is not a journal is refused, never touched."""
     if not out.exists():
-        return {}
+        return []
     data = out.read_bytes()
     first = data.split(b"\n", 1)[0]
     if data and _record(first) is None and not (b"\n" not in data and first.startswith(RECORD_START)):
@@ -106,8 +111,7 @@ def read_done(out: Path, settings: str = "") -> dict[tuple[str, str], list[int]]
             else:
                 raise MufunError(f"{out}: its last line is neither a record nor part of one; "
                                  f"not resuming into it (choose another --out)")
-    return {(rec["path"], rec["question"]): rec.get("stat") for rec in _records(data)
-            if rec.get("error") is None and rec.get("settings") == settings}
+    return _records(data)
 
 
 def read_records(out: Path) -> list[dict]:

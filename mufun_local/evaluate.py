@@ -185,12 +185,11 @@ def run_eval(pipe, req, items: list[Item], out: Path, model_id: str, settings: s
              progress: Callable[[int], object] | None = None) -> tuple[int, int, int]:
     """Answer every item not yet in `out` with these settings; (done, skipped, failed).
     The journal is batch's: resumable, locked, a damaged tail repaired or refused."""
-    from .batch import journal_lock, read_done, read_records, write_record
+    from .batch import journal_lock, resume_records, write_record
     from .pipeline import AudioInput
 
     with journal_lock(out):
-        read_done(out, settings)  # refuses a file that is not a journal, repairs a cut-off last line
-        done_keys = {r.get("item") for r in read_records(out)
+        done_keys = {r.get("item") for r in resume_records(out)
                      if r.get("error") is None and r.get("settings") == settings}
         todo = [it for it in items if it.key not in done_keys]
         done = failed = 0
