@@ -188,14 +188,12 @@ class Pipeline:
         req, res = request or Request(), Result()
         llm = self.llm
         timer = Timer(res.timings, res.peaks)
-        chunks = prompt_mod.tokenize(prm, llm.tokenize)
-        res.prompt_tokens = sum(map(len, chunks))
-        keys = [self.audio.cache_key(a) for a in audios]
+        plan, keys = self._begin(prm, audios, res)
         embeddings, _ = self.audio_embeddings(audios, timer, res.prompt_tokens, req, used=llm.n_past, keys=keys)
         res.audio_tokens = sum(len(e) for e in embeddings)
 
         def pieces() -> Iterator[str]:
-            self.prefill(self.plan(chunks, keys), embeddings, timer, req.progress)
+            self.prefill(plan, embeddings, timer, req.progress)
             yield from self._generate(llm, req, res)
         return Answer(pieces(), res)
 
