@@ -164,15 +164,18 @@ class Checkpoint:
                 raise ModelError(f"tensor {name} has shape {list(self.tensors[name].shape)}, "
                                  f"config.json implies {list(shape)}")
 
-    def get(self, name: str, dtype=np.float32, chunk: int = 1 << 24) -> np.ndarray:
-        """One tensor as `dtype` (float32 by default; bf16 is widened exactly). Converted in
-        chunks from a memory map, so the peak is the result plus one chunk."""
+    def _raw(self, name: str) -> tuple[TensorInfo, np.memmap]:
         info = self.tensors[name]
         raw_dtype, _ = _DTYPES[info.dtype]
         count = info.nbytes // raw_dtype.itemsize
-        raw = np.memmap(info.file, dtype=raw_dtype, mode="r", offset=info.start, shape=(count,))
-        out = np.empty(count, dtype=dtype)
-        for s in range(0, count, chunk):
+        return info, np.memmap(info.file, dtype=raw_dtype, mode="r", offset=info.start, shape=(count,))
+
+    def get(self, name: str, dtype=np.float32, chunk: int = 1 << 24) -> np.ndarray:
+        """One tensor as `dtype` (float32 by default; bf16 is widened exactly). Converted in
+        chunks from a memory map, so the peak is the result plus one chunk."""
+        info, raw = self._raw(name)
+        out = np.empty(raw.shape[0], dtype=dtype)
+        for s in range(0, raw.shape[0], chunk):
             part = raw[s:s + chunk]
             if info.dtype == "BF16":
                 wide = part.astype(np.uint32)
@@ -180,6 +183,19 @@ class Checkpoint:
                 out[s:s + chunk] = wide.view(np.float32)
             else:
                 out[s:s + chunk] = part
+        del raw
+        return out.reshape(info.shape)
+
+    def get_bf16(self, name: str, chunk: int = 1 << 24) -> np.ndarray:
+        """One tensor's bfloat16 bit patterns (uint16): the stored bits when the release is
+        bf16 (nothing rounded), else ggml's round-to-nearest-even of each value, by chunks."""
+        import gguf
+        info, raw = self._raw(name)
+        out = np.empty(raw.shape[0], dtype=np.uint16)
+        for s in range(0, raw.shape[0], chunk):
+            part = raw[s:s + chunk]
+            out[s:s + chunk] = part if info.dtype == "BF16" else \
+                gguf.quants.quantize(part.astype(np.float32), gguf.GGMLQuantizationType.BF16).view(np.uint16)
         del raw
         return out.reshape(info.shape)
 

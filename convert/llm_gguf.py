@@ -1,8 +1,9 @@
 """The Qwen3 language model as a GGUF file for llama.cpp, with the tokenizer inside.
 
-F32/F16 are written by gguf-py, streaming: header and key/values first, then the tensors one
-at a time. Quantized types come from llama.cpp's own quantizer (llama_model_quantize) run on
-an F16 intermediate, which is deleted afterwards unless asked to keep it.
+F32/F16/BF16 are written by gguf-py, streaming: header and key/values first, then the tensors
+one at a time (BF16 keeps the release's bf16 weights bit for bit). Quantized types come from
+llama.cpp's own quantizer (llama_model_quantize) run on an F16 intermediate, which is deleted
+afterwards unless asked to keep it.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from mufun_local.errors import ModelError
 
 from .tensors import gguf_map
 
-LLM_QUANTS = ("q4_k_m", "q5_k_m", "q8_0", "f16", "f32")
+LLM_QUANTS = ("q4_k_m", "q5_k_m", "q8_0", "f16", "bf16", "f32")
+# the types gguf-py writes itself (the others are made from an F16 GGUF by llama.cpp)
+WRITTEN = ("f32", "f16", "bf16")
 # --quant -> gguf's LlamaFileType (llama.cpp's LLAMA_FTYPE, what its quantizer takes)
 _LLAMA_FTYPE = {"q8_0": "MOSTLY_Q8_0", "q4_k_m": "MOSTLY_Q4_K_M", "q5_k_m": "MOSTLY_Q5_K_M"}
 
@@ -71,11 +74,11 @@ def load_vocab(ckpt_dir: Path, vocab_rows: int) -> tuple[list[str], list[int], l
 
 
 def write_gguf(ckpt, path: Path, ftype: str, vocab=None, progress=None) -> None:
-    """Write an F32 or F16 GGUF of the LLM, tensor by tensor (`vocab`: load_vocab's result)."""
+    """Write an F32, F16 or BF16 GGUF of the LLM, tensor by tensor (`vocab`: load_vocab's result)."""
     import gguf
 
-    if ftype not in ("f32", "f16"):
-        raise ValueError("write_gguf writes f32 or f16; other types go through quantize()")
+    if ftype not in WRITTEN:
+        raise ValueError("write_gguf writes f32, f16 or bf16; other types go through quantize()")
     d = ckpt.dims
     tokens, types, merges, special = vocab or load_vocab(ckpt.path, d.vocab_rows)
     w = gguf.GGUFWriter(str(path), "qwen3")
@@ -90,7 +93,8 @@ def write_gguf(ckpt, path: Path, ftype: str, vocab=None, progress=None) -> None:
     w.add_value_length(d.head_dim)
     w.add_rope_freq_base(d.rope_theta)
     w.add_layer_norm_rms_eps(d.rms_eps)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if ftype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+    w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                     "bf16": gguf.LlamaFileType.MOSTLY_BF16}[ftype])
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
     w.add_token_list(tokens)
@@ -102,18 +106,26 @@ def write_gguf(ckpt, path: Path, ftype: str, vocab=None, progress=None) -> None:
     w.add_add_bos_token(False)
 
     pairs = gguf_map(d.llm_layers)
-    dtypes = {}
+    kinds = {}
     for src, dst in pairs:
         shape = ckpt.tensors[src].shape
         # norms (1-D) stay F32, as llama.cpp expects
-        dt = np.float32 if (ftype == "f32" or len(shape) == 1) else np.float16
-        dtypes[dst] = dt
-        w.add_tensor_info(dst, shape, np.dtype(dt), int(np.prod(shape)) * np.dtype(dt).itemsize)
+        kinds[dst] = "f32" if len(shape) == 1 else ftype
+        if kinds[dst] == "bf16":
+            w.add_tensor_info(dst, shape, np.dtype(np.uint16), int(np.prod(shape)) * 2,
+                              raw_dtype=gguf.GGMLQuantizationType.BF16)
+        else:
+            dt = np.dtype(np.float32 if kinds[dst] == "f32" else np.float16)
+            w.add_tensor_info(dst, shape, dt, int(np.prod(shape)) * dt.itemsize)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     for k, (src, dst) in enumerate(pairs):
-        w.write_tensor_data(ckpt.get(src, dtype=dtypes[dst]))
+        if kinds[dst] == "bf16":
+            data = ckpt.get_bf16(src)
+        else:
+            data = ckpt.get(src, dtype=np.float32 if kinds[dst] == "f32" else np.float16)
+        w.write_tensor_data(data)
         if progress:
             progress(k + 1, len(pairs))
     w.close()

@@ -18,7 +18,7 @@ from mufun_local.prompt import TEMPLATES, variant_of
 from .checkpoint import Checkpoint, resolve_source
 from .connector import write_connector
 from .encoder import ENCODER_ARTIFACTS, ENCODER_QUANTS, write_encoder
-from .llm_gguf import KEEP_TYPES, LLM_QUANTS, load_vocab, quantize, write_gguf
+from .llm_gguf import KEEP_TYPES, LLM_QUANTS, WRITTEN, load_vocab, quantize, write_gguf
 
 
 def check_out(out: Path, src: Path | None, force: bool) -> None:
@@ -127,7 +127,7 @@ def _check_options(quant, encoder_quant, encoder_backends, output_type, embeddin
     if quant not in LLM_QUANTS:
         raise ModelError(f"--quant {quant}: choose from {', '.join(LLM_QUANTS)}")
     for flag, kind in (("--output-type", output_type), ("--embedding-type", embedding_type)):
-        if kind is not None and (kind not in KEEP_TYPES or quant in ("f16", "f32")):
+        if kind is not None and (kind not in KEEP_TYPES or quant in WRITTEN):
             raise ModelError(f"{flag} {kind}: give q8_0 or f16, with a quantized --quant (q4_k_m, q5_k_m, q8_0)")
     if encoder_quant not in ENCODER_QUANTS:
         raise ModelError(f"--encoder-quant {encoder_quant}: choose from {', '.join(ENCODER_QUANTS)}")
@@ -138,21 +138,22 @@ def _check_options(quant, encoder_quant, encoder_backends, output_type, embeddin
 
 def _write_llm(ckpt, tmp: Path, vocab, quant, keep_f16, threads, quiet, verbose, log, output_type,
                embedding_type) -> dict:
-    """llm-<quant>.gguf (via an F16 GGUF and llama.cpp's quantizer unless f16/f32); its manifest entry."""
+    """llm-<quant>.gguf (via an F16 GGUF and llama.cpp's quantizer unless gguf-py writes the
+    type itself); its manifest entry."""
     name = f"llm-{quant}.gguf"
-    base = "f32" if quant == "f32" else "f16"
-    base_path = tmp / (name if quant in ("f32", "f16") else "llm-f16.gguf")
+    base = quant if quant in WRITTEN else "f16"
+    base_path = tmp / (name if quant in WRITTEN else "llm-f16.gguf")
     bar, upd = _bar(f"llm ({base})", quiet)
     write_gguf(ckpt, base_path, base, vocab, progress=upd)
     bar.close()
-    if quant not in ("f32", "f16"):
+    if quant not in WRITTEN:
         log(f"quantizing to {quant} with llama.cpp ...")
         quantize(base_path, tmp / name, quant, threads, verbose, output_type, embedding_type)
         if not keep_f16:
             base_path.unlink()
     return {"file": name, "quant": quant,
             **{k: v for k, v in (("output_type", output_type), ("embedding_type", embedding_type)) if v},
-            **({"f16_file": "llm-f16.gguf"} if keep_f16 and quant not in ("f32", "f16") else {})}
+            **({"f16_file": "llm-f16.gguf"} if keep_f16 and quant not in WRITTEN else {})}
 
 
 def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = modeldir.DEFAULT_QUANT,

@@ -29,7 +29,7 @@ CORE_SECONDS_PER_BYTE = {"plain": (148 + 72) * 2 / 17.84e9, "quantized": (513 + 
 # MuFun checkpoint's parameters that is the Whisper encoder (0.64 of 8.9 B), which is
 # written twice at 16 bits (CTranslate2 and the ONNX graph). Full size: 7.7 GB estimated,
 # 7.97 GB written.
-BITS_PER_WEIGHT = {"q4_k_m": 4.89, "q5_k_m": 5.70, "q8_0": 8.50, "f16": 16.0, "f32": 32.0}
+BITS_PER_WEIGHT = {"q4_k_m": 4.89, "q5_k_m": 5.70, "q8_0": 8.50, "f16": 16.0, "bf16": 16.0, "f32": 32.0}
 ENCODER_SHARE = 0.073
 
 
@@ -64,7 +64,7 @@ class Plan:
 
     def describe(self, quant: str, cores: int | None = None) -> str:
         cores = max(1, cores or os.cpu_count() or 1)
-        rate = CORE_SECONDS_PER_BYTE["plain" if quant in ("f16", "f32") else "quantized"]
+        rate = CORE_SECONDS_PER_BYTE["plain" if quant in ("f16", "bf16", "f32") else "quantized"]
         seconds = self.total_bytes * rate / cores
         params = self.total_bytes / 2  # bf16 shards
         out = params * ((1 - ENCODER_SHARE) * BITS_PER_WEIGHT.get(quant, 16.0) / 8 + ENCODER_SHARE * 4)

@@ -37,6 +37,7 @@ QUESTION = "Describe this music: genre, mood, instruments and tempo."
 # name -> (llama.cpp ftype, output tensor type, token-embedding type); None keeps llama.cpp's choice
 LLM_MIXES = {
     "f16": ("f16", None, None),
+    "bf16": ("bf16", None, None),  # written from the checkpoint (its own bf16 weights), not from F16
     "q8_0": ("q8_0", None, None),
     "q5_k_m": ("q5_k_m", None, None),
     "q4_k_m": ("q4_k_m", None, None),
@@ -79,13 +80,17 @@ def ours_forced(pipe, song: str, tokens: list[int], steps: int) -> np.ndarray:
     return np.stack(out)
 
 
-def make_gguf(f16: Path, name: str, mix: tuple, work: Path) -> Path:
-    from mufun_local.convert.llm_gguf import quantize
+def make_gguf(f16: Path, name: str, mix: tuple, work: Path, ckpt: Path) -> Path:
+    from mufun_local.convert.checkpoint import Checkpoint
+    from mufun_local.convert.llm_gguf import WRITTEN, load_vocab, quantize, write_gguf
     ftype, output, embedding = mix
     if ftype == "f16":
         return f16
     out = work / f"llm-{name.replace(' ', '').replace(',', '-').replace('+', '-')}.gguf"
-    if not out.exists():
+    if not out.exists() and ftype in WRITTEN:
+        c = Checkpoint(ckpt)
+        write_gguf(c, out, ftype, vocab=load_vocab(c.path, c.dims.vocab_rows))
+    elif not out.exists():
         quantize(f16, out, ftype, output_type=output, embedding_type=embedding)
     return out
 
@@ -99,6 +104,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--work", help="working directory (default: a new temporary one)")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--runs", default="", help="comma list: only the runs whose names contain one of these "
+                                                "(the yardstick always runs), e.g. 'LLM bf16,LLM f16'")
     args = ap.parse_args()
 
     import torch
@@ -147,25 +154,29 @@ def main() -> int:
     exact = Options(device="cpu", encoder_backend="ctranslate2", compute_type="float32", f32_kv=True)
     default_encoder = "openvino" if get("openvino").installed() and \
         get("openvino").default_compute_type() == "bfloat16" else "ctranslate2"
-    runs: list[tuple[str, Options, Path]] = [
+    # (name, options, the GGUF's mix or None for the F32 one): GGUFs are made only for runs kept
+    runs: list[tuple[str, Options, tuple | None]] = [
         (f"mufun-local defaults ({default_encoder} {get(default_encoder).default_compute_type()} encoder, "
          f"{DEFAULT_QUANT} GGUF, F16 KV)", Options(device="cpu", encoder_backend=default_encoder),
-         make_gguf(f16, DEFAULT_QUANT, LLM_MIXES.get(DEFAULT_QUANT, (DEFAULT_QUANT, None, None)), work)),
-        ("exact: float32 encoder, F32 GGUF, F32 KV", exact, md.llm_file),
+         (DEFAULT_QUANT, LLM_MIXES.get(DEFAULT_QUANT, (DEFAULT_QUANT, None, None)))),
+        ("exact: float32 encoder, F32 GGUF, F32 KV", exact, None),
     ]
     for backend, ct in (("openvino", "bfloat16"), ("onnxruntime", "int8"), ("ctranslate2", "int8")):
         if get(backend).installed():
-            runs.append((f"encoder {backend} {ct}", replace(exact, encoder_backend=backend, compute_type=ct),
-                         md.llm_file))
+            runs.append((f"encoder {backend} {ct}", replace(exact, encoder_backend=backend, compute_type=ct), None))
     for name, mix in LLM_MIXES.items():
-        runs.append((f"LLM {name}", exact, make_gguf(f16, name, mix, work)))
-    runs.append(("KV cache F16", replace(exact, f32_kv=False), md.llm_file))
-    runs.append(("KV cache F16, flash attention", replace(exact, f32_kv=False, flash_attn=True), md.llm_file))
+        runs.append((f"LLM {name}", exact, (name, mix)))
+    runs.append(("KV cache F16", replace(exact, f32_kv=False), None))
+    runs.append(("KV cache F16, flash attention", replace(exact, f32_kv=False, flash_attn=True), None))
+
+    if args.runs:
+        runs = [r for r in runs if any(w.strip() and w.strip() in r[0] for w in args.runs.split(","))]
 
     from mufun_local.batch import MemoryCache
     embeddings, sizes = MemoryCache(), {}
-    for name, opt, gguf in runs:
+    for name, opt, mix in runs:
         t1 = time.perf_counter()
+        gguf = md.llm_file if mix is None else make_gguf(f16, *mix, work, ckpt)
         m = replace(md, manifest={**md.manifest, "llm": {**md.manifest["llm"], "file": os.path.relpath(gguf, model)}})
         pipe = Pipeline(m, opt, cache=embeddings)  # runs with the same encoder reuse its embeddings
         try:

@@ -63,6 +63,33 @@ def test_gguf_tensors_round_trip_exactly(tiny_f32, tiny_ckpt):
         np.testing.assert_array_equal(data, ckpt.get(src), err_msg=dst)
 
 
+def test_bf16_keeps_the_release_weights_bit_for_bit(tmp_path, tiny_ckpt, reference):
+    """--quant bf16 stores the checkpoint's own bf16 weights (norms stay F32): no rounding at
+    all, and llama.cpp's logits match the Qwen3 reference as F16's do."""
+    import gguf
+    out = convert(str(tiny_ckpt), tmp_path / "bf16", quant="bf16", quiet=True)
+    md = ModelDir.open(out)
+    assert md.llm_file.name == "llm-bf16.gguf" and md.manifest["llm"]["quant"] == "bf16"
+    ckpt = Checkpoint(tiny_ckpt)
+    by_name = {t.name: t for t in gguf.GGUFReader(str(md.llm_file)).tensors}
+    for src, dst in gguf_map(ckpt.dims.llm_layers):
+        t = by_name[dst]
+        want = gguf.GGMLQuantizationType.F32 if t.data.ndim == 1 else gguf.GGMLQuantizationType.BF16
+        assert t.tensor_type == want, dst
+        data = gguf.quants.dequantize(t.data, t.tensor_type).reshape(ckpt.tensors[src].shape)
+        np.testing.assert_array_equal(data, ckpt.get(src), err_msg=dst)
+    llm = LLM(md.llm_file)
+    llm.open_context(512, 512, f32_kv=True)
+    ids = reference.tokenizer(reference.prompt("Is there a singer?").replace("<audio>", ""),
+                              add_special_tokens=False).input_ids
+    llm.eval_tokens(ids)
+    import torch
+    with torch.no_grad():
+        theirs = reference.llm(torch.tensor([ids])).logits[0, -1].numpy()
+    assert np.linalg.norm(llm.logits() - theirs) / np.linalg.norm(theirs) <= 1e-2
+    llm.close()
+
+
 STRINGS = [
     "What genre is this song?", "  leading spaces and  double  spaces", "tabs\tand\nnewlines\n\n",
     "Numbers 1234567 3.14159 and 2024-03-12", "Unicode: café, naïve, Ünïcödé, 日本語, emoji 🎵🎸",
@@ -174,6 +201,28 @@ def test_missing_tensor(tmp_path, tiny_ckpt):
     del index["weight_map"][name]
     (src / "model.safetensors.index.json").write_text(json.dumps(index))
     _refused(src, tmp_path / "out", "missing tensor.*layers.3.fc1.weight")
+
+
+def test_bf16_bits_are_the_stored_ones_or_round_as_torch_does(tmp_path, tiny_ckpt):
+    """get_bf16: a bf16 release's own bits; a float32 tensor (some fine-tunes save those)
+    rounded to nearest even, as torch's .to(bfloat16) does."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    src = _copy_ckpt(tiny_ckpt, tmp_path)
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    kept, widened = [s for s, _ in gguf_map(1) if s.endswith("up_proj.weight") or s.endswith("down_proj.weight")]
+    stored = load_file(str(src / index["weight_map"][kept]))[kept].view(torch.int16).numpy().view(np.uint16)
+    shard = src / index["weight_map"][widened]
+    tensors = load_file(str(shard))
+    noisy = tensors[widened].float() * (1 + 1e-3 * torch.randn(tensors[widened].shape, generator=torch.Generator().manual_seed(0)))
+    tensors[widened] = noisy
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    ckpt = Checkpoint(src)
+    assert ckpt.tensors[widened].dtype == "F32"
+    want = noisy.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(ckpt.get_bf16(widened, chunk=1000), want)
+    assert ckpt.tensors[kept].dtype == "BF16"
+    np.testing.assert_array_equal(ckpt.get_bf16(kept, chunk=1000), stored)
 
 
 def test_config_disagrees_with_tensors(tmp_path, tiny_ckpt):
