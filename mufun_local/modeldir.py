@@ -133,7 +133,8 @@ def describe(md: ModelDir) -> str:
     m = md.manifest
     dims, llm, enc = m["dims"], m["llm"], m["encoder"]
     total = sum(f["size"] for f in m["files"].values())
-    onnx = "float32" + (", int8" if any(k.endswith("encoder.int8.onnx") for k in m["files"]) else "")
+    onnx = "float32" + (", int8" if any(k.endswith("encoder.int8.onnx") for k in m["files"]) else "") \
+        + (", OpenVINO 16-bit" if any(k.endswith("encoder.openvino.xml") for k in m["files"]) else "")
     mix = "".join(f", {name} {llm[key]}" for key, name in (("output_type", "output"), ("embedding_type", "embeddings"))
                   if llm.get(key))
     lines = [
