@@ -63,6 +63,21 @@ def test_gguf_tensors_round_trip_exactly(tiny_f32, tiny_ckpt):
         np.testing.assert_array_equal(data, ckpt.get(src), err_msg=dst)
 
 
+def _logit_error(gguf, reference) -> float:
+    """Relative error of llama.cpp's last logits on a text prompt against Qwen3 in PyTorch."""
+    import torch
+    llm = LLM(gguf)
+    llm.open_context(512, 512, f32_kv=True)
+    ids = reference.tokenizer(reference.prompt("Is there a singer?").replace("<audio>", ""),
+                              add_special_tokens=False).input_ids
+    llm.eval_tokens(ids)
+    with torch.no_grad():
+        theirs = reference.llm(torch.tensor([ids])).logits[0, -1].numpy()
+    ours = llm.logits()
+    llm.close()
+    return float(np.linalg.norm(ours - theirs) / np.linalg.norm(theirs))
+
+
 def test_bf16_keeps_the_release_weights_bit_for_bit(tmp_path, tiny_ckpt, reference):
     """--quant bf16 stores the checkpoint's own bf16 weights (norms stay F32): no rounding at
     all, and llama.cpp's logits match the Qwen3 reference as F16's do."""
@@ -78,16 +93,7 @@ def test_bf16_keeps_the_release_weights_bit_for_bit(tmp_path, tiny_ckpt, referen
         assert t.tensor_type == want, dst
         data = gguf.quants.dequantize(t.data, t.tensor_type).reshape(ckpt.tensors[src].shape)
         np.testing.assert_array_equal(data, ckpt.get(src), err_msg=dst)
-    llm = LLM(md.llm_file)
-    llm.open_context(512, 512, f32_kv=True)
-    ids = reference.tokenizer(reference.prompt("Is there a singer?").replace("<audio>", ""),
-                              add_special_tokens=False).input_ids
-    llm.eval_tokens(ids)
-    import torch
-    with torch.no_grad():
-        theirs = reference.llm(torch.tensor([ids])).logits[0, -1].numpy()
-    assert np.linalg.norm(llm.logits() - theirs) / np.linalg.norm(theirs) <= 1e-2
-    llm.close()
+    assert _logit_error(md.llm_file, reference) <= 1e-2
 
 
 STRINGS = [
@@ -110,17 +116,7 @@ def test_gguf_tokenizer_equals_transformers(tiny_f32, tiny_ckpt, reference):
 
 @pytest.mark.parametrize("fixture,tol", [("tiny_f32", 1e-4), ("tiny_f16", 1e-2)])
 def test_logits_match_qwen3(request, reference, fixture, tol):
-    llm = LLM(ModelDir.open(request.getfixturevalue(fixture)).llm_file)
-    llm.open_context(512, 512, f32_kv=True)
-    ids = reference.tokenizer(reference.prompt("Is there a singer?").replace("<audio>", ""),
-                              add_special_tokens=False).input_ids
-    llm.eval_tokens(ids)
-    import torch
-    with torch.no_grad():
-        theirs = reference.llm(torch.tensor([ids])).logits[0, -1].numpy()
-    ours = llm.logits()
-    assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) <= tol
-    llm.close()
+    assert _logit_error(ModelDir.open(request.getfixturevalue(fixture)).llm_file, reference) <= tol
 
 
 @pytest.mark.parametrize("quant", ["q4_k_m", "q5_k_m", "q8_0"])
