@@ -27,8 +27,9 @@ PATTERNS = ("*.json", "*.safetensors", "merges.txt", "vocab.json")
 CORE_SECONDS_PER_BYTE = {"plain": (148 + 72) * 2 / 17.84e9, "quantized": (513 + 72) * 2 / 17.84e9}
 # Bits per LLM weight of each GGUF type (llama.cpp's quantize table), and the share of a
 # MuFun checkpoint's parameters that is the Whisper encoder (0.64 of 8.9 B), which is
-# written twice at 16 bits (CTranslate2 and the ONNX graph). Full size: 7.7 GB estimated,
-# 7.97 GB written.
+# written three times at 16 bits (CTranslate2, the ONNX graph, OpenVINO's copy). Full size:
+# F16 20.4 GB estimated, 20.6 GB written; q4_k_m 9.0 GB estimated, 7.97 GB written before
+# the OpenVINO copy (1.27 GB) was added.
 BITS_PER_WEIGHT = {"q4_k_m": 4.89, "q5_k_m": 5.70, "q8_0": 8.50, "f16": 16.0, "bf16": 16.0, "f32": 32.0}
 ENCODER_SHARE = 0.073
 
@@ -67,7 +68,7 @@ class Plan:
         rate = CORE_SECONDS_PER_BYTE["plain" if quant in ("f16", "bf16", "f32") else "quantized"]
         seconds = self.total_bytes * rate / cores
         params = self.total_bytes / 2  # bf16 shards
-        out = params * ((1 - ENCODER_SHARE) * BITS_PER_WEIGHT.get(quant, 16.0) / 8 + ENCODER_SHARE * 4)
+        out = params * ((1 - ENCODER_SHARE) * BITS_PER_WEIGHT.get(quant, 16.0) / 8 + ENCODER_SHARE * 6)
         fetch = (f"{_gb(self.missing_bytes)} to download" if self.missing_bytes
                  else "already downloaded")
         return (f"{self.repo_id}@{self.revision[:10]}: {self.files} files, {_gb(self.total_bytes)}, {fetch}; "

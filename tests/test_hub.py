@@ -112,10 +112,10 @@ def test_the_plan_estimates_scale_with_the_checkpoint():
     minutes = int(text.split("takes about ")[1].split()[0])
     assert 5 <= minutes <= 15  # measured: 9.75 min on 2 cores, engine timing included (README)
     gb = float(text.split("writes about ")[1].split()[0])
-    assert 7 < gb < 9  # measured: 7.97 GB
+    assert 8 < gb < 10  # measured: 7.97 GB, before the encoder's 1.27 GB OpenVINO copy
     assert float(p.describe("q8_0", cores=2).split("writes about ")[1].split()[0]) > gb
-    f16 = p.describe("f16", cores=2)  # measured: 3.7 min (no quantizer pass), 19.3 GB
-    assert int(f16.split("takes about ")[1].split()[0]) <= 5 and 18 < float(f16.split("writes about ")[1].split()[0]) < 21
+    f16 = p.describe("f16", cores=2)  # measured: 3.7 min (no quantizer pass), 20.6 GB
+    assert int(f16.split("takes about ")[1].split()[0]) <= 5 and 19 < float(f16.split("writes about ")[1].split()[0]) < 22
 
 
 def test_pull_offline_is_one_line(capsys, hub_cache, monkeypatch):
