@@ -12,13 +12,13 @@ int8 with per-channel scales, activations are quantised per call. Only ONNX Runt
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
+from mufun_local.encoder_backends import get as get_backend
 from mufun_local.errors import ModelError
 
 from . import tensors
@@ -216,7 +216,7 @@ def write_onnx_encoder(ckpt, out_dir: Path, progress=None, int8: bool = False) -
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"float32": "encoder.onnx"}
     build_graph(ckpt.get, ckpt.dims, out_dir / files["float32"])
-    if importlib.util.find_spec("openvino") is not None:
+    if get_backend("openvino").installed():
         files["openvino"] = "encoder.openvino.xml"
         write_openvino_ir(out_dir / files["float32"], out_dir / files["openvino"])
     if progress:

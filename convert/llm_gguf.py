@@ -17,7 +17,6 @@ from mufun_local.errors import ModelError
 
 from .tensors import gguf_map
 
-LLM_QUANTS = ("q4_k_m", "q5_k_m", "q8_0", "f16", "bf16", "f32")
 # the types gguf-py writes itself (the others are made from an F16 GGUF by llama.cpp)
 WRITTEN = ("f32", "f16", "bf16")
 # --quant -> gguf's LlamaFileType (llama.cpp's LLAMA_FTYPE, what its quantizer takes)

@@ -18,7 +18,7 @@ from mufun_local.prompt import TEMPLATES, variant_of
 from .checkpoint import Checkpoint, resolve_source
 from .connector import write_connector
 from .encoder import ENCODER_ARTIFACTS, ENCODER_QUANTS, write_encoder
-from .llm_gguf import KEEP_TYPES, LLM_QUANTS, WRITTEN, load_vocab, quantize, write_gguf
+from .llm_gguf import KEEP_TYPES, WRITTEN, load_vocab, quantize, write_gguf
 
 
 def check_out(out: Path, src: Path | None, force: bool) -> None:
@@ -124,8 +124,8 @@ def _bar(desc: str, quiet: bool):
 
 
 def _check_options(quant, encoder_quant, encoder_backends, output_type, embedding_type) -> None:
-    if quant not in LLM_QUANTS:
-        raise ModelError(f"--quant {quant}: choose from {', '.join(LLM_QUANTS)}")
+    if quant not in modeldir.LLM_QUANTS:
+        raise ModelError(f"--quant {quant}: choose from {', '.join(modeldir.LLM_QUANTS)}")
     for flag, kind in (("--output-type", output_type), ("--embedding-type", embedding_type)):
         if kind is not None and (kind not in KEEP_TYPES or quant in WRITTEN):
             raise ModelError(f"{flag} {kind}: give q8_0 or f16, with a quantized --quant (q4_k_m, q5_k_m, q8_0)")

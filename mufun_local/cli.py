@@ -112,8 +112,8 @@ def model_option(f):
 
 
 def quant_option(f):
-    from .modeldir import DEFAULT_QUANT
-    return click.option("--quant", type=click.Choice(["q4_k_m", "q5_k_m", "q8_0", "f16", "bf16", "f32"]), default=DEFAULT_QUANT,
+    from .modeldir import DEFAULT_QUANT, LLM_QUANTS
+    return click.option("--quant", type=click.Choice(LLM_QUANTS), default=DEFAULT_QUANT,
                         show_default=True,
                         help="LLM weight type in the GGUF. f16 (default) is as accurate as the original's bfloat16 "
                              "run; bf16 keeps the release's weights bit for bit (a little less exact in llama.cpp); "

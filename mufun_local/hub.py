@@ -65,7 +65,8 @@ class Plan:
 
     def describe(self, quant: str, cores: int | None = None) -> str:
         cores = max(1, cores or os.cpu_count() or 1)
-        rate = CORE_SECONDS_PER_BYTE["plain" if quant in ("f16", "bf16", "f32") else "quantized"]
+        from .convert.llm_gguf import WRITTEN  # written without llama.cpp's quantizer pass
+        rate = CORE_SECONDS_PER_BYTE["plain" if quant in WRITTEN else "quantized"]
         seconds = self.total_bytes * rate / cores
         params = self.total_bytes / 2  # bf16 shards
         out = params * ((1 - ENCODER_SHARE) * BITS_PER_WEIGHT.get(quant, 16.0) / 8 + ENCODER_SHARE * 6)

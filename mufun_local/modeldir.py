@@ -26,6 +26,8 @@ MANIFEST = "manifest.json"
 # README Accuracy: F16 1.1e-6 mean KL vs bf16's 6.4e-4; q8_0 1.8e-3 and q4_k_m 9.8e-2 lose
 # more, so they are opt-in with --quant).
 DEFAULT_QUANT = "f16"
+# Every weight type `convert --quant` makes (the GGUF is llm-<quant>.gguf)
+LLM_QUANTS = ("q4_k_m", "q5_k_m", "q8_0", "f16", "bf16", "f32")
 
 
 
