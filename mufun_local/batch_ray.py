@@ -35,6 +35,39 @@ def import_ray():
         raise MufunError("--ray needs Ray Data: pip install 'mufun-local[ray]'") from None
 
 
+_PROXIES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+def _start_private(ray, kwargs: dict) -> None:
+    """Start a Ray of this machine's own that contacts nothing beyond loopback.
+
+    - Ray finds a node's address by connecting a socket to 8.8.8.8 and then talks over the
+      machine's network address; as on macOS and Windows, where Ray stays on loopback,
+      RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps it there (the constant is Ray's, read when it
+      picks an address; the variable reaches the processes it starts).
+    - Ray's dashboard process probes the cloud metadata services (169.254.169.254 and a DNS
+      query for metadata.google.internal) even with usage statistics off. The processes
+      ray.init starts get a proxy on a closed loopback port (loopback itself exempt), so that
+      probe fails here; this process's own variables are restored afterwards. A proxy the
+      user set is left alone."""
+    import os
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from ray._private import ray_constants
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() in ("1", "true")
+    saved = {k: os.environ.get(k) for k in (*_PROXIES, "no_proxy", "NO_PROXY")}
+    if not any(saved[k] for k in _PROXIES):
+        os.environ.update({k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy")},
+                          no_proxy="127.0.0.1,localhost,::1")
+    try:
+        ray.init(**kwargs)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def connect(address: str):
     """`local`: start a private Ray on this machine; `auto`: the cluster RAY_ADDRESS or
     `ray start` made; anything else: that address (host:port or ray://host:10001)."""
@@ -44,7 +77,7 @@ def connect(address: str):
     kwargs = dict(include_dashboard=False, configure_logging=True, logging_level="ERROR", log_to_driver=False)
     try:
         if address == "local":
-            ray.init(**kwargs)
+            _start_private(ray, kwargs)
         else:
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
