@@ -13,10 +13,12 @@ TORCH_VERSION=2.13.0         # the CPU build (the test extra's reference only)
 step() { printf '\n== %s\n' "$*"; }
 
 # System tools the tests use: the ffmpeg CLI (the original MuFun decodes with it, so the
-# reference does too) and Chromium (the web page is tested in a real headless browser).
+# reference does too), Chromium (the web page is tested in a real headless browser) and
+# strace (the offline test traces every connect()).
 missing=""
 command -v ffmpeg >/dev/null 2>&1 || missing="$missing ffmpeg"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v strace >/dev/null 2>&1 || missing="$missing strace"
 if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     step "installing$missing (apt)"
