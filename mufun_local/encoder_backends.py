@@ -41,6 +41,9 @@ class Backend:
     # (DESIGN §8: first-step logits vs float32 on a 112 s song: original bf16 0.24, OpenVINO
     # bf16 0.015, float32 exact; int8 0.49, so int8 is only ever asked for).
     default: Callable[[str], str] = _float_default
+    # Whether a model's encoder.json lists the file this engine reads for a compute type
+    # (ONNX Runtime's int8 graph is written only with --onnx-int8)
+    has_files: Callable[[dict, str], bool] = lambda info, compute_type: True
 
     def installed(self) -> bool:
         try:
@@ -66,7 +69,7 @@ _CT2_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", 
 REGISTRY: dict[str, Backend] = {b.name: b for b in (
     Backend("ctranslate2", "ctranslate2", _CT2_TYPES, ("cpu", "cuda"), "ctranslate2", ".encoder_ct2", "CT2Encoder"),
     Backend("onnxruntime", "onnx", ("int8", "float32"), ("cpu",), "onnxruntime", ".encoder_onnx",
-            "OnnxRuntimeEncoder"),
+            "OnnxRuntimeEncoder", has_files=lambda info, ct: ("int8" if ct == "int8" else "float32") in info.get("onnx", {})),
     Backend("openvino", "onnx", ("bfloat16", "float32"), ("cpu",), "openvino", ".encoder_onnx", "OpenVinoEncoder",
             _openvino_default),
 )}
@@ -82,14 +85,21 @@ def get(name: str) -> Backend:
         raise ModelError(f"unknown encoder backend {name!r}: choose from auto, {', '.join(BACKENDS)}") from None
 
 
-def converted(encoder_dir: str | Path) -> list[Backend]:
-    """The backends whose artifacts this model directory holds."""
+def encoder_info(encoder_dir: str | Path) -> dict:
+    """The model's encoder.json."""
     try:
-        info = json.loads((Path(encoder_dir) / "encoder.json").read_text())
+        return json.loads((Path(encoder_dir) / "encoder.json").read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"{encoder_dir}: encoder files missing or damaged ({exc})") from None
+
+
+def converted(encoder_dir: str | Path, compute_type: str | None = None) -> list[Backend]:
+    """The backends whose artifacts this model directory holds (for `compute_type`, when
+    given: the files that type reads)."""
+    info = encoder_info(encoder_dir)
     written = set(info.get("artifacts", ["ctranslate2"]))
-    return [b for b in REGISTRY.values() if b.artifact in written]
+    return [b for b in REGISTRY.values() if b.artifact in written
+            and (compute_type is None or b.has_files(info, compute_type))]
 
 
 def load_encoder(encoder_dir: str | Path, backend: str, device: str = "cpu", compute_type: str | None = None,

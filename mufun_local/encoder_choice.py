@@ -50,12 +50,9 @@ def candidates(encoder_dir: Path, compute_type: str | None) -> list[tuple[str, s
     """(backend, compute type) pairs worth measuring on this CPU."""
     out = []
     for b in converted(encoder_dir):
-        if not b.installed():
-            continue
-        if compute_type is None:
-            out.append((b.name, b.default_compute_type("cpu")))
-        elif compute_type in b.compute_types:
-            out.append((b.name, compute_type))
+        ct = b.default_compute_type("cpu") if compute_type is None else compute_type
+        if b.installed() and ct in b.compute_types and b in converted(encoder_dir, ct):
+            out.append((b.name, ct))
     return out
 
 

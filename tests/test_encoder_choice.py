@@ -197,3 +197,16 @@ def test_converted_files_get_the_usual_modes(tiny_all):
     os.umask(mask)
     for rel in ModelDir.open(tiny_all).manifest["files"]:
         assert (tiny_all / rel).stat().st_mode & 0o777 == 0o666 & ~mask, rel
+
+
+def test_auto_int8_without_the_onnx_int8_graph_runs_ctranslate2(tmp_path, tiny_ckpt, monkeypatch):
+    """A model converted without --onnx-int8 has CTranslate2's int8 engine but not ONNX
+    Runtime's int8 graph: `auto` with int8 considers only the engine whose files are there
+    (it timed ONNX Runtime int8, picked it and failed)."""
+    from mufun_local.convert.run import convert
+    out = convert(str(tiny_ckpt), tmp_path / "m", quant="f16", encoder_backends=("ctranslate2", "onnx"), quiet=True)
+    enc_dir = ModelDir.open(out).encoder_dir
+    assert encoder_choice.candidates(enc_dir, "int8") == [("ctranslate2", "int8")]
+    monkeypatch.setattr(encoder_choice, "measure", lambda *a, **k: pytest.fail("one candidate: nothing to time"))
+    c = encoder_choice.choose(enc_dir, "auto", "cpu", "int8")
+    assert (c.backend, c.compute_type) == ("ctranslate2", "int8")
