@@ -43,3 +43,32 @@ def test_status_line_only_on_a_terminal_and_cleared_for_the_answer():
     quiet("encoder", 1, 4)
     quiet.clear()
     assert pipe.getvalue() == ""
+
+
+def test_a_conversion_logged_to_a_file_is_a_few_readable_lines(tmp_path, tiny_ckpt, capfd):
+    """Not on a terminal, no bar frames: one line per stage with its time."""
+    from mufun_local.cli import main
+    assert main(["convert", str(tiny_ckpt), str(tmp_path / "m"), "--quant", "f16"]) == 0
+    err = capfd.readouterr().err
+    assert "\r" not in err and "%|" not in err
+    lines = err.strip().splitlines()
+    assert 3 <= len(lines) <= 12, lines
+    assert any(line.startswith("encoder: done in ") and line.endswith(" s") for line in lines), lines
+
+
+def test_log_bar_says_each_tenth_of_a_long_stage_and_its_end():
+    import io
+    from mufun_local.progress import LogBar
+    out = io.StringIO()
+    b = LogBar("batch", 20, "answer", out, every_s=0.0)
+    for _ in range(20):
+        b.update()
+    b.close()
+    b.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "batch: 2/20 answer" and len(lines) == 10 and lines[-1].startswith("batch: done in ")
+    out = io.StringIO()
+    b = LogBar("batch", 20, "answer", out)  # a short stage: only its end
+    b.update(3)
+    b.close()
+    assert out.getvalue().startswith("batch: 3/20 answer in ")
