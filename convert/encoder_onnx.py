@@ -205,8 +205,8 @@ def write_onnx_encoder(ckpt, out_dir: Path, progress=None, int8: bool = False) -
     """Write out_dir/encoder.onnx (float32, weights stored as exact bfloat16) and, with
     `int8`, out_dir/encoder.int8.onnx, each with its .data file; where OpenVINO is
     installed, out_dir/encoder.openvino.xml (+ .bin) for its bfloat16 runs. Returns {compute
-    type or "openvino": file name}. int8 is opt-in (it loses more than bf16, see the README's
-    Accuracy), and its quantizer is what doubled a full-size conversion's peak memory."""
+    type or "openvino": file name}. int8 is opt-in (it loses more than bf16, see
+    docs/accuracy.md), and its quantizer doubles a full-size conversion's peak memory."""
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401

@@ -13,18 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mufun_local import diskspace
 from mufun_local.errors import ModelError
+from mufun_local.format import weights
 
 from .tensors import gguf_map
-
-# the types gguf-py writes itself (the others are made from an F16 GGUF by llama.cpp)
-WRITTEN = ("f32", "f16", "bf16")
-# --quant -> gguf's LlamaFileType (llama.cpp's LLAMA_FTYPE, what its quantizer takes)
-_LLAMA_FTYPE = {"q8_0": "MOSTLY_Q8_0", "q4_k_m": "MOSTLY_Q4_K_M", "q5_k_m": "MOSTLY_Q5_K_M"}
-
-
-# What --output-type / --embedding-type may keep a tensor at (gguf's GGMLQuantizationType names)
-KEEP_TYPES = {"q8_0": "Q8_0", "f16": "F16"}
 
 
 def looks_special(token: str) -> bool:
@@ -76,7 +69,7 @@ def write_gguf(ckpt, path: Path, ftype: str, vocab=None, progress=None) -> None:
     """Write an F32, F16 or BF16 GGUF of the LLM, tensor by tensor (`vocab`: load_vocab's result)."""
     import gguf
 
-    if ftype not in WRITTEN:
+    if weights.get(ftype).quantized:
         raise ValueError("write_gguf writes f32, f16 or bf16; other types go through quantize()")
     d = ckpt.dims
     tokens, types, merges, special = vocab or load_vocab(ckpt.path, d.vocab_rows)
@@ -92,8 +85,7 @@ def write_gguf(ckpt, path: Path, ftype: str, vocab=None, progress=None) -> None:
     w.add_value_length(d.head_dim)
     w.add_rope_freq_base(d.rope_theta)
     w.add_layer_norm_rms_eps(d.rms_eps)
-    w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                     "bf16": gguf.LlamaFileType.MOSTLY_BF16}[ftype])
+    w.add_file_type(gguf.LlamaFileType[weights.get(ftype).ftype])
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
     w.add_token_list(tokens)
@@ -130,25 +122,61 @@ def write_gguf(ckpt, path: Path, ftype: str, vocab=None, progress=None) -> None:
     w.close()
 
 
+def _imatrix_param(imatrix: dict):
+    """A NULL-terminated llama_model_imatrix_data array for llama_model_quantize_params.imatrix,
+    and the buffers it points into (keep both alive until the quantizer returns)."""
+    import ctypes
+
+    import llama_cpp
+    keep = []
+    arr = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+    for i, (name, v) in enumerate(sorted(imatrix.items())):
+        v = np.ascontiguousarray(v, dtype=np.float32)
+        n = ctypes.create_string_buffer(name.encode())
+        keep += [v, n]
+        arr[i].name = ctypes.cast(n, ctypes.c_char_p)
+        arr[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        arr[i].size = v.size
+    arr[len(imatrix)].name = None
+    keep.append(arr)
+    return arr, keep
+
+
 def quantize(f16_path: Path, out_path: Path, quant: str, threads: int = 0, verbose: bool = False,
-             output_type: str | None = None, embedding_type: str | None = None) -> None:
-    """llama.cpp's quantizer: F16 GGUF -> q8_0 / q4_k_m / q5_k_m (its log only when verbose).
-    `output_type` / `embedding_type` (q8_0, f16) keep the output matrix (lm_head) and the token
-    embeddings at that type instead of the mix's own (llama-quantize's --output-tensor-type
-    and --token-embedding-type)."""
+             output_type: str | None = None, embedding_type: str | None = None,
+             imatrix: dict | None = None) -> None:
+    """llama.cpp's quantizer: F16 GGUF -> one of weights.TYPES made by it (its log only when
+    verbose). `output_type` / `embedding_type` (weights.KEEP_TYPES) keep the output matrix
+    (lm_head) and the token embeddings at that type instead of the recipe's own
+    (llama-quantize's --output-tensor-type and --token-embedding-type). `imatrix`: weight name
+    -> mean squared input per column (mufun_local.imatrix), as llama-quantize's --imatrix."""
+    import ctypes
+
     import gguf
     import llama_cpp
-    from llama_cpp import _logger
     from llama_cpp._utils import suppress_stdout_stderr
 
-    _logger.set_verbose(verbose)
+    from mufun_local.logs import llama_errors, route_llama_logs
+
+    route_llama_logs(verbose)
+    llama_errors(clear=True)
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = int(gguf.LlamaFileType[_LLAMA_FTYPE[quant]])
+    wt = weights.get(quant)
+    params.ftype = int(gguf.LlamaFileType[wt.ftype])
     params.nthread = threads or (os.cpu_count() or 1)
-    for field, kind in (("output_tensor_type", output_type), ("token_embedding_type", embedding_type)):
+    for field, kind in (("output_tensor_type", output_type or wt.output),
+                        ("token_embedding_type", embedding_type or wt.embedding)):
         if kind is not None:
-            setattr(params, field, int(gguf.GGMLQuantizationType[KEEP_TYPES[kind]]))
+            setattr(params, field, int(gguf.GGMLQuantizationType[weights.KEEP_TYPES[kind]]))
+    keep = None
+    if imatrix:
+        arr, keep = _imatrix_param(imatrix)
+        params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     with suppress_stdout_stderr(disable=verbose):  # its per-tensor report bypasses the log callback
         rc = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(out_path).encode(), params)
+    del keep
     if rc != 0:
-        raise ModelError(f"llama.cpp failed to quantize to {quant} (code {rc})")
+        why = next((e.split("failed to quantize:", 1)[1].strip() for e in reversed(llama_errors())
+                    if "failed to quantize:" in e), None) or "; ".join(llama_errors()[-1:]) or f"code {rc}"
+        err = ModelError(f"llama.cpp failed to quantize to {quant}: {why}")
+        raise diskspace.full_disk_error(err, out_path.parent) or err

@@ -11,14 +11,23 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from mufun_local import modeldir
+from mufun_local import diskspace
 from mufun_local.errors import ModelError
+from mufun_local.format import weights
 from mufun_local.logs import notice
 from mufun_local.prompt import TEMPLATES, variant_of
 
 from .checkpoint import Checkpoint, resolve_source
 from .connector import write_connector
 from .encoder import ENCODER_ARTIFACTS, ENCODER_QUANTS, write_encoder
-from .llm_gguf import KEEP_TYPES, WRITTEN, load_vocab, quantize, write_gguf
+from .llm_gguf import load_vocab, quantize, write_gguf
+from .tensors import gguf_map
+
+# Bytes per encoder weight of each artifact: CTranslate2 at its stored type; the ONNX graph
+# at 16 bits with OpenVINO's 16-bit copy beside it; the int8 graph, with ONNX Runtime's
+# quantizer's float32 scratch copy on the way.
+_ENCODER_BYTES = {"float16": 2, "float32": 4, "int8": 1, "int8_float16": 1}
+_ONNX_BYTES, _ONNX_INT8_BYTES = 4, 5
 
 
 def check_out(out: Path, src: Path | None, force: bool) -> None:
@@ -112,9 +121,9 @@ def _generation_defaults(gen: dict) -> dict:
 
 
 def _bar(desc: str, quiet: bool):
-    from tqdm import tqdm
-    bar = tqdm(desc=desc, total=1, unit="step", file=sys.stderr, disable=quiet, leave=True,
-               bar_format="{desc:<22} {percentage:3.0f}%|{bar:24}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+    from mufun_local.progress import bar as progress_bar
+    bar = progress_bar(desc, 1, "step", quiet, leave=True,
+                       bar_format="{desc:<22} {percentage:3.0f}%|{bar:24}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
 
     def update(done: int, total: int) -> None:
         bar.total = total
@@ -124,11 +133,11 @@ def _bar(desc: str, quiet: bool):
 
 
 def _check_options(quant, encoder_quant, encoder_backends, output_type, embedding_type) -> None:
-    if quant not in modeldir.LLM_QUANTS:
-        raise ModelError(f"--quant {quant}: choose from {', '.join(modeldir.LLM_QUANTS)}")
+    wt = weights.get(quant)
     for flag, kind in (("--output-type", output_type), ("--embedding-type", embedding_type)):
-        if kind is not None and (kind not in KEEP_TYPES or quant in WRITTEN):
-            raise ModelError(f"{flag} {kind}: give q8_0 or f16, with a quantized --quant (q4_k_m, q5_k_m, q8_0)")
+        if kind is not None and (kind not in weights.KEEP_TYPES or not wt.quantized):
+            made = ", ".join(t.name for t in weights.TYPES.values() if t.quantized)
+            raise ModelError(f"{flag} {kind}: give {' or '.join(weights.KEEP_TYPES)}, with a quantized --quant ({made})")
     if encoder_quant not in ENCODER_QUANTS:
         raise ModelError(f"--encoder-quant {encoder_quant}: choose from {', '.join(ENCODER_QUANTS)}")
     if not encoder_backends or set(encoder_backends) - set(ENCODER_ARTIFACTS):
@@ -136,34 +145,49 @@ def _check_options(quant, encoder_quant, encoder_backends, output_type, embeddin
                          f"give one or more of {', '.join(ENCODER_ARTIFACTS)}, comma-separated")
 
 
+def space_needed(ckpt, quant: str, encoder_quant: str, encoder_backends, onnx_int8: bool) -> int:
+    """What the conversion writes at its largest, temporary files included (a quantized LLM
+    is made from an F16 GGUF that sits beside it until the end), with 5 % room."""
+    import math
+    llm = sum(math.prod(ckpt.tensors[src].shape) for src, _ in gguf_map(ckpt.dims.llm_layers))
+    rest = sum(math.prod(t.shape) for t in ckpt.tensors.values()) - llm  # encoder and connector
+    enc = rest * ((_ENCODER_BYTES[encoder_quant] if "ctranslate2" in encoder_backends else 0)
+                  + (_ONNX_BYTES if "onnx" in encoder_backends else 0) + (_ONNX_INT8_BYTES if onnx_int8 else 0))
+    wt = weights.get(quant)
+    gguf = llm * (wt.bits / 8 + (2 if wt.quantized else 0))
+    return int(1.05 * (enc + gguf))
+
+
 def _write_llm(ckpt, tmp: Path, vocab, quant, keep_f16, threads, quiet, verbose, log, output_type,
                embedding_type) -> dict:
     """llm-<quant>.gguf (via an F16 GGUF and llama.cpp's quantizer unless gguf-py writes the
     type itself); its manifest entry."""
-    name = f"llm-{quant}.gguf"
-    base = quant if quant in WRITTEN else "f16"
-    base_path = tmp / (name if quant in WRITTEN else "llm-f16.gguf")
+    name, quantized = weights.gguf_name(quant), weights.get(quant).quantized
+    base = "f16" if quantized else quant
+    base_path = tmp / weights.gguf_name(base)
     bar, upd = _bar(f"llm ({base})", quiet)
     write_gguf(ckpt, base_path, base, vocab, progress=upd)
     bar.close()
-    if quant not in WRITTEN:
+    if quantized:
         log(f"quantizing to {quant} with llama.cpp ...")
+        t0 = time.perf_counter()
         quantize(base_path, tmp / name, quant, threads, verbose, output_type, embedding_type)
+        log(f"quantized to {quant} in {time.perf_counter() - t0:.1f} s")
         if not keep_f16:
             base_path.unlink()
     return {"file": name, "quant": quant,
             **{k: v for k, v in (("output_type", output_type), ("embedding_type", embedding_type)) if v},
-            **({"f16_file": "llm-f16.gguf"} if keep_f16 and quant not in WRITTEN else {})}
+            **({"f16_file": base_path.name} if keep_f16 and quantized else {})}
 
 
-def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = modeldir.DEFAULT_QUANT,
+def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = weights.DEFAULT,
             encoder_quant: str = "float16", encoder_backends=None, force: bool = False, keep_f16: bool = False,
             threads: int = 0, quiet: bool = False, verbose: bool = False,
             template: str = "auto", onnx_int8: bool = False,
             output_type: str | None = None, embedding_type: str | None = None) -> Path:
     """Convert `src` (directory or hub id) into a model directory at `out`; returns its path.
     `output_type` / `embedding_type` keep lm_head / the token embeddings at q8_0 or f16 in a
-    quantized GGUF (README, Accuracy: what each mix costs)."""
+    quantized GGUF (docs/accuracy.md: what each mix costs)."""
     log = (lambda msg: None) if quiet else notice
     encoder_backends = default_encoder_backends() if encoder_backends is None else tuple(encoder_backends)
     _check_options(quant, encoder_quant, encoder_backends, output_type, embedding_type)
@@ -181,8 +205,10 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = modeldir
         raise ModelError(f"--template {template}: choose from auto, {', '.join(TEMPLATES)}")
     log(f"converting {ckpt.source}: encoder d={d.enc_d} x{d.enc_layers}, "
         f"LLM hidden={d.hidden} x{d.llm_layers}, vocab {d.vocab_rows}, template {variant}")
-
     out.parent.mkdir(parents=True, exist_ok=True)
+    diskspace.require(out.parent, space_needed(ckpt, quant, encoder_quant, encoder_backends, onnx_int8),
+                      f"converting to {quant}")
+
     _remove_stale(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -215,8 +241,11 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = modeldir
         _usual_modes(tmp)
         check_out(out, Path(ckpt.path), force)  # OUT may have changed during the long work
         _replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
+        full = diskspace.full_disk_error(exc, out.parent)  # before the partial files go
         shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None:
+            raise full from None
         raise
     size = sum(f["size"] for f in manifest["files"].values())
     log(f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")

@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from .errors import MufunError
+from .format.weights import KEEP_TYPES
 from .logs import NOTICE, log
 from .progress import StatusLine
 
@@ -91,7 +92,7 @@ def encoder_options(f):
     wrapper = click.option("--compute-type", type=click.Choice(ALL_COMPUTE_TYPES), default=None,
                            help="Encoder compute type (default: the most accurate fast one: float32 on a CPU, "
                                 "bfloat16 on OpenVINO where the CPU has it, float16 on CUDA). int8 is faster "
-                                "but loses twice what the original's bfloat16 run does (README, Accuracy).")(wrapper)
+                                "but loses twice what the original's bfloat16 run does (docs/accuracy.md).")(wrapper)
     wrapper = click.option("--encoder-backend", type=click.Choice(("auto",) + BACKENDS), default="auto",
                            show_default=True,
                            help="Engine for the Whisper encoder. auto: CTranslate2 on CUDA; on a CPU the fastest "
@@ -102,7 +103,7 @@ def encoder_options(f):
 def flash_attn_option(f):
     return click.option("--flash-attn", is_flag=True,
                         help="llama.cpp's flash attention. Off by default: it moves the answer's logits on "
-                             "long audio, and on CPUs its gain was within noise (see README, Accuracy).")(f)
+                             "long audio, and on CPUs its gain was within noise (see docs/accuracy.md).")(f)
 
 
 def model_option(f):
@@ -115,10 +116,10 @@ def quant_option(f):
     from .modeldir import DEFAULT_QUANT, LLM_QUANTS
     return click.option("--quant", type=click.Choice(LLM_QUANTS), default=DEFAULT_QUANT,
                         show_default=True,
-                        help="LLM weight type in the GGUF. f16 (default) is as accurate as the original's bfloat16 "
-                             "run; bf16 keeps the release's weights bit for bit (a little less exact in llama.cpp); "
-                             "q8_0 (half the size) and q4_k_m (a quarter, ~3x faster on a CPU) lose more "
-                             "(README, Accuracy).")(f)
+                        help=f"LLM weight type in the GGUF. {DEFAULT_QUANT} (default) is 4-bit: a quarter of F16's "
+                             "size, what fits a 16 GB laptop, the fastest on a CPU. q8_0 (twice the size) and f16 "
+                             "(four times; as accurate as the original's bfloat16 run) trade memory for accuracy; "
+                             "bf16 keeps the release's weights bit for bit (docs/accuracy.md).")(f)
 
 
 def verbosity(f):
@@ -407,14 +408,10 @@ def serve(model, host, port, api_key, allow_hosts, ctx, max_tokens, max_queue, r
       {"type": "input_audio", "input_audio": {"data": "<base64>", "format": "mp3"}},
       {"type": "text", "text": "What genre is this?"}]}]}'
     """
-    try:
-        import uvicorn
+    import uvicorn
 
-        from .server import create_app
-    except ImportError:
-        raise MufunError("serve needs the server extra: pip install 'mufun-local[serve]'") from None
     from .pipeline import Options
-    from .server import LOOPBACK_NAMES, allowed_hosts
+    from .server import LOOPBACK_NAMES, allowed_hosts, create_app
 
     _setup_logging(quiet, verbose)
     if api_key is not None and not api_key.strip():
@@ -445,7 +442,7 @@ def serve(model, host, port, api_key, allow_hosts, ctx, max_tokens, max_queue, r
 @click.option("--question", "questions", multiple=True, help="Ask this about every file (repeatable).")
 @click.option("--tags", is_flag=True,
               help="Ask one question per file for tags as JSON (genre, subgenre, mood, instruments, tempo feel, "
-                   "vocals, language, description; README, Tag your library), constrained to that schema.")
+                   "vocals, language, description; docs/cli.md, Tag your library), constrained to that schema.")
 @click.option("--schema", type=click.Path(dir_okay=False), default=None,
               help="Constrain every answer to this JSON Schema (as ask --schema).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="JSONL results (appended; resumable).")
@@ -480,9 +477,8 @@ def batch(inputs, model, questions, tags, schema, out, fmt, temperature, seed, m
     mufun-local batch ~/Music --question "What genre is this?" --question "Describe the mood." --out tags.jsonl
     mufun-local batch songs.csv --question "What genre is this?" --out tags.jsonl --ray        # on a Ray cluster
     """
-    from tqdm import tqdm
-
     from .batch import expand_inputs, run_batch
+    from .progress import bar as progress_bar
     from .llm import Sampling
     from .pipeline import Options, Pipeline, Request
 
@@ -511,8 +507,7 @@ def batch(inputs, model, questions, tags, schema, out, fmt, temperature, seed, m
         from .batch_ray import import_ray, run_batch_ray
         import_ray()  # says how to install it before anything starts
     pipe = None if ray_address else Pipeline(md, opt)
-    bar = tqdm(total=len(files) * len(questions), unit="answer", disable=quiet, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = progress_bar("batch", len(files) * len(questions), "answer", quiet, dynamic_ncols=True)
     summary, interrupted = None, False
     model_id = str(md.manifest["source"]["id"])
     try:
@@ -561,15 +556,14 @@ def eval_cmd(data, model, out, compare_model, tasks, limit, ctx, encoder, quiet,
 
     DATA is a .json/.jsonl/.parquet item file or a folder of them (one per task): items with
     question, choices_text, correct_choice, audio (a path relative to the file) and time_seg.
-    Greedy, 64 new tokens; the letter is read from each answer by rules (README, eval).
+    Greedy, 64 new tokens; the letter is read from each answer by rules (docs/cli.md, eval).
 
     \b
     mufun-local eval ./mucue --out f16.jsonl
     mufun-local eval ./mucue --out q4.jsonl --model ./mufun-base-q4 --compare ./mufun-base --limit 50
     """
-    from tqdm import tqdm
-
     from . import evaluate
+    from .progress import bar as progress_bar
     from .batch import read_records, settings_key
     from .llm import Sampling
     from .pipeline import Options, Pipeline, Request
@@ -585,8 +579,7 @@ def eval_cmd(data, model, out, compare_model, tasks, limit, ctx, encoder, quiet,
         md = _open_model(spec, quiet)
         settings = settings_key(md, opt, req)
         pipe = Pipeline(md, opt, cache=_embedding_cache())
-        bar = tqdm(total=len(items), unit="item", disable=quiet, file=sys.stderr, dynamic_ncols=True,
-                   desc=md.path.name)
+        bar = progress_bar(md.path.name, len(items), "item", quiet, dynamic_ncols=True)
         try:
             done, skipped, failed = evaluate.run_eval(pipe, req, items, journal, str(md.manifest["source"]["id"]),
                                                       settings, progress=bar.update)
@@ -669,10 +662,10 @@ def embed(audio_file, model, out, segs, layers, encoder, quiet, verbose):
 @click.option("--onnx-int8", is_flag=True,
               help="Also write ONNX Runtime's int8 encoder graph (for --compute-type int8: faster where the CPU "
                    "lacks bf16 units, less accurate; its quantizer doubles conversion memory at full size).")
-@click.option("--output-type", type=click.Choice(["q8_0", "f16"]), default=None,
-              help="Keep the output matrix (lm_head) at this type in a quantized GGUF (the original's author keeps "
-                   "it unquantized for 4-bit; README, Accuracy, has what each mix costs).")
-@click.option("--embedding-type", type=click.Choice(["q8_0", "f16"]), default=None,
+@click.option("--output-type", type=click.Choice(list(KEEP_TYPES)), default=None,
+              help="Keep the output matrix (lm_head) at this type in a quantized GGUF (docs/accuracy.md has what "
+                   "each mix costs).")
+@click.option("--embedding-type", type=click.Choice(list(KEEP_TYPES)), default=None,
               help="Keep the token embeddings at this type in a quantized GGUF.")
 @click.option("--template", type=click.Choice(["auto", "qwen2_base", "qwen2_instruct"]), default="auto",
               show_default=True,
@@ -686,9 +679,9 @@ def convert(src, out, quant, encoder_quant, encoder_backends, keep_f16, onnx_int
     """Convert an original MuFun checkpoint (directory or hub id) into a model directory.
 
     \b
-    mufun-local convert ./MuFun-Base ./mufun-base                      # F16, as accurate as bf16
+    mufun-local convert ./MuFun-Base ./mufun-base                      # 4-bit (q4_k_m)
     mufun-local convert Yi3852/MuFun-Base ./mufun-base-q8 --quant q8_0
-    mufun-local convert ./MuFun-Base ./mufun-base-q4 --quant q4_k_m    # the fastest on a CPU
+    mufun-local convert ./MuFun-Base ./mufun-base-f16 --quant f16      # as accurate as bf16
     """
     from .convert.run import convert as run_convert, default_encoder_backends
 
@@ -778,6 +771,7 @@ def _system_info() -> str:
 
     from .encoder_backends import REGISTRY
     from .encoder_choice import cpu_signature
+    from .format import weights
     from .llm import cpu_has_amx, use_extra_bufts
     try:
         cuda = ctranslate2.get_cuda_device_count()
@@ -798,7 +792,8 @@ def _system_info() -> str:
         f"ctranslate2 {ctranslate2.__version__}; CUDA devices: {cuda}; "
         f"CPU compute types: {', '.join(sorted(ctranslate2.get_supported_compute_types('cpu')))}",
         *extra,
-        f"cpu         {cpu_signature()}; AMX: {cpu_has_amx()}; llama.cpp extra buffer types: {use_extra_bufts()}",
+        f"cpu         {cpu_signature()}; AMX: {cpu_has_amx()}; llama.cpp repacks at load: "
+        f"{', '.join(q for q in weights.TYPES if weights.TYPES[q].quantized and use_extra_bufts(q)) or 'no type'}",
     ])
 
 

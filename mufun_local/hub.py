@@ -23,14 +23,11 @@ PATTERNS = ("*.json", "*.safetensors", "merges.txt", "vocab.json")
 # For the estimates only: core-seconds per checkpoint byte, measured with `mufun-local
 # convert` of the full-size checkpoint (17.8 GB of bf16 shards) on a 2-core Xeon, the
 # encoder-engine timing (72 s) included: F16 148 s; a quantized type 513 s (llama.cpp's
-# quantizer pass on top). README, Performance.
+# quantizer pass on top). docs/performance.md.
 CORE_SECONDS_PER_BYTE = {"plain": (148 + 72) * 2 / 17.84e9, "quantized": (513 + 72) * 2 / 17.84e9}
-# Bits per LLM weight of each GGUF type (llama.cpp's quantize table), and the share of a
-# MuFun checkpoint's parameters that is the Whisper encoder (0.64 of 8.9 B), which is
-# written three times at 16 bits (CTranslate2, the ONNX graph, OpenVINO's copy). Full size:
-# F16 20.4 GB estimated, 20.6 GB written; q4_k_m 9.0 GB estimated, 7.97 GB written before
-# the OpenVINO copy (1.27 GB) was added.
-BITS_PER_WEIGHT = {"q4_k_m": 4.89, "q5_k_m": 5.70, "q8_0": 8.50, "f16": 16.0, "bf16": 16.0, "f32": 32.0}
+# The share of a MuFun checkpoint's parameters that is the Whisper encoder (0.64 of 8.9 B),
+# written three times at 16 bits (CTranslate2, the ONNX graph, OpenVINO's copy); the LLM's
+# bits per weight come from format.weights. Full size: F16 20.4 GB estimated, 20.6 GB written.
 ENCODER_SHARE = 0.073
 
 
@@ -65,11 +62,12 @@ class Plan:
 
     def describe(self, quant: str, cores: int | None = None) -> str:
         cores = max(1, cores or os.cpu_count() or 1)
-        from .convert.llm_gguf import WRITTEN  # written without llama.cpp's quantizer pass
-        rate = CORE_SECONDS_PER_BYTE["plain" if quant in WRITTEN else "quantized"]
+        from .format import weights
+        wt = weights.get(quant)
+        rate = CORE_SECONDS_PER_BYTE["quantized" if wt.quantized else "plain"]
         seconds = self.total_bytes * rate / cores
         params = self.total_bytes / 2  # bf16 shards
-        out = params * ((1 - ENCODER_SHARE) * BITS_PER_WEIGHT.get(quant, 16.0) / 8 + ENCODER_SHARE * 6)
+        out = params * ((1 - ENCODER_SHARE) * wt.bits / 8 + ENCODER_SHARE * 6)
         fetch = (f"{_gb(self.missing_bytes)} to download" if self.missing_bytes
                  else "already downloaded")
         return (f"{self.repo_id}@{self.revision[:10]}: {self.files} files, {_gb(self.total_bytes)}, {fetch}; "

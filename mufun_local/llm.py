@@ -5,15 +5,16 @@ Audio reaches the model as embeddings: a batch from ``llama_batch_init(n, n_embd
 consecutive positions; every batch is split to `n_batch` *before* ``llama_decode`` (a larger
 one aborts the whole process) and every return code is checked.
 
-AMX guard: on CPUs with AMX (Intel Sapphire Rapids and later), a natively built llama.cpp
-repacks quantized weights into its AMX buffer type and segfaults on the first decode
-(upstream llama.cpp issue #20824). Loading with ``use_extra_bufts = False`` avoids it, so
-it is turned off whenever the CPU reports AMX; ``MUFUN_LLAMA_EXTRA_BUFTS=1`` forces it on.
+llama.cpp's extra buffer types repack quantized weights at load into layouts for its
+AMX and AVX kernels. AMX guard: on CPUs with AMX (Intel Sapphire Rapids and later), a
+natively built llama.cpp segfaults on the first decode through its AMX buffer (upstream
+llama.cpp issue #20824), so they are off whenever the CPU reports AMX. Elsewhere they are on
+only for the weight types where repacking measured faster (format.weights, `repack`).
+``MUFUN_LLAMA_EXTRA_BUFTS=1`` or ``=0`` forces either.
 """
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -23,33 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import ModelError, MufunError
-
-
-llama_log = logging.getLogger("mufun_local.llama_cpp")
-_log_state = {"callback": None, "line": "", "verbose": False}
-
-
-def route_llama_logs(verbose: bool) -> None:
-    """llama.cpp's own log lines: dropped, or with `verbose` sent to the
-    `mufun_local.llama_cpp` logger at DEBUG (the CLI's -v shows them); a failure reaches the
-    user as this package's one-line error either way. (llama-cpp-python's own callback
-    prints WARN lines even when not verbose: it reads ggml's log levels in their old order.)"""
-    import llama_cpp
-    _log_state["verbose"] = verbose
-    if _log_state["callback"] is not None:
-        return
-
-    @llama_cpp.llama_log_callback
-    def callback(level, text, user_data):
-        if not _log_state["verbose"]:
-            return
-        line = _log_state["line"] + (text or b"").decode("utf-8", "replace")
-        *whole, _log_state["line"] = line.split("\n")
-        for piece in whole:
-            if piece.strip():
-                llama_log.debug(piece)
-    _log_state["callback"] = callback  # kept alive: llama.cpp holds the pointer
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+from .logs import route_llama_logs
 
 
 def cpu_has_amx(cpuinfo: str | None = None) -> bool:
@@ -58,13 +33,18 @@ def cpu_has_amx(cpuinfo: str | None = None) -> bool:
     return any(f.startswith("amx") for f in cpu_info(cpuinfo)[1])
 
 
-def use_extra_bufts(cpuinfo: str | None = None, env: dict | None = None) -> bool:
-    """Whether llama.cpp may use its extra (repacking) buffer types: not on AMX CPUs."""
+def use_extra_bufts(quant: str | None = None, cpuinfo: str | None = None, env: dict | None = None) -> bool:
+    """Whether llama.cpp may repack a GGUF of weight type `quant` (format.weights) at load:
+    never on AMX CPUs; elsewhere where it pays off for that type, or for a GGUF of unknown
+    type (`quant` None), llama.cpp's own default (on)."""
+    from .format import weights
     env = os.environ if env is None else env
     forced = env.get("MUFUN_LLAMA_EXTRA_BUFTS")
     if forced is not None:
         return forced.strip().lower() in ("1", "true", "yes", "on")
-    return not cpu_has_amx(cpuinfo)
+    if cpu_has_amx(cpuinfo):
+        return False
+    return quant not in weights.TYPES or weights.TYPES[quant].repack
 
 
 def gpu_offload_supported() -> bool:
@@ -72,10 +52,10 @@ def gpu_offload_supported() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
-def context_settings(n_batch: int, kv_type: str, flash_attn: bool) -> dict:
+def context_settings(n_batch: int, kv_type: str, flash_attn: bool, extra_bufts: bool) -> dict:
     """What a context's KV bytes depend on besides the model and the input (the prefix
     cache's key): recorded by open_context, predicted by the pipeline before opening one."""
-    return {"kv": kv_type, "flash_attn": bool(flash_attn), "n_batch": n_batch, "extra_bufts": use_extra_bufts()}
+    return {"kv": kv_type, "flash_attn": bool(flash_attn), "n_batch": n_batch, "extra_bufts": extra_bufts}
 
 
 @dataclass
@@ -171,31 +151,38 @@ class LLM(Vocab):
     vocab_only = False
 
     def __init__(self, path: str | Path, threads: int = 0, n_gpu_layers: int = 0,
-                 verbose: bool = False):
-        """Load the model (weights are memory-mapped); `open_context` makes the context."""
+                 verbose: bool = False, quant: str | None = None):
+        """Load the model (weights are memory-mapped); `open_context` makes the context.
+        `quant`: the GGUF's weight type (format.weights), which decides repacking."""
         self.ctx = None
         self._tok_batch = self._emb_batch = None
-        super().__init__(path, verbose, n_gpu_layers=n_gpu_layers, use_extra_bufts=use_extra_bufts())
+        self.extra_bufts = use_extra_bufts(quant)
+        super().__init__(path, verbose, n_gpu_layers=n_gpu_layers, use_extra_bufts=self.extra_bufts)
         self.threads = threads or max(1, os.cpu_count() or 1)
         self.n_ctx = self.requested_ctx = 0
         self.n_seq = 1
         self.n_past = 0
         self.n_decoded = 0  # rows sent to llama_decode, for observing re-evaluation
+        # every row's logits, not only a batch's last: the last layer then runs on every row
+        # (what an importance matrix needs: llama.cpp drops rows no output needs before it)
+        self.logits_every_row = False
         # What the context holds, as (segment, positions) from position 0: a prompt's text
         # and audio segments (see prefix_cache), so a later prompt can keep what it shares.
         self.segments: list[tuple[tuple, int]] = []
         self.settings: dict = {}
 
     def open_context(self, n_ctx: int, n_batch: int = 512, f32_kv: bool = False,
-                     flash_attn: bool = False, kv_type: str | None = None, n_seq: int = 1) -> None:
+                     flash_attn: bool = False, kv_type: str | None = None, n_seq: int = 1,
+                     eval_callback=None) -> None:
         """(Re)create the context: n_ctx positions for each of n_seq sequences, batches split
         to n_batch rows. Each sequence has its own KV stream (llama.cpp's non-unified cache),
         laid out as if it were alone, so sequence 0 computes what a one-sequence context does.
 
         Flash attention stays off unless asked for: llama.cpp's CPU kernel rounds through
         F16 and, on a prefix of ~1,200 audio rows, moved the first-step logits by 0.35 (the
-        first greedy token changed) for no speed (README, Accuracy). f32_kv is the parity setting;
-        kv_type ("f16", "f32", "q8_0", ...) names any of llama.cpp's cache types."""
+        first greedy token changed) for no speed (docs/accuracy.md). f32_kv is the parity setting;
+        kv_type ("f16", "f32", "q8_0", ...) names any of llama.cpp's cache types.
+        eval_callback: a ggml_backend_sched_eval_callback that sees every graph node (imatrix)."""
         L = self._L
         self._free_context()
         cp = L.llama_context_default_params()
@@ -208,6 +195,8 @@ class LLM(Vocab):
         cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         kv_type = "f32" if f32_kv else (kv_type or "f16")
         cp.type_k = cp.type_v = getattr(L, f"GGML_TYPE_{kv_type.upper()}")
+        if eval_callback is not None:
+            cp.cb_eval = self._eval_callback = eval_callback  # kept alive as long as the context
         self.ctx = L.llama_init_from_model(self.model, cp)
         if not self.ctx:
             raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)")
@@ -217,7 +206,7 @@ class LLM(Vocab):
         self._emb_batch = L.llama_batch_init(self.n_batch, self.n_embd, 1)
         self.n_past = 0
         self.segments = []
-        self.settings = context_settings(self.n_batch, kv_type, flash_attn)
+        self.settings = context_settings(self.n_batch, kv_type, flash_attn, self.extra_bufts)
 
     # -- evaluation
     def reset(self) -> None:
@@ -310,8 +299,8 @@ class LLM(Vocab):
             batch.pos[i] = self.n_past + i
             batch.n_seq_id[i] = 1
             batch.seq_id[i][0] = 0
-            batch.logits[i] = 0
-        batch.logits[n - 1] = 1 if want_logits else 0
+            batch.logits[i] = self.logits_every_row
+        batch.logits[n - 1] = 1 if want_logits or self.logits_every_row else 0
 
     def _decode_rows(self, rows: list[tuple[int, int, int, bool]]) -> None:
         """Decode (token, position, sequence, logits?) rows as one batch (at most n_batch)."""
@@ -498,4 +487,4 @@ def load_llm(model, threads: int = 0, n_gpu_layers: int = -1, n_ctx: int | None 
                          kv, gpu, free_vram_bytes() if gpu and n_gpu_layers < 0 else None)
     from .logs import log
     log.info("llm: llama.cpp, %d layer(s) on the GPU: %s", off.n_gpu_layers, off.reason)
-    return LLM(model.llm_file, threads, off.n_gpu_layers, verbose=verbose)
+    return LLM(model.llm_file, threads, off.n_gpu_layers, verbose=verbose, quant=model.manifest["llm"]["quant"])

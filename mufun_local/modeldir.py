@@ -21,14 +21,11 @@ from .errors import ModelError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-# The LLM's weight type when none is asked for: the most compact one no further from the
-# float32 reference than the original's own bfloat16 run (scripts/bench_divergence.py,
-# README Accuracy: F16 1.1e-6 mean KL vs bf16's 6.4e-4; q8_0 1.8e-3 and q4_k_m 9.8e-2 lose
-# more, so they are opt-in with --quant).
-DEFAULT_QUANT = "f16"
-# Every weight type `convert --quant` makes (the GGUF is llm-<quant>.gguf)
-LLM_QUANTS = ("q4_k_m", "q5_k_m", "q8_0", "f16", "bf16", "f32")
+from .format import weights
 
+# The LLM's weight type when none is asked for, and every one `convert --quant` makes
+DEFAULT_QUANT = weights.DEFAULT
+LLM_QUANTS = tuple(weights.TYPES)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

@@ -304,9 +304,10 @@ class Pipeline:
     def context_settings(self) -> dict:
         """The settings open_context records for this pipeline's options (an automatic
         context is never smaller than n_batch; a given one clips it)."""
-        from .llm import context_settings
+        from .llm import context_settings, use_extra_bufts
         n_batch = min(self.opt.n_batch, self.opt.n_ctx) if self.opt.n_ctx else self.opt.n_batch
-        return context_settings(max(1, n_batch), "f32" if self.opt.f32_kv else "f16", self.opt.flash_attn)
+        return context_settings(max(1, n_batch), "f32" if self.opt.f32_kv else "f16", self.opt.flash_attn,
+                                use_extra_bufts(self.model.manifest["llm"]["quant"]))
 
     @staticmethod
     def plan(chunks: list[list[int]], keys: list[str]) -> list[tuple[tuple, object]]:

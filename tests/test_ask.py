@@ -225,19 +225,22 @@ def test_default_encoder_is_no_less_accurate_than_the_originals_bf16(tiny_all, t
     assert errors["default"] <= bound < errors["int8"], errors
 
 
-def test_default_quant_is_no_less_accurate_than_the_originals_bf16(tiny_ckpt, reference, ref, audio_dir, tmp_path):
-    """convert's default LLM weights keep the first-step logits no further from the float32
-    reference than the original's own bfloat16 run; q4_k_m (opt-in) is measured beside them
-    and is further (q8_0 is printed: between them)."""
+def test_weight_types_rank_by_precision_and_the_default_is_4_bit(tiny_ckpt, reference, ref, audio_dir, tmp_path):
+    """The LLM's weight type is the product's design: the default is a 4-bit recipe. Against
+    the float32 reference, `--quant f16` stays within the original's own bfloat16 run, q8_0
+    loses more and the 4-bit default more again (random weights misjudge how much: see
+    docs/accuracy.md for real-model figures)."""
     import torch
 
     from mufun_local.convert.run import convert
+    from mufun_local.format import weights
+    assert weights.get(weights.DEFAULT).bits < 5
     song, question = str(audio_dir / "long48k.flac"), "What genre is this?"
     exact = reference.ask([song], question, max_tokens=1).first_logits
     bf16 = ref.ReferenceMuFun(tiny_ckpt, dtype=torch.bfloat16).ask([song], question, max_tokens=1).first_logits
     bound = rel(np.asarray(bf16, np.float32), exact)
     errors = {}
-    for quant in ("default", "q8_0", "q4_k_m"):
+    for quant in ("f16", "q8_0", "default"):
         out = convert(str(tiny_ckpt), tmp_path / quant, encoder_quant="float32", encoder_backends=("ctranslate2",),
                       quiet=True, **({} if quant == "default" else {"quant": quant}))
         pipe = Pipeline(ModelDir.open(out), Options(device="cpu", encoder_backend="ctranslate2",
@@ -246,4 +249,5 @@ def test_default_quant_is_no_less_accurate_than_the_originals_bf16(tiny_ckpt, re
         errors[quant] = rel(logits, exact)
         pipe.close()
     print(f"relative logit error: original bf16 {bound:.2e}, ours {errors}")
-    assert errors["default"] <= bound < errors["q4_k_m"], errors
+    assert errors["f16"] <= bound, errors
+    assert errors["f16"] < errors["q8_0"] < errors["default"], errors

@@ -175,9 +175,16 @@ def test_amx_guard():
     amx = "processor : 0\nflags : fpu sse avx512f amx_bf16 amx_tile amx_int8\n"
     plain = "processor : 0\nflags : fpu sse avx2 avx512f avx512_vnni\n"
     assert cpu_has_amx(amx) and not cpu_has_amx(plain)
-    assert use_extra_bufts(amx, env={}) is False
-    assert use_extra_bufts(plain, env={}) is True
-    assert use_extra_bufts(amx, env={"MUFUN_LLAMA_EXTRA_BUFTS": "1"}) is True
+    from mufun_local.format import weights
+    repacked = [q for q, t in weights.TYPES.items() if t.repack]
+    kept = [q for q, t in weights.TYPES.items() if not t.repack]
+    assert repacked and kept
+    for q in weights.TYPES:
+        assert use_extra_bufts(q, amx, env={}) is False  # the guard, whatever the type
+        assert use_extra_bufts(q, plain, env={}) is (q in repacked)
+        assert use_extra_bufts(q, amx, env={"MUFUN_LLAMA_EXTRA_BUFTS": "1"}) is True
+        assert use_extra_bufts(q, plain, env={"MUFUN_LLAMA_EXTRA_BUFTS": "0"}) is False
+    assert use_extra_bufts(None, plain, env={}) is True  # a GGUF of unknown type: llama.cpp's default
 
 
 def test_offload_choice():

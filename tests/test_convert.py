@@ -14,6 +14,7 @@ from mufun_local.convert.checkpoint import Checkpoint
 from mufun_local.convert.run import convert
 from mufun_local.convert.tensors import gguf_map
 from mufun_local.errors import ModelError
+from mufun_local.format import weights
 from mufun_local.llm import LLM
 
 
@@ -119,7 +120,7 @@ def test_logits_match_qwen3(request, reference, fixture, tol):
     assert _logit_error(ModelDir.open(request.getfixturevalue(fixture)).llm_file, reference) <= tol
 
 
-@pytest.mark.parametrize("quant", ["q4_k_m", "q5_k_m", "q8_0"])
+@pytest.mark.parametrize("quant", [q for q, t in weights.TYPES.items() if t.quantized])
 def test_every_quant_loads(tmp_path, tiny_ckpt, quant):
     out = convert(str(tiny_ckpt), tmp_path / quant, quant=quant, quiet=True)
     md = ModelDir.open(out)
@@ -462,7 +463,7 @@ def test_quant_mixes_keep_output_and_embeddings(tmp_path, tiny_ckpt, tiny_q4, ca
     assert (llm["output_type"], llm["embedding_type"]) == ("f16", "q8_0")
     assert main(["info", str(out)]) == 0
     assert "Qwen3 q4_k_m, output f16, embeddings q8_0" in capsys.readouterr().out
-    with pytest.raises(ModelError, match="--output-type q8_0: give q8_0 or f16, with a quantized --quant"):
+    with pytest.raises(ModelError, match="--output-type q8_0: give q8_0 or q6_k or f16, with a quantized --quant"):
         convert(str(tiny_ckpt), tmp_path / "bad", quant="f16", output_type="q8_0", quiet=True)
     assert not (tmp_path / "bad").exists()
 
@@ -479,3 +480,73 @@ def test_the_int8_quantizers_scratch_stays_inside_the_conversion(tmp_path, tiny_
     convert(str(tiny_ckpt), tmp_path / "m", quant="f16", encoder_backends=("onnx",), onnx_int8=True, quiet=True)
     assert len(seen) == 1 and f".m.partial-{os.getpid()}" in seen[0]
     assert tempfile.gettempdir() == before
+
+
+def test_a_conversion_that_cannot_fit_is_refused_before_it_starts(tmp_path, tiny_ckpt, monkeypatch, capsys):
+    """Both sizes in one line, before any long work (nothing written); F16 needs less than
+    a quantized type, which is made through an F16 GGUF."""
+    from mufun_local import diskspace
+    from mufun_local.convert.run import space_needed
+    ckpt = Checkpoint(tiny_ckpt)
+    backends = ("ctranslate2", "onnx")
+    assert space_needed(ckpt, "f16", "float16", backends, False) < space_needed(ckpt, "q4_k_m", "float16", backends, False)
+    monkeypatch.setattr(diskspace, "free_bytes", lambda p: 1_000_000)
+    assert main(["convert", str(tiny_ckpt), str(tmp_path / "out"), "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "1.0 MB free on its file system, converting to" in err and "needs about" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_disk_that_fills_during_the_conversion_is_one_line(tmp_path, tiny_ckpt, monkeypatch, capsys):
+    import errno
+    import mufun_local.convert.run as run
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(run, "write_connector", full)
+    assert main(["convert", str(tiny_ckpt), str(tmp_path / "out"), "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path}: no space left on its file system (No space left on device)"
+    assert list(tmp_path.iterdir()) == []
+
+
+def _tmpfs(path, size):
+    import subprocess
+    path.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+
+
+@pytest.mark.parametrize("size", ["1m", "3m"])
+def test_a_real_full_file_system_is_one_line_and_leaves_nothing(tmp_path, tiny_ckpt, monkeypatch, size):
+    """A small tmpfs that the space check is told to trust: each writer that hits the full
+    disk (the encoder's, safetensors', llama.cpp's) ends in the same one line."""
+    import subprocess
+    from mufun_local import diskspace
+    fs = tmp_path / "fs"
+    _tmpfs(fs, size)
+    try:
+        monkeypatch.setattr(diskspace, "require", lambda *a, **k: None)
+        with pytest.raises(ModelError, match=f"{fs}: (no space left on its file system|its file system is full)"):
+            convert(str(tiny_ckpt), fs / "out", quant="q4_k_m", quiet=True)
+        assert list(fs.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(fs)])
+
+
+def test_the_quantizer_says_why_it_failed(tmp_path, tiny_f16):
+    """llama.cpp's own reason, not its return code; on a full disk, that the disk is full."""
+    import subprocess
+    from mufun_local.convert.llm_gguf import quantize
+    f16 = ModelDir.open(tiny_f16).llm_file
+    with pytest.raises(ModelError, match=r"llama.cpp failed to quantize to q4_k_m: (?!code)"):
+        quantize(f16, tmp_path / "no-such-dir" / "x.gguf", "q4_k_m")
+    fs = tmp_path / "fs"
+    _tmpfs(fs, "64k")
+    try:
+        with pytest.raises(ModelError, match=f"{fs}: its file system is full .* free\\): llama.cpp failed to quantize"):
+            quantize(f16, fs / "x.gguf", "q4_k_m")
+    finally:
+        subprocess.run(["umount", str(fs)])
