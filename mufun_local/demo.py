@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -22,7 +23,15 @@ def test_chord(path, seconds: float = 3.0, rate: int = 44100) -> None:
     sf.write(str(path), np.stack([left, right], 1).astype(np.float32), rate, subtype="PCM_16")
 
 
-def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print) -> None:
+def demo_paths() -> tuple[Path, Path, Path]:
+    """The demo's checkpoint, model directory and song under $MUFUN_HOME/demo."""
+    from .modeldir import DEFAULT_QUANT
+    root = home() / "demo"
+    return root / "checkpoint-tiny", root / f"model-tiny-{DEFAULT_QUANT}", root / "chord.wav"
+
+
+def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print) -> Path:
+    """Make (once) and run the demo; returns its model directory."""
     from filelock import FileLock
 
     from .modeldir import DEFAULT_QUANT, MANIFEST, ModelDir
@@ -31,9 +40,9 @@ def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print
     from .pipeline import AudioInput, Pipeline, Request
     from .synthetic import generate
 
-    root = home() / "demo"
+    ckpt, model_dir, wav = demo_paths()
+    root = model_dir.parent
     root.mkdir(parents=True, exist_ok=True)
-    ckpt, model_dir, wav = root / "checkpoint-tiny", root / f"model-tiny-{DEFAULT_QUANT}", root / "chord.wav"
     with FileLock(str(root / ".lock")):
         t0 = time.perf_counter()
         if not (ckpt / "model.safetensors.index.json").is_file():
@@ -68,3 +77,4 @@ def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print
     echo(repr(res.text))
     echo("Next: `mufun-local pull` fetches and converts the real model (it says the size first), "
          "then `mufun-local ask song.flac \"What genre is this?\"` asks about your own music.")
+    return model_dir

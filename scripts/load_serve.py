@@ -44,9 +44,7 @@ def start_server(model: str, max_tokens: int, env: dict | None = None) -> tuple[
 def demo_model() -> str:
     """The demo's tiny model (made on first use, offline)."""
     from mufun_local.demo import run_demo
-    from mufun_local.model_cache import home
-    run_demo("warm-up", 1, echo=lambda m: None)
-    return str(home() / "demo" / "model-tiny-q4_k_m")
+    return str(run_demo("warm-up", 1, echo=lambda m: None))
 
 
 def one_request(url: str, body: bytes) -> float:

@@ -37,3 +37,17 @@ def test_bench_encoder_tiny(tmp_path, tiny_ckpt):
         assert r["seconds_per_window"][row] > 0, row
     assert r["hs32_rel_error"]["onnxruntime float32"] < 1e-5
     assert r["auto"] in r["seconds_per_window"] and "auto picks" in proc.stdout
+
+
+def test_the_serve_load_and_soak_scripts_run_as_documented(tmp_path):
+    """Both with their default model (the demo's, whatever weight type it has), briefly."""
+    import os
+    env = dict(os.environ, MUFUN_HOME=str(tmp_path / "home"))
+    load = subprocess.run([sys.executable, str(SCRIPTS / "load_serve.py"), "--seconds", "3", "--concurrency", "1", "2",
+                           "--requests", "2", "--max-tokens", "2"], capture_output=True, text=True, timeout=600, env=env)
+    assert load.returncode == 0, load.stderr[-3000:]
+    assert "| 2 |" in load.stdout
+    soak = subprocess.run([sys.executable, str(SCRIPTS / "soak_serve.py"), "--minutes", "0.15", "--clients", "2",
+                           "--seconds", "2"], capture_output=True, text=True, timeout=600, env=env)
+    assert soak.returncode == 0, soak.stdout[-2000:] + soak.stderr[-2000:]
+    assert "5xx: 0; temporary files left: 0" in soak.stdout
