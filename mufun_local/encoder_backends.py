@@ -1,8 +1,7 @@
 """The encoder engines as data: each declares its name, the artifact `convert` writes for
 it, its compute types and devices, how to tell it is installed, and its default compute
-type. Loading goes through here and choosing (encoder_choice.py) reads it, so no other
-module compares backend names; the engines' own modules (encoder_ct2.py, encoder_onnx.py)
-depend only on the leaf encoder.py.
+type. Loading goes through here and choosing (encoder_choice.py) reads it; the engines' own
+modules (encoder_ct2.py, encoder_onnx.py) depend only on the leaf encoder.py.
 """
 from __future__ import annotations
 
@@ -38,8 +37,8 @@ class Backend:
     module: str                 # where its EncoderBase subclass lives
     cls: str
     # The most accurate fast type, never less accurate than the original's bfloat16 run
-    # (DESIGN §8: first-step logits vs float32 on a 112 s song: original bf16 0.24, OpenVINO
-    # bf16 0.015, float32 exact; int8 0.49, so int8 is only ever asked for).
+    # (docs/accuracy.md: first-step logits vs float32 on a 112 s song: original bf16 0.24,
+    # OpenVINO bf16 0.015, float32 exact; int8 0.49, so int8 is only ever asked for).
     default: Callable[[str], str] = _float_default
     # Whether a model's encoder.json lists the file this engine reads for a compute type
     # (ONNX Runtime's int8 graph is written only with --onnx-int8)

@@ -146,7 +146,7 @@ class Vocab:
 
 
 class LLM(Vocab):
-    """One llama.cpp model + context holding a single sequence."""
+    """One llama.cpp model and its context: one sequence, or n_seq side by side (open_context)."""
 
     vocab_only = False
 
@@ -159,7 +159,7 @@ class LLM(Vocab):
         self.extra_bufts = use_extra_bufts(quant)
         super().__init__(path, verbose, n_gpu_layers=n_gpu_layers, use_extra_bufts=self.extra_bufts)
         self.threads = threads or max(1, os.cpu_count() or 1)
-        self.n_ctx = self.requested_ctx = 0
+        self.n_ctx = 0
         self.n_seq = 1
         self.n_past = 0
         self.n_decoded = 0  # rows sent to llama_decode, for observing re-evaluation
@@ -201,7 +201,6 @@ class LLM(Vocab):
         if not self.ctx:
             raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)")
         self.n_ctx = L.llama_n_ctx_seq(self.ctx)  # positions one sequence may use
-        self.requested_ctx = n_ctx
         self._tok_batch = L.llama_batch_init(self.n_batch, 0, 1)
         self._emb_batch = L.llama_batch_init(self.n_batch, self.n_embd, 1)
         self.n_past = 0
