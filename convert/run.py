@@ -159,24 +159,31 @@ def space_needed(ckpt, quant: str, encoder_quant: str, encoder_backends, onnx_in
 
 
 def _write_llm(ckpt, tmp: Path, vocab, quant, keep_f16, threads, quiet, verbose, log, output_type,
-               embedding_type) -> dict:
+               embedding_type, calibrate=None) -> dict:
     """llm-<quant>.gguf (via an F16 GGUF and llama.cpp's quantizer unless gguf-py writes the
-    type itself); its manifest entry."""
+    type itself); its manifest entry. `calibrate(f16_path)`, when given and the weight type
+    takes one, returns the importance matrix and what it was made from."""
     name, quantized = weights.gguf_name(quant), weights.get(quant).quantized
     base = "f16" if quantized else quant
     base_path = tmp / weights.gguf_name(base)
     bar, upd = _bar(f"llm ({base})", quiet)
     write_gguf(ckpt, base_path, base, vocab, progress=upd)
     bar.close()
+    imatrix, made_from = None, None
+    if quantized and calibrate is not None and weights.get(quant).imatrix:
+        t0 = time.perf_counter()
+        imatrix, made_from = calibrate(base_path)
+        log(f"importance matrix from {made_from} in {time.perf_counter() - t0:.1f} s")
     if quantized:
         log(f"quantizing to {quant} with llama.cpp ...")
         t0 = time.perf_counter()
-        quantize(base_path, tmp / name, quant, threads, verbose, output_type, embedding_type)
+        quantize(base_path, tmp / name, quant, threads, verbose, output_type, embedding_type, imatrix=imatrix)
         log(f"quantized to {quant} in {time.perf_counter() - t0:.1f} s")
         if not keep_f16:
             base_path.unlink()
     return {"file": name, "quant": quant,
             **{k: v for k, v in (("output_type", output_type), ("embedding_type", embedding_type)) if v},
+            **({"imatrix": made_from} if imatrix is not None else {}),
             **({"f16_file": base_path.name} if keep_f16 and quantized else {})}
 
 
@@ -184,8 +191,12 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = weights.
             encoder_quant: str = "float16", encoder_backends=None, force: bool = False, keep_f16: bool = False,
             threads: int = 0, quiet: bool = False, verbose: bool = False,
             template: str = "auto", onnx_int8: bool = False,
-            output_type: str | None = None, embedding_type: str | None = None) -> Path:
+            output_type: str | None = None, embedding_type: str | None = None, calibrate=None) -> Path:
     """Convert `src` (directory or hub id) into a model directory at `out`; returns its path.
+    `calibrate(model, f16_path) -> (importance matrix, what it was made from)` is called for
+    the weight types that take one, with the model as converted so far (encoder, connector,
+    manifest without the LLM): the runtime's mufun_local.imatrix.calibrator makes one from
+    MuFun prompts. Without it they are quantized without one.
     `output_type` / `embedding_type` keep lm_head / the token embeddings at q8_0 or f16 in a
     quantized GGUF (docs/accuracy.md: what each mix costs)."""
     log = (lambda msg: None) if quiet else notice
@@ -218,9 +229,6 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = weights.
         enc = write_encoder(ckpt, tmp / "encoder", encoder_quant, encoder_backends, progress=upd, onnx_int8=onnx_int8)
         bar.close()
         conn = write_connector(ckpt, tmp / "connector.safetensors")
-
-        llm = _write_llm(ckpt, tmp, vocab, quant, keep_f16, threads, quiet, verbose, log, output_type,
-                         embedding_type)
         stop_ids = [i for i in (special["im_end"], special["endoftext"]) if i is not None]
         manifest = {
             "format_version": modeldir.FORMAT_VERSION,
@@ -231,12 +239,15 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = weights.
             "encoder": {"dir": "encoder", "backends": enc["artifacts"], "feature_layers": enc["feature_layers"],
                         **({"stored_quantization": encoder_quant} if "ctranslate2" in encoder_backends else {})},
             "connector": conn,
-            "llm": llm,
             "prompt": TEMPLATES[variant].manifest_entry(),
             "stop_ids": stop_ids,
             "generation": _generation_defaults(ckpt.generation_config),
-            "files": modeldir.hash_tree(tmp),
         }
+        audio_half = modeldir.ModelDir(tmp, manifest)  # what calibration runs: the LLM is not there yet
+        manifest["llm"] = _write_llm(ckpt, tmp, vocab, quant, keep_f16, threads, quiet, verbose, log, output_type,
+                                     embedding_type, None if calibrate is None else
+                                     (lambda f16: calibrate(audio_half, f16)))
+        manifest["files"] = modeldir.hash_tree(tmp)
         (tmp / modeldir.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _usual_modes(tmp)
         check_out(out, Path(ckpt.path), force)  # OUT may have changed during the long work

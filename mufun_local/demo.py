@@ -54,7 +54,8 @@ def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print
         t0 = time.perf_counter()
         if not (model_dir / MANIFEST).is_file():
             backends = default_encoder_backends()
-            convert(str(ckpt), model_dir, encoder_backends=backends, force=True, quiet=True)
+            from .imatrix import calibrator
+            convert(str(ckpt), model_dir, encoder_backends=backends, force=True, quiet=True, calibrate=calibrator())
             echo(f"[2/4] converted to {' + '.join(backends)} encoder, connector and {DEFAULT_QUANT} GGUF in {model_dir} "
                  f"({time.perf_counter() - t0:.1f} s)")
         else:

@@ -140,6 +140,59 @@ def collect(gguf: Path, prompts: list[tuple[list[int], np.ndarray, list[int]]], 
     return col.result()
 
 
+# One question per calibration song, in turn: what MuFun is asked about (the tag schema's topics)
+CALIBRATION_QUESTIONS = ("What genre is this?", "Which instruments can you hear?", "What is the mood of this song?",
+                         "Is there singing, and in which language?", "How does the song develop over time?",
+                         "Describe the rhythm and the tempo.")
+
+
+def calibration_prompts(model, vocab_file: Path, audio: list[str], seconds: float, threads: int = 0):
+    """(text before, audio embeddings, text after) for each file's first `seconds`, asked one
+    of the calibration questions, with `model`'s encoder, connector and template (`model`: a
+    ModelDir; its LLM need not exist yet)."""
+    from . import prompt
+    from .embedder import AudioEmbedder, AudioInput
+    from .llm import Vocab
+    from .pipeline import Options
+
+    embedder = AudioEmbedder(model, Options(threads=threads))
+    try:
+        embeddings = []
+        for f in audio:
+            e = embedder.embed(AudioInput(str(f), segs=(0.0, seconds)))
+            embeddings.append(e.embeddings[: max(16, int(round(min(e.seconds, seconds) * 10)))])
+    finally:
+        embedder.release()
+    tmpl = prompt.Template.of(model.manifest)
+    vocab = Vocab(vocab_file)
+    try:
+        out = []
+        for i, emb in enumerate(embeddings):
+            head, tail = prompt.tokenize(prompt.build(CALIBRATION_QUESTIONS[i % len(CALIBRATION_QUESTIONS)], 1, tmpl),
+                                         vocab.tokenize)
+            out.append((head, emb, tail))
+        return out
+    finally:
+        vocab.close()
+
+
+def calibrator(audio: list[str] | None = None, songs: int = 4, seconds: float = 20.0, threads: int = 0):
+    """The converter's `calibrate` (convert.run.convert): an importance matrix over `audio`
+    (the first `seconds` of each file), or over `songs` generated songs (chords, a beat and
+    noise: mufun_local.synthetic.song) when none is given."""
+    def calibrate(model, f16: Path):
+        import tempfile
+
+        from .synthetic import song
+        with tempfile.TemporaryDirectory(prefix="mufun-calibration-") as tmp:
+            files = list(audio) if audio else [str(song(Path(tmp) / f"song{i}.wav", seconds, seed=1000 + i))
+                                               for i in range(songs)]
+            prompts = calibration_prompts(model, f16, files, seconds, threads)
+        made_from = (f"{len(files)} given file(s)" if audio else f"{len(files)} generated songs") + f", {seconds:g} s each"
+        return collect(f16, prompts, threads), made_from
+    return calibrate
+
+
 def save(path: Path, imatrix: dict[str, np.ndarray]) -> None:
     np.savez(path, **imatrix)
 

@@ -59,7 +59,9 @@ def _convert_cached(src: str, name: str, quant: str, quiet: bool = False) -> Mod
         ckpt = resolve_source(src, quant, quiet)  # says what a download costs before it starts
         if not quiet:
             notice(f"converting {src} into {target} (once) ...")
-        convert(ckpt, target, quant=quant, encoder_backends=default_encoder_backends(), force=True, quiet=quiet)
+        from .imatrix import calibrator
+        convert(ckpt, target, quant=quant, encoder_backends=default_encoder_backends(), force=True, quiet=quiet,
+                calibrate=calibrator())
     return ModelDir.open(target)
 
 

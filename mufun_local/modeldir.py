@@ -135,7 +135,7 @@ def describe(md: ModelDir) -> str:
     onnx = "float32" + (", int8" if any(k.endswith("encoder.int8.onnx") for k in m["files"]) else "") \
         + (", OpenVINO 16-bit" if any(k.endswith("encoder.openvino.xml") for k in m["files"]) else "")
     mix = "".join(f", {name} {llm[key]}" for key, name in (("output_type", "output"), ("embedding_type", "embeddings"))
-                  if llm.get(key))
+                  if llm.get(key)) + (f", importance matrix from {llm['imatrix']}" if llm.get("imatrix") else "")
     lines = [
         f"model      {md.path}",
         f"source     {m['source']['id']}" + (f" @ {m['source']['revision']}" if m['source'].get('revision') else ""),

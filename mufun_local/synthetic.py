@@ -415,3 +415,20 @@ def generate(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0,
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return out
+
+
+def song(path: str | os.PathLike, seconds: float, rate: int = 44100, seed: int = 0) -> Path:
+    """A stereo 16-bit WAV 'song': chords that change every 2 s, a kick/snare beat and some
+    noise. The benchmarks' input and the default calibration audio of an importance matrix."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    roots = 220.0 * 2 ** (rng.integers(0, 12, size=int(seconds // 2) + 1) / 12)
+    root = roots[(t // 2).astype(int)]
+    x = sum(np.sin(2 * np.pi * root * r * t) for r in (1.0, 1.26, 1.5)) / 3
+    beat = (t * 2) % 1.0
+    x += 0.6 * np.exp(-beat * 30) * np.sin(2 * np.pi * 55 * t) + 0.02 * rng.standard_normal(len(t))
+    stereo = np.stack([0.4 * x, 0.35 * np.roll(x, 40)], 1).astype(np.float32)
+    sf.write(str(path), stereo, rate, subtype="PCM_16")
+    return Path(path)

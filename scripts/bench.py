@@ -130,7 +130,7 @@ def main() -> int:
     ap.add_argument("--preset", choices=["tiny", "small", "full"], default="small")
     ap.add_argument("--audio", help="your own file instead of the generated song")
     ap.add_argument("--seconds", type=float, default=180.0)
-    ap.add_argument("--quant", default=None, help="LLM weight type (default: convert's, f16)")
+    ap.add_argument("--quant", default=None, help="LLM weight type (default: convert's)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--encoder-backend", default="auto", help="ours: auto, ctranslate2, onnxruntime or openvino")
@@ -141,7 +141,6 @@ def main() -> int:
     ap.add_argument("--json", help="write all results here")
     args = ap.parse_args()
 
-    from mufun_local.convert.run import convert, default_encoder_backends
     from mufun_local.encoder_choice import choose
     from mufun_local.synthetic import generate
 
@@ -154,10 +153,12 @@ def main() -> int:
     from mufun_local.modeldir import DEFAULT_QUANT
     args.quant = args.quant or DEFAULT_QUANT
     model = work / f"model-{args.preset}-{args.quant}"
-    if not (model / "manifest.json").is_file():
+    conversion = None
+    if not (model / "manifest.json").is_file():  # as a user converts: the CLI, its defaults, its own process
         print(f"converting ({args.quant}) ...", file=sys.stderr)
-        convert(str(ckpt), model, quant=args.quant, encoder_backends=default_encoder_backends(), force=True,
-                quiet=True)
+        conversion = measured([sys.executable, "-m", "mufun_local.cli", "convert", str(ckpt), str(model),
+                               "--quant", args.quant, "--force", "-q"], dict(os.environ, MUFUN_HOME=str(work / "home")))
+        conversion.pop("out")
     audio = Path(args.audio) if args.audio else make_song(work / f"song-{int(args.seconds)}s.wav", args.seconds)
 
     env = dict(os.environ, MUFUN_HOME=str(work / "home"), OMP_NUM_THREADS=str(args.threads))
@@ -169,7 +170,7 @@ def main() -> int:
                     work / "home" / "encoder-choice.json", lambda m: print(m, file=sys.stderr))
     results: dict = {"machine": platform.processor() or platform.machine(), "preset": args.preset,
                      "quant": args.quant, "audio": str(audio), "threads": args.threads,
-                     "encoder": f"{choice.backend} {choice.compute_type}"}
+                     "encoder": f"{choice.backend} {choice.compute_type}", "convert": conversion}
     print("running mufun-local ...", file=sys.stderr)
     import shutil
     for cache in ("embeddings", "prefixes"):  # the first question finds them empty
@@ -256,6 +257,9 @@ def report(r: dict) -> None:
     b = r["batch"]
     print(f"batch, one song: 1 question {b[1]['wall']:.1f} s, 5 questions {b[5]['wall']:.1f} s "
           f"({b[5]['wall'] / b[1]['wall']:.2f}x the time of 1).")
+    if r.get("convert"):
+        c = r["convert"]
+        print(f"convert (the CLI's defaults): {c['wall']:.1f} s, peak {c['rss_mb']:.0f} MB.")
     t = o["json"]["timings"]
     print("\n| stage | seconds |")
     print("|---|---|")

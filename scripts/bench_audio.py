@@ -22,19 +22,9 @@ import numpy as np
 
 
 def make_song(path: Path, seconds: float, rate: int, seed: int = 0) -> Path:
-    """A stereo 'song': chords that change every 2 s, a kick/snare beat and some noise."""
-    import soundfile as sf
-
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    roots = 220.0 * 2 ** (rng.integers(0, 12, size=int(seconds // 2) + 1) / 12)
-    root = roots[(t // 2).astype(int)]
-    x = sum(np.sin(2 * np.pi * root * r * t) for r in (1.0, 1.26, 1.5)) / 3
-    beat = (t * 2) % 1.0
-    x += 0.6 * np.exp(-beat * 30) * np.sin(2 * np.pi * 55 * t) + 0.02 * rng.standard_normal(len(t))
-    stereo = np.stack([0.4 * x, 0.35 * np.roll(x, 40)], 1).astype(np.float32)
-    sf.write(str(path), stereo, rate, subtype="PCM_16")
-    return path
+    """A stereo 'song' (mufun_local.synthetic.song: chords, a beat, some noise)."""
+    from mufun_local.synthetic import song
+    return song(path, seconds, rate, seed)
 
 
 def ours(path: str):

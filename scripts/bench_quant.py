@@ -46,9 +46,6 @@ RECIPES = {
     "q4_k_m+embd_q6_k": ("q4_k_m", None, "q6_k"),
     "q4_k_m+out_embd_q8_0": ("q4_k_m", "q8_0", "q8_0"),
 }
-CALIBRATION_QUESTIONS = ["What genre is this?", "Which instruments can you hear?", "What is the mood of this song?",
-                         "Is there singing, and in which language?", "How does the song develop over time?",
-                         "Describe the rhythm and the tempo."]
 
 
 def make_recipe(f16: Path, name: str, work: Path, threads: int, imatrix=None) -> tuple[Path, float]:
@@ -66,9 +63,9 @@ def make_recipe(f16: Path, name: str, work: Path, threads: int, imatrix=None) ->
     return dst, time.perf_counter() - t0
 
 
-def song_embeddings(model_dir: Path, songs: int, seconds: float, work: Path, first_seed: int = 0) -> list[np.ndarray]:
+def song_embeddings(model_dir: Path, songs: int, seconds: float, work: Path) -> list[np.ndarray]:
     """Audio embeddings of `songs` generated songs (cached in `work`)."""
-    cache = work / f"embeddings-{songs}x{seconds:g}s-seed{first_seed}.npz"
+    cache = work / f"embeddings-{songs}x{seconds:g}s-seed0.npz"
     if cache.exists():
         with np.load(cache) as z:
             return [z[f"song{i}"] for i in range(songs)]
@@ -80,7 +77,7 @@ def song_embeddings(model_dir: Path, songs: int, seconds: float, work: Path, fir
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(songs):
-            path = make_song(Path(tmp) / f"song{i}.wav", seconds, 44100, seed=first_seed + i)
+            path = make_song(Path(tmp) / f"song{i}.wav", seconds, 44100, seed=i)
             e = pipe.embed(AudioInput(str(path))).embeddings
             out.append(e[: int(round(seconds * 10))])  # the rows of the audio itself, not the padding
     pipe.close()
@@ -89,27 +86,19 @@ def song_embeddings(model_dir: Path, songs: int, seconds: float, work: Path, fir
 
 
 def calibration_imatrix(args, f16: Path, work: Path):
-    """The importance matrix from `--calibration-songs` other songs, each with one of the
-    calibration questions (cached in `work`)."""
-    from mufun_local import imatrix, prompt
-    from mufun_local.llm import Vocab
+    """The importance matrix the converter makes by default (mufun_local.imatrix.calibrator:
+    `--calibration-songs` generated songs, other than the measured ones, `--seconds` each, one
+    calibration question each), cached in `work`."""
+    from mufun_local import imatrix
     from mufun_local.modeldir import ModelDir
 
     cache = work / "imatrix.npz"
     if cache.exists():
         return imatrix.load(cache)
-    songs = song_embeddings(Path(args.model_dir), args.calibration_songs, args.seconds, work, first_seed=1000)
-    tmpl = prompt.Template.of(ModelDir.open(args.model_dir).manifest)
-    vocab = Vocab(f16)
-    prompts = []
-    for i, emb in enumerate(songs):
-        head, tail = prompt.tokenize(prompt.build(CALIBRATION_QUESTIONS[i % len(CALIBRATION_QUESTIONS)], 1, tmpl),
-                                     vocab.tokenize)
-        prompts.append((head, emb, tail))
-    vocab.close()
-    print(f"importance matrix from {len(prompts)} song(s) ...", file=sys.stderr)
+    print(f"importance matrix from {args.calibration_songs} song(s) ...", file=sys.stderr)
     t0 = time.perf_counter()
-    im = imatrix.collect(f16, prompts, args.threads)
+    im, _ = imatrix.calibrator(songs=args.calibration_songs, seconds=args.seconds,
+                               threads=args.threads)(ModelDir.open(args.model_dir), f16)
     print(f"  {time.perf_counter() - t0:.0f} s, {len(im)} matrices", file=sys.stderr)
     imatrix.save(cache, im)
     return im
@@ -254,14 +243,17 @@ def main() -> int:
             r = run_child(args, gguf, on, emb_file, Path(str(ref) + ".npz"), res)
             if "error" not in r:
                 r.update(divergence(Path(str(ref) + ".npz"), Path(str(res) + ".npz")))
+            off = work / f"result-{name}-off.npz"
+            if on and "error" not in r and off.exists():  # repacking must not change the answers beyond rounding
+                r["vs_off"] = divergence(off, Path(str(res) + ".npz"))["kl"]
             rows.append({"recipe": name, "repack": "on" if on else "off", "bytes": gguf.stat().st_size,
                          "quantize_s": q_s, **r})
         if args.drop:
             gguf.unlink()
 
     print("\n| recipe | repack | GGUF GB | prefill rows/s | GOPS" + (" | of int8 peak" if args.peak_gops else "")
-          + " | tokens/s | peak RSS GB | mean KL vs F16 | top-1 vs F16 | first-step max err (x std) |")
-    print("|---|---|---|---|---" + ("|---" if args.peak_gops else "") + "|---|---|---|---|---|")
+          + " | tokens/s | peak RSS GB | mean KL vs F16 | top-1 vs F16 | first-step max err (x std) | KL vs repack off |")
+    print("|---|---|---|---|---" + ("|---" if args.peak_gops else "") + "|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['recipe']} | {r['repack']} | {r['bytes'] / 1e9:.2f} | {r['error']} |")
@@ -271,7 +263,8 @@ def main() -> int:
         frac = f" | {gops / args.peak_gops:.1%}" if args.peak_gops else ""
         div = (f"{r['kl']:.2e} | {r['top1']:.1%} | {r['first_err_std']:.3f}" if "kl" in r else "— | — | —")
         print(f"| {r['recipe']} | {r['repack']} | {r['bytes'] / 1e9:.2f} | {rate:.1f} | {gops:.0f}{frac} | "
-              f"{r['steps'] / r['step_s']:.2f} | {r['peak_rss_gb']:.1f} | {div} |")
+              f"{r['steps'] / r['step_s']:.2f} | {r['peak_rss_gb']:.1f} | {div} | "
+              f"{format(r['vs_off'], '.1e') if 'vs_off' in r else '—'} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

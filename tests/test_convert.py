@@ -550,3 +550,29 @@ def test_the_quantizer_says_why_it_failed(tmp_path, tiny_f16):
             quantize(f16, fs / "x.gguf", "q4_k_m")
     finally:
         subprocess.run(["umount", str(fs)])
+
+
+def test_the_default_q4_k_m_is_quantized_with_an_importance_matrix(tmp_path, tiny_ckpt, audio_dir):
+    """convert's default: q4_k_m with an importance matrix from MuFun prompts (generated
+    songs, or the user's --calibration audio), recorded in the manifest; --no-imatrix is
+    llama.cpp's plain q4_k_m. Same tensor types either way (so the same speed)."""
+    import filecmp
+
+    import gguf
+    from mufun_local.format import weights
+    assert weights.DEFAULT == "q4_k_m" and weights.get("q4_k_m").imatrix
+    common = ["--encoder-backends", "ctranslate2", "-q"]
+    assert main(["convert", str(tiny_ckpt), str(tmp_path / "default"), *common]) == 0
+    assert main(["convert", str(tiny_ckpt), str(tmp_path / "plain"), "--no-imatrix", *common]) == 0
+    assert main(["convert", str(tiny_ckpt), str(tmp_path / "mine"), "--calibration", str(audio_dir / "song22k.flac"),
+                 *common]) == 0
+    llm = {n: ModelDir.open(tmp_path / n) for n in ("default", "plain", "mine")}
+    assert llm["default"].manifest["llm"]["imatrix"] == "4 generated songs, 20 s each"
+    assert llm["mine"].manifest["llm"]["imatrix"] == "1 given file(s), 20 s each"
+    assert "imatrix" not in llm["plain"].manifest["llm"]
+    assert not filecmp.cmp(llm["default"].llm_file, llm["plain"].llm_file, shallow=False)
+    assert not filecmp.cmp(llm["default"].llm_file, llm["mine"].llm_file, shallow=False)
+    kinds = [{t.name: t.tensor_type for t in gguf.GGUFReader(str(m.llm_file)).tensors} for m in llm.values()]
+    assert kinds[0] == kinds[1] == kinds[2]
+    assert main(["info", str(tmp_path / "default")]) == 0
+    assert not list(tmp_path.glob("mufun-calibration-*"))

@@ -110,7 +110,7 @@ def test_the_plan_estimates_scale_with_the_checkpoint():
     text = p.describe("q4_k_m", cores=2)
     assert "17.8 GB to download" in text and "on 2 cores" in text
     minutes = int(text.split("takes about ")[1].split()[0])
-    assert 5 <= minutes <= 15  # measured: 9.75 min on 2 cores, engine timing included (README)
+    assert 5 <= minutes <= 15  # measured: 9.75 min on 2 cores, engine timing included (docs/performance.md)
     gb = float(text.split("writes about ")[1].split()[0])
     assert 8 < gb < 10  # measured: 7.97 GB, before the encoder's 1.27 GB OpenVINO copy
     assert float(p.describe("q8_0", cores=2).split("writes about ")[1].split()[0]) > gb

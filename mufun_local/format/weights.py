@@ -23,12 +23,15 @@ class WeightType:
     # llama.cpp's extra buffer types (CPU_REPACK) on CPUs without AMX: on only where they
     # measured faster for this type (docs/performance.md, "Repacking"); AMX CPUs keep them off.
     repack: bool = False
+    # Quantized with an importance matrix from MuFun prompts when the conversion can make one
+    # (mufun_local.imatrix): measured more accurate at the same size and speed.
+    imatrix: bool = False
     about: str = ""
 
 
 TYPES: dict[str, WeightType] = {t.name: t for t in (
-    WeightType("q4_k_m", "MOSTLY_Q4_K_M", 4.89, True,
-               about="4-bit K-quant mix (llama.cpp's Q4_K_M; output matrix Q6_K)"),
+    WeightType("q4_k_m", "MOSTLY_Q4_K_M", 4.89, True, imatrix=True,
+               about="4-bit K-quant mix (llama.cpp's Q4_K_M; output matrix Q6_K), with an importance matrix"),
     WeightType("q4_0", "MOSTLY_Q4_0", 4.55, True, repack=True,
                about="4-bit, one scale per 32 weights"),
     WeightType("iq4_xs", "MOSTLY_IQ4_XS", 4.46, True,
