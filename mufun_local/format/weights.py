@@ -20,27 +20,24 @@ class WeightType:
     quantized: bool       # made by llama.cpp's quantizer; else gguf-py writes it tensor by tensor
     output: str | None = None     # output.weight kept at this KEEP_TYPES key (None: the type's own)
     embedding: str | None = None  # token_embd.weight likewise
-    # llama.cpp's extra buffer types (CPU_REPACK) on CPUs without AMX: on only where they
-    # measured faster for this type (docs/performance.md, "Repacking"); AMX CPUs keep them off.
-    repack: bool = False
+    # llama.cpp's extra buffer types (CPU_REPACK) on CPUs without AMX: llama.cpp's default (on)
+    # unless measured slower for this type (docs/accuracy.md, 4-bit recipes: q4_k_m prefills
+    # 49 rows/s without, 27 with; q4_0 14 without, 32 with); AMX CPUs keep them off.
+    repack: bool = True
     # Quantized with an importance matrix from MuFun prompts when the conversion can make one
     # (mufun_local.imatrix): measured more accurate at the same size and speed.
     imatrix: bool = False
-    about: str = ""
 
 
 TYPES: dict[str, WeightType] = {t.name: t for t in (
-    WeightType("q4_k_m", "MOSTLY_Q4_K_M", 4.89, True, imatrix=True,
-               about="4-bit K-quant mix (llama.cpp's Q4_K_M; output matrix Q6_K), with an importance matrix"),
-    WeightType("q4_0", "MOSTLY_Q4_0", 4.55, True, repack=True,
-               about="4-bit, one scale per 32 weights"),
-    WeightType("iq4_xs", "MOSTLY_IQ4_XS", 4.46, True,
-               about="4-bit non-linear grid"),
-    WeightType("q5_k_m", "MOSTLY_Q5_K_M", 5.70, True, about="5-bit K-quant mix"),
-    WeightType("q8_0", "MOSTLY_Q8_0", 8.50, True, about="8-bit"),
-    WeightType("f16", "MOSTLY_F16", 16.0, False, about="16-bit float, from the release's bf16"),
-    WeightType("bf16", "MOSTLY_BF16", 16.0, False, about="the release's own bf16 weights, bit for bit"),
-    WeightType("f32", "ALL_F32", 32.0, False, about="32-bit float (parity tests)"),
+    WeightType("q4_k_m", "MOSTLY_Q4_K_M", 4.89, True, imatrix=True, repack=False),
+    WeightType("q4_0", "MOSTLY_Q4_0", 4.66, True),
+    WeightType("iq4_xs", "MOSTLY_IQ4_XS", 4.48, True),
+    WeightType("q5_k_m", "MOSTLY_Q5_K_M", 5.70, True),
+    WeightType("q8_0", "MOSTLY_Q8_0", 8.50, True),
+    WeightType("f16", "MOSTLY_F16", 16.0, False),
+    WeightType("bf16", "MOSTLY_BF16", 16.0, False),
+    WeightType("f32", "ALL_F32", 32.0, False),
 )}
 
 # The weight type when none is asked for: the product is a 4-bit model (what fits a 16 GB
