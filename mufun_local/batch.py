@@ -306,5 +306,10 @@ def record_line(rec: dict) -> str:
 
 
 def write_record(fh, rec: dict) -> None:
-    fh.write(record_line(rec))
-    fh.flush()
+    try:
+        fh.write(record_line(rec))
+        fh.flush()
+    except OSError as exc:  # a full disk: say which file (the CLI prints it in one line)
+        if exc.filename or not exc.errno:
+            raise
+        raise OSError(exc.errno, exc.strerror, getattr(fh, "name", None)) from None

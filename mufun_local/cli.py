@@ -861,6 +861,11 @@ def main(argv=None) -> int:
         return 1
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # a journal, an export or an output file that cannot be written
+        from .errors import first_line
+        where = f"{exc.filename}: " if exc.filename else ""
+        _stderr(f"error: {where}{first_line(exc.strerror or exc)}")
+        return 1
     return rv if isinstance(rv, int) else 0
 
 

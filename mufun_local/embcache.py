@@ -48,8 +48,8 @@ class EmbeddingCache:
 
     def put(self, key: str, emb: np.ndarray) -> None:
         p = self._path(key)
-        lru.write_atomic(p, lambda fh: np.save(fh, np.ascontiguousarray(emb, dtype=np.float32)))
-        self.evict()
+        if lru.put_or_skip(p, lambda fh: np.save(fh, np.ascontiguousarray(emb, dtype=np.float32)), "embedding cache"):
+            self.evict()
 
     def evict(self) -> None:
         lru.evict(self.root, "*/*.npy", self.limit)

@@ -17,10 +17,25 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not exc.filename and exc.errno:  # a write error names no file
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
     touch(path)
+
+
+def put_or_skip(path: Path, write: Callable[[BinaryIO], object], what: str) -> bool:
+    """write_atomic for a cache entry: a cache that cannot be written (a full disk, a
+    read-only folder) is a warning and a miss next time, never a failed request."""
+    try:
+        write_atomic(path, write)
+        return True
+    except OSError as exc:
+        from .errors import first_line
+        from .logs import log
+        log.warning("%s: cannot write %s (%s); going on without it", what, path.parent, first_line(exc.strerror or exc))
+        return False
 
 
 def touch(path: Path) -> None:

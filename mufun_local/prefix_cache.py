@@ -105,8 +105,8 @@ class PrefixCache:
         def write(fh) -> None:
             fh.write(MAGIC + struct.pack("<I", len(header)) + header)
             fh.write(memoryview(state.data))
-        lru.write_atomic(self._path(state.key), write)
-        self.evict()
+        if lru.put_or_skip(self._path(state.key), write, "prefix cache"):
+            self.evict()
 
     def evict(self) -> None:
         lru.evict(self.root, "*.kv", self.limit)

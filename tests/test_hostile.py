@@ -182,3 +182,39 @@ def test_the_fuzzed_server_left_nothing_behind(serve, hostile_server):
             return
         time.sleep(0.1)
     pytest.fail(f"uploads left behind: {left}")
+
+
+def test_full_disk_caches_are_skipped_and_a_full_journal_is_one_line(capsys, tmp_path, tiny_q4, audio_dir,
+                                                                     monkeypatch):
+    """A cache that cannot be written is a warning, not a failed answer; a journal or table
+    that cannot be written is one line naming the file (an injected ENOSPC)."""
+    import errno
+    from mufun_local import lru
+    from mufun_local.cli import main
+    real = lru.write_atomic
+
+    def full(path, write):
+        def failing(fh):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, failing)
+    monkeypatch.setenv("MUFUN_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(lru, "write_atomic", full)
+    song = str(audio_dir / "song22k.flac")
+    assert main(["ask", "-m", str(tiny_q4), song, "Genre?", "--max-tokens", "2", "--temperature", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert "embedding cache: cannot write" in err and "No space left on device" in err and "Traceback" not in err
+    assert not list((tmp_path / "home").rglob("*.partial"))
+    # batch: its table goes through write_atomic, its journal through write_record
+    assert main(["batch", song, "-m", str(tiny_q4), "--question", "Genre?", "--max-tokens", "2", "-q",
+                 "--out", str(tmp_path / "j.jsonl"), "--format", "csv"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'j.csv'}: No space left on device", err
+    import mufun_local.batch as batch
+
+    def journal_full(rec):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(batch, "record_line", journal_full)
+    assert main(["batch", song, "-m", str(tiny_q4), "--question", "Other?", "--max-tokens", "2", "-q",
+                 "--out", str(tmp_path / "k.jsonl")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'k.jsonl'}: No space left on device", err
