@@ -216,9 +216,9 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = weights.
         raise ModelError(f"--template {template}: choose from auto, {', '.join(TEMPLATES)}")
     log(f"converting {ckpt.source}: encoder d={d.enc_d} x{d.enc_layers}, "
         f"LLM hidden={d.hidden} x{d.llm_layers}, vocab {d.vocab_rows}, template {variant}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     diskspace.require(out.parent, space_needed(ckpt, quant, encoder_quant, encoder_backends, onnx_int8),
-                      f"converting to {quant}")
+                      f"converting to {quant}")  # before anything is made, parent folders included
+    out.parent.mkdir(parents=True, exist_ok=True)
 
     _remove_stale(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"

@@ -491,7 +491,7 @@ def test_a_conversion_that_cannot_fit_is_refused_before_it_starts(tmp_path, tiny
     backends = ("ctranslate2", "onnx")
     assert space_needed(ckpt, "f16", "float16", backends, False) < space_needed(ckpt, "q4_k_m", "float16", backends, False)
     monkeypatch.setattr(diskspace, "free_bytes", lambda p: 1_000_000)
-    assert main(["convert", str(tiny_ckpt), str(tmp_path / "out"), "-q"]) == 1
+    assert main(["convert", str(tiny_ckpt), str(tmp_path / "new" / "out"), "-q"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "1.0 MB free on its file system, converting to" in err and "needs about" in err
