@@ -79,12 +79,13 @@ class Collector:
             w = GGMLTensor.from_address(t.src[0])
             x = GGMLTensor.from_address(t.src[1])
             name = _weight_name(w.name.decode("utf-8", "replace"))
-            if ask:
-                return x.ne[1] >= 16 and x.type == GGML_TYPE_F32 and name.startswith("blk.")
+            if ask:  # a dense model's weight products: 2-D inputs [rows, cols]
+                return (x.ne[1] >= 16 and x.ne[2] == 1 and x.ne[3] == 1 and x.type == GGML_TYPE_F32
+                        and name.startswith("blk."))
             if not x.data or x.nb[0] != 4:
                 return True
-            cols, rows = int(x.ne[0]), int(x.ne[1]) * int(x.ne[2]) * int(x.ne[3])
-            # rows are nb[1] bytes apart (a view may pad them); higher dims are contiguous here
+            cols, rows = int(x.ne[0]), int(x.ne[1])
+            # rows are nb[1] bytes apart (a view may pad them)
             buf = (ctypes.c_char * (int(x.nb[1]) * (rows - 1) + cols * 4)).from_address(x.data)
             a = np.ndarray((rows, cols), np.float32, buf, strides=(int(x.nb[1]), 4))
             sq = np.einsum("ij,ij->j", a, a, dtype=np.float64)
