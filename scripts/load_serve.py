@@ -69,9 +69,10 @@ def main() -> int:
     from bench_audio import make_song
 
     model = args.model or (None if args.url else demo_model())
-    clip = make_song(Path(tempfile.mkdtemp()) / "clip.wav", args.seconds, 44100)
+    with tempfile.TemporaryDirectory(prefix="mufun-load-") as tmp:
+        clip = make_song(Path(tmp) / "clip.wav", args.seconds, 44100).read_bytes()
     body = json.dumps({"messages": [{"role": "user", "content": [
-        {"type": "input_audio", "input_audio": {"data": base64.b64encode(clip.read_bytes()).decode(), "format": "wav"}},
+        {"type": "input_audio", "input_audio": {"data": base64.b64encode(clip).decode(), "format": "wav"}},
         {"type": "text", "text": "What genre is this?"}]}], "max_tokens": args.max_tokens, "temperature": 0}).encode()
     proc, url = (None, args.url) if args.url else start_server(model, args.max_tokens)
     try:

@@ -137,6 +137,8 @@ def main() -> int:
     left = sorted(p.name for p in server_tmp.iterdir())
     proc.terminate()
     proc.wait(timeout=30)
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)  # the clips and the server's temporary folder
 
     print(f"\n{args.clients} clients, {args.minutes:g} min, {args.seconds:g} s clips, tiny model: {model}")
     print("| request | status | count |\n|---|---|---|")

@@ -42,7 +42,8 @@ def test_bench_encoder_tiny(tmp_path, tiny_ckpt):
 def test_the_serve_load_and_soak_scripts_run_as_documented(tmp_path):
     """Both with their default model (the demo's, whatever weight type it has), briefly."""
     import os
-    env = dict(os.environ, MUFUN_HOME=str(tmp_path / "home"))
+    (tmp_path / "tmp").mkdir()
+    env = dict(os.environ, MUFUN_HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path / "tmp"))
     load = subprocess.run([sys.executable, str(SCRIPTS / "load_serve.py"), "--seconds", "3", "--concurrency", "1", "2",
                            "--requests", "2", "--max-tokens", "2"], capture_output=True, text=True, timeout=600, env=env)
     assert load.returncode == 0, load.stderr[-3000:]
@@ -51,3 +52,4 @@ def test_the_serve_load_and_soak_scripts_run_as_documented(tmp_path):
                            "--seconds", "2"], capture_output=True, text=True, timeout=600, env=env)
     assert soak.returncode == 0, soak.stdout[-2000:] + soak.stderr[-2000:]
     assert "5xx: 0; temporary files left: 0" in soak.stdout
+    assert [p.name for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("ray")] == []  # nothing left behind
