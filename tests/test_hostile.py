@@ -197,8 +197,10 @@ def test_full_disk_caches_are_skipped_and_a_full_journal_is_one_line(capsys, tmp
         def failing(fh):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, failing)
+    from mufun_local import export
     monkeypatch.setenv("MUFUN_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(lru, "write_atomic", full)
+    monkeypatch.setattr(lru, "write_atomic", full)  # the caches' (lru.put_or_skip)
+    monkeypatch.setattr(export, "write_atomic", full)  # the table's (its own import of it)
     song = str(audio_dir / "song22k.flac")
     assert main(["ask", "-m", str(tiny_q4), song, "Genre?", "--max-tokens", "2", "--temperature", "0"]) == 0
     out, err = capsys.readouterr()
