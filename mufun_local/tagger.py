@@ -6,9 +6,10 @@ settings."""
 from __future__ import annotations
 
 from .errors import MufunError
+from .export import TAGS_SCHEMA
 
-# What one answer holds (export.TAGS_SCHEMA's properties), in the schema's order
-FIELDS = ("genre", "subgenre", "mood", "instruments", "tempo_feel", "vocals", "language", "description")
+# What one answer holds, in the schema's order
+FIELDS = tuple(TAGS_SCHEMA["properties"])
 
 
 class Tagger:
@@ -20,7 +21,6 @@ class Tagger:
         from .model_cache import home, resolve
         from .pipeline import Options, Pipeline, Request
 
-        assert tuple(export.TAGS_SCHEMA["properties"]) == FIELDS
         self.model = resolve(model, quiet=quiet)
         opt = Options(threads=threads, keep_audio_models=True)
         self.request = Request(max_tokens, Sampling(temperature=0.0, grammar=constrain.schema_grammar(export.TAGS_SCHEMA)),
