@@ -7,7 +7,7 @@ import pytest
 
 from audio_fixtures import music
 from mufun_local import features
-from mufun_local.modeldir import ModelDir
+from mufun_local.format.model_dir import ModelDir
 from mufun_local.connector import Connector, pool
 from mufun_local.encoder_backends import load_encoder
 
@@ -36,6 +36,17 @@ def ref_states(reference, mel):
 BACKENDS = ("ctranslate2", "onnxruntime", "openvino")
 # each backend's reduced-precision compute type: int8 weights, or bfloat16 on OpenVINO
 LOW = {"ctranslate2": "int8", "onnxruntime": "int8", "openvino": "bfloat16"}
+
+
+def _has_vnni() -> bool:
+    from mufun_local.devices import cpu_info
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_info()[1])
+
+
+# int8 products: exact in int32 with VNNI (or AMX); on AVX2 without it, CTranslate2 and ONNX
+# Runtime sum u8 x s8 pairs in int16 (vpmaddubsw), which saturates: measured on a Zen 2 EPYC,
+# hs32 rel. error 0.19 (CTranslate2) and 0.20 (ONNX Runtime), worst embedding cosine 0.972.
+INT8_REL, INT8_COS = (5e-2, 0.99) if _has_vnni() else (0.25, 0.96)
 
 
 def _parts(model_dir, compute_type, batch=4, backend="ctranslate2"):
@@ -67,10 +78,11 @@ def test_float32_embeddings_match(tiny_all, reference, mel, backend):
 def test_reduced_precision_within_tolerance(tiny_all, reference, mel, ref_states, backend):
     enc, con = _parts(tiny_all, LOW[backend], backend=backend)
     hs = enc.hidden_states(mel)
-    assert rel(hs.hs32, ref_states[3]) <= 5e-2
+    int8 = LOW[backend] == "int8"
+    assert rel(hs.hs32, ref_states[3]) <= (INT8_REL if int8 else 5e-2)
     emb = con(hs)
     theirs = reference.embed_windows(torch.from_numpy(mel)).numpy()
-    assert cosine_rows(emb, theirs).min() >= 0.99
+    assert cosine_rows(emb, theirs).min() >= (INT8_COS if int8 else 0.99)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
