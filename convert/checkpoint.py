@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mufun_local.errors import ModelError
-from mufun_local.modeldir import DEFAULT_QUANT
-
-from .tensors import expected_shapes
+from mufun_local.format.checkpoint import dims_from_config, expected_shapes
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
 REQUIRED_FILES = ("config.json", "model.safetensors.index.json") + TOKENIZER_FILES
@@ -37,78 +34,6 @@ class TensorInfo:
     shape: tuple[int, ...]
     start: int  # absolute byte offset in the file
     nbytes: int
-
-
-@dataclass(frozen=True)
-class Dims:
-    """Every size the converter and runtime need, read from config.json."""
-
-    enc_d: int
-    enc_layers: int
-    enc_heads: int
-    enc_ffn: int
-    n_mels: int
-    enc_positions: int
-    enc_ln_eps: float
-    connector_in: int
-    connector_mid: int
-    hidden: int
-    llm_layers: int
-    llm_heads: int
-    llm_kv_heads: int
-    head_dim: int
-    llm_ffn: int
-    vocab_rows: int
-    rope_theta: float
-    rms_eps: float
-    max_positions: int
-    tokenizer_max_length: int | None
-
-
-# Bounds on every size config.json gives, far beyond any real release (Qwen3-235B has 94
-# layers, hidden 4096, vocab 151,936): a hostile config cannot make the converter plan
-# millions of tensors or allocate without limit before the shapes are checked.
-DIM_LIMITS = {"enc_d": 16384, "enc_layers": 256, "enc_heads": 256, "enc_ffn": 131072, "n_mels": 512,
-              "enc_positions": 65536, "connector_in": 131072, "connector_mid": 1 << 20, "hidden": 65536,
-              "llm_layers": 1024, "llm_heads": 1024, "llm_kv_heads": 1024, "head_dim": 4096, "llm_ffn": 1 << 20,
-              "vocab_rows": 1 << 22, "max_positions": 1 << 24}
-
-
-def check_dims(d: Dims) -> Dims:
-    for name, limit in DIM_LIMITS.items():
-        value = getattr(d, name)
-        if not 1 <= value <= limit:
-            raise ModelError(f"config.json: {name} = {value} is outside 1..{limit}")
-    if d.llm_heads % d.llm_kv_heads:
-        raise ModelError(f"config.json: {d.llm_heads} attention heads are not a multiple of "
-                         f"{d.llm_kv_heads} key/value heads")
-    return d
-
-
-def dims_from_config(cfg: dict) -> Dims:
-    try:
-        v, t = cfg["vision_config"], cfg["text_config"]
-        m = re.findall(r"(\d+)[ix]", cfg["connector_type"])
-        ix, hx = (int(m[0]), int(m[1])) if len(m) == 2 else (None, None)
-        if ix is None:
-            raise ModelError(f"config.json: unsupported connector_type {cfg['connector_type']!r}")
-        vdim = int(cfg.get("vision_hidden_size", v["d_model"])) * ix
-        return check_dims(Dims(
-            enc_d=int(v["d_model"]), enc_layers=int(v["encoder_layers"]),
-            enc_heads=int(v["encoder_attention_heads"]), enc_ffn=int(v["encoder_ffn_dim"]),
-            n_mels=int(v.get("num_mel_bins", 128)), enc_positions=int(v.get("max_source_positions", 1500)),
-            enc_ln_eps=1e-5,
-            connector_in=vdim, connector_mid=hx * vdim, hidden=int(t["hidden_size"]),
-            llm_layers=int(t["num_hidden_layers"]), llm_heads=int(t["num_attention_heads"]),
-            llm_kv_heads=int(t.get("num_key_value_heads", t["num_attention_heads"])),
-            head_dim=int(t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"]),
-            llm_ffn=int(t["intermediate_size"]), vocab_rows=int(t["vocab_size"]),
-            rope_theta=float(t.get("rope_theta", 1e6)), rms_eps=float(t.get("rms_norm_eps", 1e-6)),
-            max_positions=int(t.get("max_position_embeddings", 32768)),
-            tokenizer_max_length=cfg.get("tokenizer_model_max_length"),
-        ))
-    except (KeyError, TypeError, ValueError, OverflowError, ZeroDivisionError) as exc:
-        raise ModelError(f"config.json: missing or invalid key {exc}") from None
 
 
 class Checkpoint:
@@ -238,16 +163,3 @@ def read_shard_header(path: Path) -> dict[str, TensorInfo]:
             raise ModelError(f"{path}: truncated (tensor {name} ends past the end of the file)")
         out[name] = TensorInfo(path, meta["dtype"], shape, base + start, end - start)
     return out
-
-
-def resolve_source(src: str, quant: str = DEFAULT_QUANT, quiet: bool = False) -> Checkpoint:
-    """A local directory, or a hub id: the local Hugging Face cache first, else a download
-    that first says what it costs (mufun_local.hub; `quant` is for that estimate)."""
-    from mufun_local import hub
-
-    if os.path.isdir(src):
-        return Checkpoint(src)
-    if os.path.exists(src) or not hub.is_hub_id(src):
-        raise ModelError(f"{src}: not a checkpoint directory or a hub id like Yi3852/MuFun-Base")
-    local = hub.download(src, quant, quiet=quiet)
-    return Checkpoint(local, source=hub.split(src)[0], revision=Path(local).name)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .tensors import connector
+from mufun_local.format.checkpoint import connector
 
 POOL_STRIDE = 5  # AvgPool1d(5, 5) of the original's whisper tower: 1500 -> 300 per window
 

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import tensors
-from .tensors import segment_bounds
+from mufun_local.format import checkpoint as layout
+from mufun_local.format.encoder_dir import CT2_STORED
+from mufun_local.format.checkpoint import segment_bounds
 
 # The channel offset V. Large against the token mean (no cancellation when it is
 # subtracted back), small enough that o[:, :d] = x / rms stays a normal float16 number.
 MEAN_OFFSET = 1.0e4
-ENCODER_QUANTS = ("float32", "float16", "int8_float16", "int8", "int8_float32", "bfloat16")
+ENCODER_QUANTS = tuple(CT2_STORED)
 
 
 def _widen_in(w: np.ndarray) -> np.ndarray:
@@ -66,7 +67,7 @@ def build_segment(get, d_heads: int, layers: range, d: int, eps: float, raw_outp
             spec_norm.gamma, spec_norm.beta = gamma.copy(), beta.copy()
 
     for j, i in enumerate(layers):
-        p = tensors.enc_layer(i, "")
+        p = layout.enc_layer(i, "")
         L = enc.layer[j]
         att, ffn = L.self_attention, L.ffn
         norm(att.layer_norm, get(p + "self_attn_layer_norm.weight"), get(p + "self_attn_layer_norm.bias"))
@@ -103,7 +104,7 @@ def write_ct2_segments(ckpt, out_dir: Path, quant: str, progress=None) -> dict:
     """encoder/seg0..2, stored as `quant`; returns their part of encoder.json.
     `progress(k)` after each segment."""
     d = ckpt.dims
-    e = tensors.enc
+    e = layout.enc
     final = (ckpt.get(e("layer_norm.weight")), ckpt.get(e("layer_norm.bias")))
     bounds = segment_bounds(d.enc_layers)
     segments = []

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import logging
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 
-from mufun_local.encoder_backends import get as get_backend
 from mufun_local.errors import ModelError
 
-from . import tensors
-from .tensors import FEATURE_LAYERS, segment_bounds
+from mufun_local.format import checkpoint as layout
+from mufun_local.format.checkpoint import FEATURE_LAYERS, segment_bounds
 
 OPSET = 20
 
@@ -131,7 +131,7 @@ def build_graph(get, dims, onnx_path: Path, compact: bool = True, contrib_attent
 
     d, heads, eps = dims.enc_d, dims.enc_heads, dims.enc_ln_eps
     segment_bounds(dims.enc_layers)  # refuses a layer count MuFun cannot read
-    v = tensors.ENCODER
+    v = layout.ENCODER
     g = _Graph(Path(str(onnx_path) + ".data"), compact, contrib_attention)
     try:
         x = g.op("Conv", ["mel", g.const("conv1.weight", get(v + "conv1.weight")),
@@ -142,7 +142,7 @@ def build_graph(get, dims, onnx_path: Path, compact: bool = True, contrib_attent
         x = g.op("Transpose", [g.op("Gelu", [x])], perm=[0, 2, 1])            # [B, 1500, d]
         x = g.op("Add", [x, g.const("positions", get(v + "embed_positions.weight"))], "hs0")
         for i in range(dims.enc_layers):
-            p = tensors.enc_layer(i, "")
+            p = layout.enc_layer(i, "")
             h = g.layer_norm(x, p + "ln1", get(p + "self_attn_layer_norm.weight"),
                              get(p + "self_attn_layer_norm.bias"), eps)
             x = g.op("Add", [x, _attention(g, h, get, p + "self_attn.", d, heads)])
@@ -216,7 +216,7 @@ def write_onnx_encoder(ckpt, out_dir: Path, progress=None, int8: bool = False) -
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"float32": "encoder.onnx"}
     build_graph(ckpt.get, ckpt.dims, out_dir / files["float32"])
-    if get_backend("openvino").installed():
+    if find_spec("openvino") is not None:  # OpenVINO's own 16-bit copy, for its bfloat16 runs
         files["openvino"] = "encoder.openvino.xml"
         write_openvino_ir(out_dir / files["float32"], out_dir / files["openvino"])
     if progress:

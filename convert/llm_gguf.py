@@ -17,7 +17,7 @@ from mufun_local import diskspace
 from mufun_local.errors import ModelError
 from mufun_local.format import weights
 
-from .tensors import gguf_map
+from mufun_local.format.checkpoint import gguf_map
 
 
 def looks_special(token: str) -> bool:

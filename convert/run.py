@@ -4,30 +4,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from mufun_local import modeldir
+from mufun_local.format import model_dir
 from mufun_local import diskspace
 from mufun_local.errors import ModelError
 from mufun_local.format import weights
+from mufun_local.format.encoder_dir import bytes_per_weight
 from mufun_local.logs import notice
-from mufun_local.prompt import TEMPLATES, variant_of
+from mufun_local.format.templates import TEMPLATES, variant_of
 
-from .checkpoint import Checkpoint, resolve_source
+from .checkpoint import Checkpoint
 from .connector import write_connector
 from .encoder import ENCODER_ARTIFACTS, ENCODER_QUANTS, write_encoder
 from .llm_gguf import load_vocab, quantize, write_gguf
-from .tensors import gguf_map
+from mufun_local.format.checkpoint import gguf_map
 
-# Bytes per encoder weight of each artifact: CTranslate2 at its stored type; the ONNX graph
-# at 16 bits with OpenVINO's 16-bit copy beside it; the int8 graph, with ONNX Runtime's
-# quantizer's float32 scratch copy on the way.
-_ENCODER_BYTES = {"float16": 2, "float32": 4, "int8": 1, "int8_float16": 1}
-_ONNX_BYTES, _ONNX_INT8_BYTES = 4, 5
 
 
 def check_out(out: Path, src: Path | None, force: bool) -> None:
@@ -42,8 +37,8 @@ def check_out(out: Path, src: Path | None, force: bool) -> None:
         raise ModelError(f"{out} already exists (use --force to replace it)")
     if out.is_symlink() or not out.is_dir():
         raise ModelError(f"{out}: is not a model directory; --force replaces only a converted model")
-    if any(out.iterdir()) and not (out / modeldir.MANIFEST).is_file():
-        raise ModelError(f"{out}: not a converted model (no {modeldir.MANIFEST}); "
+    if any(out.iterdir()) and not (out / model_dir.MANIFEST).is_file():
+        raise ModelError(f"{out}: not a converted model (no {model_dir.MANIFEST}); "
                          f"--force replaces only a converted model or an empty folder")
 
 
@@ -57,7 +52,7 @@ def _remove_stale(out: Path) -> None:
         m = pattern.fullmatch(p.name)
         if not m or not p.is_dir() or p.is_symlink() or _alive(int(m.group(2))):
             continue
-        if m.group(1) == "partial" or (out / modeldir.MANIFEST).is_file():
+        if m.group(1) == "partial" or (out / model_dir.MANIFEST).is_file():
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -151,8 +146,7 @@ def space_needed(ckpt, quant: str, encoder_quant: str, encoder_backends, onnx_in
     import math
     llm = sum(math.prod(ckpt.tensors[src].shape) for src, _ in gguf_map(ckpt.dims.llm_layers))
     rest = sum(math.prod(t.shape) for t in ckpt.tensors.values()) - llm  # encoder and connector
-    enc = rest * ((_ENCODER_BYTES[encoder_quant] if "ctranslate2" in encoder_backends else 0)
-                  + (_ONNX_BYTES if "onnx" in encoder_backends else 0) + (_ONNX_INT8_BYTES if onnx_int8 else 0))
+    enc = rest * bytes_per_weight(encoder_quant, encoder_backends, onnx_int8)
     wt = weights.get(quant)
     gguf = llm * (wt.bits / 8 + (2 if wt.quantized else 0))
     return int(1.05 * (enc + gguf))
@@ -187,12 +181,24 @@ def _write_llm(ckpt, tmp: Path, vocab, quant, keep_f16, threads, quiet, verbose,
             **({"f16_file": base_path.name} if keep_f16 and quantized else {})}
 
 
+def _checkpoint(src: str, quant: str, quiet: bool, fetch) -> Checkpoint:
+    if os.path.isdir(src):
+        return Checkpoint(src)
+    if os.path.exists(src) or fetch is None:
+        raise ModelError(f"{src}: not a checkpoint directory" + (" or a hub id like Yi3852/MuFun-Base" if fetch else ""))
+    path, source, revision = fetch(src, quant, quiet)
+    return Checkpoint(path, source=source, revision=revision)
+
+
 def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = weights.DEFAULT,
             encoder_quant: str = "float16", encoder_backends=None, force: bool = False, keep_f16: bool = False,
             threads: int = 0, quiet: bool = False, verbose: bool = False,
             template: str = "auto", onnx_int8: bool = False,
-            output_type: str | None = None, embedding_type: str | None = None, calibrate=None) -> Path:
-    """Convert `src` (directory or hub id) into a model directory at `out`; returns its path.
+            output_type: str | None = None, embedding_type: str | None = None, calibrate=None,
+            fetch=None) -> Path:
+    """Convert `src` (a checkpoint directory, or a hub id that `fetch(id, quant, quiet) ->
+    (directory, source id, revision)` makes local: mufun_local.hub.fetch_checkpoint) into a
+    model directory at `out`; returns its path.
     `calibrate(model, f16_path) -> (importance matrix, what it was made from)` is called for
     the weight types that take one, with the model as converted so far (encoder, connector,
     manifest without the LLM): the runtime's mufun_local.imatrix.calibrator makes one from
@@ -206,7 +212,7 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = weights.
     t0 = time.perf_counter()
     local = Path(src.path if isinstance(src, Checkpoint) else src)
     check_out(out, local if local.is_dir() else None, force)  # before a download
-    ckpt = src if isinstance(src, Checkpoint) else resolve_source(str(src), quant, quiet)
+    ckpt = src if isinstance(src, Checkpoint) else _checkpoint(str(src), quant, quiet, fetch)
     check_out(out, Path(ckpt.path), force)
     d = ckpt.dims
     vocab = load_vocab(ckpt.path, d.vocab_rows)  # the tokenizer is checked before any long work
@@ -231,7 +237,7 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = weights.
         conn = write_connector(ckpt, tmp / "connector.safetensors")
         stop_ids = [i for i in (special["im_end"], special["endoftext"]) if i is not None]
         manifest = {
-            "format_version": modeldir.FORMAT_VERSION,
+            "format_version": model_dir.FORMAT_VERSION,
             "source": {"id": str(ckpt.source), "revision": ckpt.revision},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "tools": _tool_versions(),
@@ -243,12 +249,12 @@ def convert(src: str | Checkpoint, out: str | os.PathLike, quant: str = weights.
             "stop_ids": stop_ids,
             "generation": _generation_defaults(ckpt.generation_config),
         }
-        audio_half = modeldir.ModelDir(tmp, manifest)  # what calibration runs: the LLM is not there yet
+        audio_half = model_dir.ModelDir(tmp, manifest)  # what calibration runs: the LLM is not there yet
         manifest["llm"] = _write_llm(ckpt, tmp, vocab, quant, keep_f16, threads, quiet, verbose, log, output_type,
                                      embedding_type, None if calibrate is None else
                                      (lambda f16: calibrate(audio_half, f16)))
-        manifest["files"] = modeldir.hash_tree(tmp)
-        (tmp / modeldir.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest["files"] = model_dir.hash_tree(tmp)
+        (tmp / model_dir.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _usual_modes(tmp)
         check_out(out, Path(ckpt.path), force)  # OUT may have changed during the long work
         _replace(tmp, out)

@@ -273,7 +273,6 @@ def run_batch(pipe: Pipeline, req: Request, files: list[str], questions: list[st
 
 
 def _run_batch(pipe, req, files, questions, out, model_id, progress, prefetch) -> Summary:
-    pipe.cache = MemoryCache()
     settings = settings_key(pipe.model, pipe.opt, req)
     todo, skipped = pending(files, questions, out, settings)
     summary = Summary(skipped=skipped)

@@ -18,7 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from .batch import (MemoryCache, Summary, answer_file, count, journal_lock, pending, prepare, record_line,
                     settings_key)
@@ -98,7 +97,7 @@ class _Answer:
     """Actor: one Pipeline answering every question about each prepared file."""
 
     def __init__(self, model_dir: str, options, request, model_id: str, settings: str):
-        from .modeldir import ModelDir
+        from .format.model_dir import ModelDir
         from .pipeline import Pipeline
         self.pipe = Pipeline(ModelDir.open(model_dir), options, cache=MemoryCache())
         self.req, self.model_id, self.settings = request, model_id, settings
@@ -119,8 +118,9 @@ def run_batch_ray(address: str, model_dir: Path, options, request, files: list[s
 
 
 def _run(address, model_dir, options, request, files, questions, out, model_id, progress, actors) -> Summary:
-    from .modeldir import ModelDir
-    settings = settings_key(ModelDir.open(model_dir), options, request)
+    from .format.model_dir import ModelDir
+    md = ModelDir.open(model_dir)
+    settings = settings_key(md, options, request)
     todo, skipped = pending(files, questions, out, settings)
     summary = Summary(skipped=skipped)
     if not todo:
@@ -134,7 +134,7 @@ def _run(address, model_dir, options, request, files, questions, out, model_id, 
     options = replace(options, threads=options.threads or max(1, cpus // max(1, actors)))
     env = {"env_vars": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1))}}
     model_dir = Path(model_dir).resolve()  # workers need not share this process's directory
-    filters = np.load(model_dir / "encoder" / "frontend.npz")["mel_filters"]
+    filters = md.encoder.mel_filters
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     items = [{"path": f, "file": os.path.abspath(f), "questions": qs} for f, qs in todo]

@@ -1,9 +1,7 @@
 """The `mufun-local` command line: ask · chat · serve · batch · eval · embed · convert · pull · info · models · demo."""
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -11,126 +9,15 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .cli_options import (FiniteRange, bar_stage, embedding_cache, encoder_options, flash_attn_option,  # noqa: F401
+                          model_option, open_model, open_pipeline, prefix_cache, quant_option, sampling_options, segs_list,
+                          setup_logging, stderr, value_range, verbosity)
 from .errors import MufunError
+from .format.encoder_dir import CT2_STORED
+from .format.templates import TEMPLATES
 from .format.weights import KEEP_TYPES
-from .logs import NOTICE, log
+from .logs import log
 from .progress import StatusLine
-
-
-class FiniteRange(click.FloatRange):
-    """A float range that also refuses nan and inf (which pass click's comparisons)."""
-
-    def convert(self, value, param, ctx):
-        import math
-        rv = super().convert(value, param, ctx)
-        if not math.isfinite(rv):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return rv
-
-
-def _stderr(msg: str) -> None:
-    click.echo(msg, err=True)
-
-
-class _Format(logging.Formatter):
-    """Warnings as `warning: ...`; the engines' own lines (-v) as they are."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        msg = record.getMessage()
-        return f"warning: {msg}" if record.levelno >= logging.WARNING else msg
-
-
-class _Stderr(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time (pytest's capture swaps it per test)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def _setup_logging(quiet: bool, verbose: bool) -> None:
-    level = logging.ERROR if quiet else (logging.DEBUG if verbose else NOTICE)
-    handler = _Stderr()
-    handler.setFormatter(_Format())
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-    log.setLevel(level)
-    try:  # CTranslate2's own log (spdlog, on stderr): errors only, unless -v
-        import ctranslate2
-        ctranslate2.set_log_level(logging.INFO if verbose else logging.ERROR)
-    except ImportError:
-        pass
-
-
-def _segs_list(values: tuple[str, ...], n: int) -> list:
-    from .audio import parse_segs
-    if not values:
-        return [None] * n
-    if len(values) != n:
-        raise MufunError(f"give --segs once per audio file ({n} here), in order, or not at all")
-    return [parse_segs(v) for v in values]
-
-
-# ------------------------------------------------------------------ shared options
-
-def encoder_options(f):
-    """--encoder-backend/--compute-type/--device/--threads, handed to the command as one
-    `encoder` dict of Options fields."""
-    from .encoder_backends import ALL_COMPUTE_TYPES, BACKENDS
-
-    @functools.wraps(f)
-    def wrapper(*args, encoder_backend, compute_type, device, threads, **kw):
-        return f(*args, encoder=dict(encoder_backend=encoder_backend, compute_type=compute_type, device=device,
-                                     threads=threads, quiet=kw.get("quiet", False)), **kw)
-
-    wrapper = click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads (default: all cores).")(wrapper)
-    wrapper = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                           help="Where the encoder runs.")(wrapper)
-    wrapper = click.option("--compute-type", type=click.Choice(ALL_COMPUTE_TYPES), default=None,
-                           help="Encoder compute type (default: the most accurate fast one: float32 on a CPU, "
-                                "bfloat16 on OpenVINO where the CPU has it, float16 on CUDA). int8 is faster "
-                                "but loses twice what the original's bfloat16 run does (docs/accuracy.md).")(wrapper)
-    wrapper = click.option("--encoder-backend", type=click.Choice(("auto",) + BACKENDS), default="auto",
-                           show_default=True,
-                           help="Engine for the Whisper encoder. auto: CTranslate2 on CUDA; on a CPU the fastest "
-                                "converted and installed one, measured once (-v says which and why).")(wrapper)
-    return wrapper
-
-
-def flash_attn_option(f):
-    return click.option("--flash-attn", is_flag=True,
-                        help="llama.cpp's flash attention. Off by default: it moves the answer's logits on "
-                             "long audio, and on CPUs its gain was within noise (see docs/accuracy.md).")(f)
-
-
-def model_option(f):
-    return click.option("--model", "-m", "model", default=None, metavar="M",
-                        help="Converted model dir, original checkpoint dir, or hub id "
-                             "(default: $MUFUN_MODEL, else Yi3852/MuFun-Base).")(f)
-
-
-def quant_option(f):
-    from .modeldir import DEFAULT_QUANT, LLM_QUANTS
-    return click.option("--quant", type=click.Choice(LLM_QUANTS), default=DEFAULT_QUANT,
-                        show_default=True,
-                        help=f"LLM weight type in the GGUF. {DEFAULT_QUANT} (default) is 4-bit: a quarter of F16's "
-                             "size, what fits a 16 GB laptop, the fastest on a CPU. q8_0 (twice the size) and f16 "
-                             "(four times; as accurate as the original's bfloat16 run) trade memory for accuracy; "
-                             "bf16 keeps the release's weights bit for bit (docs/accuracy.md).")(f)
-
-
-def verbosity(f):
-    f = click.option("--quiet", "-q", is_flag=True, help="Only the answer (no warnings).")(f)
-    f = click.option("--verbose", "-v", is_flag=True, help="Say what runs where, and llama.cpp's log.")(f)
-    return f
-
-
-def _open_model(spec, quiet):
-    from .model_cache import resolve
-    return resolve(spec, quiet=quiet)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -150,10 +37,7 @@ def cli():
 @click.argument("inputs", nargs=-1, required=True, metavar="AUDIO... QUESTION")
 @model_option
 @click.option("--segs", multiple=True, metavar="START:END", help="Seconds of each audio to use (repeat per file).")
-@click.option("--temperature", type=FiniteRange(0, 2), default=None, help="0 = greedy (default: the model's generation config).")
-@click.option("--top-p", type=FiniteRange(0, 1), default=None)
-@click.option("--top-k", type=click.IntRange(min=0), default=None)
-@click.option("--repeat-penalty", type=FiniteRange(0, 10), default=1.0, show_default=True)
+@sampling_options
 @click.option("--seed", type=int, default=None, help="Sampling seed (default: random).")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--n-gpu-layers", type=int, default=-1, help="LLM layers on the GPU (default: all, when built with a GPU backend).")
@@ -179,26 +63,23 @@ def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, ma
     mufun-local ask song.flac "Tag this song." --schema tags.schema.json --json
     """
     from . import constrain
-    from .pipeline import AudioInput, Pipeline
+    from .pipeline import AudioInput
 
-    _setup_logging(quiet, verbose)
+    setup_logging(quiet, verbose)
     if len(inputs) < 2:
         raise click.UsageError("give at least one AUDIO file and a QUESTION")
     if schema and grammar:
         raise MufunError("give --schema or --grammar, not both")
     *files, question = inputs
-    seg_list = _segs_list(segs, len(files))
+    seg_list = segs_list(segs, len(files))
     schema_doc = constrain.load_schema(schema) if schema else None
     gbnf = (constrain.schema_grammar(schema_doc) if schema
             else constrain.read_file(grammar, "grammar") if grammar else None)
-    md = _open_model(model, quiet)
-    opt, req = _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers,
-                        ctx, encoder, verbose, flash_attn)
-    req.sampling.grammar = gbnf
+    md = open_model(model, quiet)
     status = StatusLine(enabled=None if not quiet else False)
-    req.progress = status
-    pipe = Pipeline(md, opt, cache=None if no_cache else _embedding_cache(),
-                    prefix_cache=None if no_cache else _prefix_cache())
+    opt, req = _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers,
+                        ctx, encoder, verbose, flash_attn, grammar=gbnf, progress=status)
+    pipe = open_pipeline(md, opt, caches=not no_cache, prefix=True)
     try:
         answer = pipe.ask([AudioInput(f, s) for f, s in zip(files, seg_list)], question, req)
         for piece in answer:
@@ -226,19 +107,16 @@ def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, ma
     else:
         click.echo()
     if verbose:
-        _stderr("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in res.timings.items()))
+        stderr("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in res.timings.items()))
 
 
 def _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers, ctx,
-             encoder, verbose, flash_attn=False):
+             encoder, verbose, flash_attn=False, grammar=None, progress=None):
     """The pipeline's load options and the request's (sampling defaults from the model)."""
-    from .pipeline import Options, Request
+    from .options import Options, request
 
-    sampling = md.sampling(temperature, top_p, top_k, seed, repeat_penalty=repeat_penalty)
-    if max_tokens < 1:
-        raise MufunError("--max-tokens must be at least 1")
     return (Options(**encoder, n_gpu_layers=n_gpu_layers, n_ctx=ctx, verbose=verbose, flash_attn=flash_attn),
-            Request(max_tokens, sampling))
+            request(md, max_tokens, temperature, top_p, top_k, seed, repeat_penalty, grammar, progress=progress))
 
 
 # ------------------------------------------------------------------ chat
@@ -250,10 +128,7 @@ CHAT_HELP = """commands: /audio FILE [START:END]  add audio to your next questio
 @cli.command()
 @click.argument("audio_files", nargs=-1, metavar="[AUDIO...]")
 @model_option
-@click.option("--temperature", type=FiniteRange(0, 2), default=None, help="0 = greedy (default: the model's generation config).")
-@click.option("--top-p", type=FiniteRange(0, 1), default=None)
-@click.option("--top-k", type=click.IntRange(min=0), default=None)
-@click.option("--repeat-penalty", type=FiniteRange(0, 10), default=1.0, show_default=True)
+@sampling_options
 @click.option("--seed", type=int, default=None)
 @click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Per answer.")
 @click.option("--n-gpu-layers", type=int, default=-1)
@@ -275,15 +150,14 @@ def chat(audio_files, model, temperature, top_p, top_k, repeat_penalty, seed, ma
     > How does this one compare?
     """
     from .chat import CHAT_PROMPT, ChatSession
-    from .pipeline import AudioInput, Pipeline
+    from .pipeline import AudioInput
 
-    _setup_logging(quiet, verbose)
-    md = _open_model(model, quiet)
-    opt, req = _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers,
-                        ctx, encoder, verbose, flash_attn)
+    setup_logging(quiet, verbose)
+    md = open_model(model, quiet)
     status = StatusLine(enabled=None if not quiet else False)
-    req.progress = status
-    pipe = Pipeline(md, opt, cache=None if no_cache else _embedding_cache())
+    opt, req = _options(md, temperature, top_p, top_k, repeat_penalty, seed, max_tokens, n_gpu_layers,
+                        ctx, encoder, verbose, flash_attn, progress=status)
+    pipe = open_pipeline(md, opt, caches=not no_cache)
     session = ChatSession(pipe, req, ctx)
     for f in audio_files:
         session.add_audio(AudioInput(f))
@@ -292,7 +166,7 @@ def chat(audio_files, model, temperature, top_p, top_k, repeat_penalty, seed, ma
     if tty:
         import readline  # noqa: F401  (line editing and history for input())
         if not quiet:
-            _stderr(CHAT_HELP)
+            stderr(CHAT_HELP)
     try:
         while True:
             try:
@@ -316,11 +190,11 @@ def chat(audio_files, model, temperature, top_p, top_k, repeat_penalty, seed, ma
             except KeyboardInterrupt:
                 status.clear()
                 stream.close()
-                _stderr("\n[stopped]")
+                stderr("\n[stopped]")
             except MufunError as exc:
                 status.clear()
                 failed += 1
-                _stderr(f"error: {exc}")
+                stderr(f"error: {exc}")
             click.echo()
     finally:
         pipe.close()
@@ -340,41 +214,19 @@ def _chat_command(session, line: str) -> bool:
             return False
         if cmd == "/reset":
             session.reset()
-            _stderr("[conversation reset]")
+            stderr("[conversation reset]")
         elif cmd == "/audio" and arg:
             path, _, segs = arg.partition(" ")
             session.add_audio(AudioInput(path, parse_segs(segs) if segs.strip() else None))
-            _stderr(f"[{path} goes with your next question]")
+            stderr(f"[{path} goes with your next question]")
         elif cmd == "/save" and arg:
             Path(arg).write_text(session.to_json() + "\n", encoding="utf-8")
-            _stderr(f"[saved to {arg}]")
+            stderr(f"[saved to {arg}]")
         else:
-            _stderr(CHAT_HELP)
+            stderr(CHAT_HELP)
     except (MufunError, OSError) as exc:
-        _stderr(f"error: {exc}")
+        stderr(f"error: {exc}")
     return True
-
-
-def _bar_stage(bar):
-    """A Request.progress callback that shows the current file's stage after the bar."""
-    names = {"decode": "decoding", "encoder": "encoder", "prefill": "reading", "answer": "answering"}
-
-    def show(stage: str, done: int, total: int) -> None:
-        bar.set_postfix_str(names.get(stage, stage) + (f" {done}/{total}" if stage in ("encoder", "prefill") else ""),
-                            refresh=True)
-    return show
-
-
-def _embedding_cache():
-    from .embcache import EmbeddingCache
-    from .model_cache import home
-    return EmbeddingCache(home() / "embeddings")
-
-
-def _prefix_cache():
-    from .model_cache import home
-    from .prefix_cache import PrefixCache
-    return PrefixCache(home() / "prefixes")
 
 
 # ------------------------------------------------------------------ serve
@@ -410,27 +262,27 @@ def serve(model, host, port, api_key, allow_hosts, ctx, max_tokens, max_queue, r
     """
     import uvicorn
 
-    from .pipeline import Options
+    from .options import Options
     from .server import LOOPBACK_NAMES, allowed_hosts, create_app
 
-    _setup_logging(quiet, verbose)
+    setup_logging(quiet, verbose)
     if api_key is not None and not api_key.strip():
         raise MufunError("--api-key is empty; give a real key, or leave it out to serve without one")
     if host.strip("[]") not in LOOPBACK_NAMES and api_key is None:
-        _stderr(f"warning: serving on {host} without --api-key: anyone who can reach this port can use it")
-    md = _open_model(model, quiet)
+        stderr(f"warning: serving on {host} without --api-key: anyone who can reach this port can use it")
+    md = open_model(model, quiet)
     # a server answers request after request: reloading the encoder each time would cost seconds
     # encoder_batch=1: a request stopped by its client or deadline stops after the current
     # 30 s window (one window per call costs OpenVINO ~4 % per window, ONNX Runtime nothing)
     opt = Options(**encoder, n_gpu_layers=n_gpu_layers, verbose=verbose, keep_audio_models=True,
-                  flash_attn=flash_attn, encoder_batch=1)
-    opt.n_ctx = ctx or min(int(md.manifest["dims"]["max_positions"]), 8192)
+                  flash_attn=flash_attn, encoder_batch=1,
+                  n_ctx=ctx or min(int(md.manifest["dims"]["max_positions"]), 8192))
     app = create_app(md, opt, api_key=api_key, max_queue=max_queue, max_body_mb=max_body_mb,
-                     cache=None if no_cache else _embedding_cache(),
-                     prefix_cache=None if no_cache else _prefix_cache(), hosts=allowed_hosts(host, allow_hosts),
+                     cache=None if no_cache else embedding_cache(),
+                     prefix_cache=None if no_cache else prefix_cache(), hosts=allowed_hosts(host, allow_hosts),
                      request_timeout=request_timeout, max_tokens=max_tokens)
     if not quiet:
-        _stderr(f"serving {md.path} on http://{host}:{port} (OpenAI API at /v1, web page at /)")
+        stderr(f"serving {md.path} on http://{host}:{port} (OpenAI API at /v1, web page at /)")
     uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning")
 
 
@@ -449,7 +301,7 @@ def serve(model, host, port, api_key, allow_hosts, ctx, max_tokens, max_queue, r
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet"]), default="jsonl", show_default=True,
               help="Also write the results as a table beside --out (OUT.csv / OUT.parquet), at the end and on "
                    "Ctrl-C; the JSONL stays the resumable journal.")
-@click.option("--temperature", type=FiniteRange(0, 2), default=0.0, show_default=True)
+@click.option("--temperature", type=value_range("temperature"), default=0.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-tokens", type=click.IntRange(min=1), default=None,
               help="Answer length limit (default 128; 512 with --tags or --schema, which a finished answer "
@@ -477,12 +329,12 @@ def batch(inputs, model, questions, tags, schema, out, fmt, temperature, seed, m
     mufun-local batch ~/Music --question "What genre is this?" --question "Describe the mood." --out tags.jsonl
     mufun-local batch songs.csv --question "What genre is this?" --out tags.jsonl --ray        # on a Ray cluster
     """
-    from .batch import expand_inputs, run_batch
+    from .batch import MemoryCache, expand_inputs, run_batch
+    from .options import Options, request
+    from .pipeline import Pipeline
     from .progress import bar as progress_bar
-    from .llm import Sampling
-    from .pipeline import Options, Pipeline, Request
 
-    _setup_logging(quiet, verbose)
+    setup_logging(quiet, verbose)
     files = expand_inputs(inputs)
     if not files:
         raise MufunError("no audio files found in the given inputs")
@@ -496,18 +348,19 @@ def batch(inputs, model, questions, tags, schema, out, fmt, temperature, seed, m
         export.table_path(Path(out), fmt)  # a clash with --out is said before any work
     schema_doc = export.TAGS_SCHEMA if tags else (constrain.load_schema(schema) if schema else None)
     max_tokens = max_tokens or (512 if schema_doc else 128)
-    md = _open_model(model, quiet)
-    opt = Options(**encoder, n_ctx=ctx, keep_audio_models=True, parallel=parallel, verbose=verbose)
-    req = Request(max_tokens, Sampling(temperature=temperature, seed=seed,
-                                       grammar=constrain.schema_grammar(schema_doc) if schema_doc else None),
-                  schema=schema_doc)
+    md = open_model(model, quiet)
     if ray_actors < 1:
         raise MufunError("--ray-actors must be at least 1")
     if ray_address:
         from .batch_ray import import_ray, run_batch_ray
         import_ray()  # says how to install it before anything starts
-    pipe = None if ray_address else Pipeline(md, opt)
     bar = progress_bar("batch", len(files) * len(questions), "answer", quiet, dynamic_ncols=True)
+    opt = Options(**encoder, n_ctx=ctx, keep_audio_models=True, parallel=parallel, verbose=verbose)
+    # batch samples from the flags alone (top_p 1, top_k 0), not the model's generation config
+    req = request(md, max_tokens, temperature, 1.0, 0, seed,
+                  grammar=constrain.schema_grammar(schema_doc) if schema_doc else None, schema=schema_doc,
+                  progress=None if ray_address else bar_stage(bar))
+    pipe = None if ray_address else Pipeline(md, opt, cache=MemoryCache())  # a file's embeddings, between groups
     summary, interrupted = None, False
     model_id = str(md.manifest["source"]["id"])
     try:
@@ -515,11 +368,10 @@ def batch(inputs, model, questions, tags, schema, out, fmt, temperature, seed, m
             summary = run_batch_ray(ray_address, md.path, opt, req, files, list(questions), Path(out), model_id,
                                     progress=bar.update, actors=ray_actors)
         else:
-            req.progress = _bar_stage(bar)
             summary = run_batch(pipe, req, files, list(questions), Path(out), model_id, progress=bar.update)
     except KeyboardInterrupt:
         bar.close()
-        _stderr(f"interrupted; everything answered so far is in {out} (run again to resume)")
+        stderr(f"interrupted; everything answered so far is in {out} (run again to resume)")
         interrupted = True
         raise
     finally:
@@ -529,9 +381,9 @@ def batch(inputs, model, questions, tags, schema, out, fmt, temperature, seed, m
         if summary is not None or interrupted:  # a run that got going (not one refused at the start)
             table = export.write_table(Path(out), fmt)
             if table and not quiet:
-                _stderr(f"table: {table}")
+                stderr(f"table: {table}")
     if summary and not quiet:
-        _stderr(f"done {summary.done}, skipped {summary.skipped} (already in {out}), failed {summary.failed}")
+        stderr(f"done {summary.done}, skipped {summary.skipped} (already in {out}), failed {summary.failed}")
     if summary and summary.failed and not summary.done:
         raise MufunError(f"every answer failed; see the error field in {out}")
 
@@ -566,9 +418,9 @@ def eval_cmd(data, model, out, compare_model, tasks, limit, ctx, encoder, quiet,
     from .progress import bar as progress_bar
     from .batch import read_records, settings_key
     from .llm import Sampling
-    from .pipeline import Options, Pipeline, Request
+    from .options import Options, Request
 
-    _setup_logging(quiet, verbose)
+    setup_logging(quiet, verbose)
     out = Path(out)
     items = evaluate.load_items(data, tasks, limit, audio_dir=out.parent / f".{out.name}.audio")
     req = Request(evaluate.MAX_TOKENS, Sampling(temperature=0.0))
@@ -576,9 +428,9 @@ def eval_cmd(data, model, out, compare_model, tasks, limit, ctx, encoder, quiet,
     runs = []
     for spec, journal in ((model, out), *(((compare_model, out.with_suffix(".compare.jsonl")),)
                                           if compare_model else ())):
-        md = _open_model(spec, quiet)
+        md = open_model(spec, quiet)
         settings = settings_key(md, opt, req)
-        pipe = Pipeline(md, opt, cache=_embedding_cache())
+        pipe = open_pipeline(md, opt)
         bar = progress_bar(md.path.name, len(items), "item", quiet, dynamic_ncols=True)
         try:
             done, skipped, failed = evaluate.run_eval(pipe, req, items, journal, str(md.manifest["source"]["id"]),
@@ -587,7 +439,7 @@ def eval_cmd(data, model, out, compare_model, tasks, limit, ctx, encoder, quiet,
             bar.close()
             pipe.close()
         if not quiet:
-            _stderr(f"{md.path.name}: answered {done}, skipped {skipped} (already in {journal}), failed {failed}")
+            stderr(f"{md.path.name}: answered {done}, skipped {skipped} (already in {journal}), failed {failed}")
         keys = {it.key for it in items}
         recs = {k: r for k, r in evaluate.latest(read_records(journal), settings).items() if k in keys}
         runs.append((md.path.name, recs))
@@ -624,11 +476,12 @@ def embed(audio_file, model, out, segs, layers, encoder, quiet, verbose):
     import numpy as np
 
     from .audio import parse_segs
-    from .pipeline import AudioInput, Options, Pipeline
+    from .options import Options
+    from .pipeline import AudioInput
 
-    _setup_logging(quiet, verbose)
-    md = _open_model(model, quiet)
-    pipe = Pipeline(md, Options(**encoder))
+    setup_logging(quiet, verbose)
+    md = open_model(model, quiet)
+    pipe = open_pipeline(md, Options(**encoder), caches=False)
     timings: dict[str, float] = {}
     res = pipe.embed(AudioInput(audio_file, parse_segs(segs) if segs else None), keep_layers=layers,
                      timings=timings)
@@ -641,7 +494,7 @@ def embed(audio_file, model, out, segs, layers, encoder, quiet, verbose):
             np.save(fh, res.embeddings)
     os.replace(tmp, out)
     if not quiet:
-        _stderr(f"{audio_file}: {res.seconds:.1f} s, {res.windows} window(s) -> "
+        stderr(f"{audio_file}: {res.seconds:.1f} s, {res.windows} window(s) -> "
                 f"{list(res.embeddings.shape)} embeddings in {out} "
                 f"({sum(timings.values()):.2f} s)")
 
@@ -652,7 +505,7 @@ def embed(audio_file, model, out, segs, layers, encoder, quiet, verbose):
 @click.argument("src", metavar="SRC")
 @click.argument("out", metavar="OUT", type=click.Path(file_okay=False))
 @quant_option
-@click.option("--encoder-quant", type=click.Choice(["float16", "float32", "int8", "int8_float16"]), default="float16",
+@click.option("--encoder-quant", type=click.Choice(list(CT2_STORED)), default="float16",
               show_default=True, help="Stored encoder weight type (any compute type can be chosen at load).")
 @click.option("--encoder-backends", default="auto", show_default=True, metavar="LIST",
               help="Encoder artifacts to write, comma-separated: ctranslate2, onnx (one graph for ONNX Runtime "
@@ -673,7 +526,7 @@ def embed(audio_file, model, out, segs, layers, encoder, quiet, verbose):
 @click.option("--calibration", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="AUDIO",
               help="Audio for the importance matrix (repeatable; the first 20 s of each). Default: 4 generated "
                    "songs.")
-@click.option("--template", type=click.Choice(["auto", "qwen2_base", "qwen2_instruct"]), default="auto",
+@click.option("--template", type=click.Choice(["auto", *TEMPLATES]), default="auto",
               show_default=True,
               help="The release's conversation template (chat and serve follow it): auto reads the checkpoint's "
                    "conv_version, else the release name (MuFun-Instruct: qwen2_instruct), else qwen2_base.")
@@ -690,16 +543,18 @@ def convert(src, out, quant, encoder_quant, encoder_backends, keep_f16, onnx_int
     mufun-local convert ./MuFun-Base ./mufun-base-f16 --quant f16      # as accurate as bf16
     """
     from .convert.run import convert as run_convert, default_encoder_backends
+    from .hub import fetch_checkpoint
     from .imatrix import calibrator
 
-    _setup_logging(quiet, verbose)
+    setup_logging(quiet, verbose)
     backends = (default_encoder_backends() if encoder_backends == "auto"
                 else tuple(b.strip() for b in encoder_backends.split(",") if b.strip()))
     done = run_convert(src, out, quant=quant, encoder_quant=encoder_quant, encoder_backends=backends,
                        force=force, keep_f16=keep_f16, template=template, onnx_int8=onnx_int8,
                        threads=threads, quiet=quiet, verbose=verbose, output_type=output_type,
                        embedding_type=embedding_type,
-                       calibrate=calibrator(list(calibration) or None, threads=threads) if use_imatrix else None)
+                       calibrate=calibrator(list(calibration) or None, threads=threads) if use_imatrix else None,
+                       fetch=fetch_checkpoint)
     _measure_encoders(Path(done) / "encoder", quiet)
 
 
@@ -714,7 +569,7 @@ def _measure_encoders(encoder_dir: Path, quiet: bool) -> None:
         log.warning("could not time the encoder engines now (the first ask will): %s", exc)
         return
     if not quiet:
-        _stderr(f"encoder engine for this machine: {c.backend} {c.compute_type} ({c.reason})")
+        stderr(f"encoder engine for this machine: {c.backend} {c.compute_type} ({c.reason})")
 
 
 @cli.command()
@@ -732,14 +587,14 @@ def pull(model_id, quant, quiet, verbose):
     mufun-local pull Yi3852/MuFun-Instruct --quant q8_0
     """
     from .model_cache import pull as pull_model
-    from .modeldir import DEFAULT_QUANT
+    from .format import weights
 
-    _setup_logging(quiet, verbose)
+    setup_logging(quiet, verbose)
     md, had = pull_model(model_id, quant, quiet=quiet)
     if not had:
         _measure_encoders(md.path / "encoder", quiet)
     size = sum(p.stat().st_size for p in md.path.rglob("*") if p.is_file())
-    model_flag = "" if quant == DEFAULT_QUANT else f" (with --quant {quant}: --model {md.path})"
+    model_flag = "" if quant == weights.DEFAULT else f" (with --quant {quant}: --model {md.path})"
     click.echo(f"{'already converted' if had else 'ready'}: {md.path} ({size / 1e9:.1f} GB){model_flag}")
 
 
@@ -755,11 +610,12 @@ def info(model, verify, system):
     mufun-local info --system
     """
     from .model_cache import resolve
-    from .modeldir import describe
+    from .format.model_dir import describe
 
-    _setup_logging(False, False)
+    setup_logging(False, False)
     if system:
-        click.echo(_system_info())
+        from .devices import system_info
+        click.echo(system_info())
         if not model:
             return
     md = resolve(model)
@@ -769,40 +625,6 @@ def info(model, verify, system):
         if bad:
             raise MufunError(f"{len(bad)} file(s) differ from the manifest: {', '.join(bad)}")
         click.echo(f"verified   all {len(md.manifest['files'])} files match their sha256")
-
-
-def _system_info() -> str:
-    import ctranslate2
-    import llama_cpp
-
-    from importlib.metadata import version
-
-    from .encoder_backends import REGISTRY
-    from .encoder_choice import cpu_signature
-    from .format import weights
-    from .llm import cpu_has_amx, use_extra_bufts
-    try:
-        cuda = ctranslate2.get_cuda_device_count()
-    except Exception:
-        cuda = 0
-    extra = []
-    for b in REGISTRY.values():
-        if b.name == "ctranslate2":  # its line is above, with CUDA
-            continue
-        if not b.installed():
-            extra.append(f"{b.name:<11} not installed (no wheel for this platform in the default install; "
-                         f"`pip install {b.package}` where one exists)")
-            continue
-        extra.append(f"{b.name:<11} {version(b.package)}; default compute type here: {b.default_compute_type()}")
-    return "\n".join([
-        f"llama.cpp   {llama_cpp.__version__}; GPU offload: {bool(llama_cpp.llama_supports_gpu_offload())}",
-        f"            {llama_cpp.llama_print_system_info().decode().strip()}",
-        f"ctranslate2 {ctranslate2.__version__}; CUDA devices: {cuda}; "
-        f"CPU compute types: {', '.join(sorted(ctranslate2.get_supported_compute_types('cpu')))}",
-        *extra,
-        f"cpu         {cpu_signature()}; AMX: {cpu_has_amx()}; llama.cpp repacks at load: "
-        f"{', '.join(q for q in weights.TYPES if weights.TYPES[q].quantized and use_extra_bufts(q)) or 'no type'}",
-    ])
 
 
 @cli.group(invoke_without_command=True)
@@ -839,7 +661,7 @@ def demo(question, max_tokens):
     makes a 3-second test chord, and runs the same path as `ask`. The weights are random,
     so the answer is noise: the point is that every stage runs.
     """
-    _setup_logging(False, False)
+    setup_logging(False, False)
     from .demo import run_demo
     run_demo(question, max_tokens, echo=click.echo)
 
@@ -851,20 +673,20 @@ def main(argv=None) -> int:
         exc.show()
         return exc.exit_code
     except click.exceptions.Abort:
-        _stderr("aborted")
+        stderr("aborted")
         return 130
     except KeyboardInterrupt:
-        _stderr("interrupted")
+        stderr("interrupted")
         return 130
     except MufunError as exc:
-        _stderr(f"error: {exc}")
+        stderr(f"error: {exc}")
         return 1
     except BrokenPipeError:
         return 0
     except OSError as exc:  # a journal, an export or an output file that cannot be written
         from .errors import first_line
         where = f"{exc.filename}: " if exc.filename else ""
-        _stderr(f"error: {where}{first_line(exc.strerror or exc)}")
+        stderr(f"error: {where}{first_line(exc.strerror or exc)}")
         return 1
     return rv if isinstance(rv, int) else 0
 

@@ -25,16 +25,17 @@ def test_chord(path, seconds: float = 3.0, rate: int = 44100) -> None:
 
 def demo_paths() -> tuple[Path, Path, Path]:
     """The demo's checkpoint, model directory and song under $MUFUN_HOME/demo."""
-    from .modeldir import DEFAULT_QUANT
+    from .format import weights
     root = home() / "demo"
-    return root / "checkpoint-tiny", root / f"model-tiny-{DEFAULT_QUANT}", root / "chord.wav"
+    return root / "checkpoint-tiny", root / f"model-tiny-{weights.DEFAULT}", root / "chord.wav"
 
 
 def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print) -> Path:
     """Make (once) and run the demo; returns its model directory."""
     from filelock import FileLock
 
-    from .modeldir import DEFAULT_QUANT, MANIFEST, ModelDir
+    from .format import weights
+    from .format.model_dir import MANIFEST, ModelDir
     from .convert.run import convert, default_encoder_backends
     from .llm import Sampling
     from .pipeline import AudioInput, Pipeline, Request
@@ -56,7 +57,7 @@ def run_demo(question: str, max_tokens: int, echo: Callable[[str], None] = print
             backends = default_encoder_backends()
             from .imatrix import calibrator
             convert(str(ckpt), model_dir, encoder_backends=backends, force=True, quiet=True, calibrate=calibrator())
-            echo(f"[2/4] converted to {' + '.join(backends)} encoder, connector and {DEFAULT_QUANT} GGUF in {model_dir} "
+            echo(f"[2/4] converted to {' + '.join(backends)} encoder, connector and {weights.DEFAULT} GGUF in {model_dir} "
                  f"({time.perf_counter() - t0:.1f} s)")
         else:
             echo(f"[2/4] converted model: {model_dir} (cached)")

@@ -13,13 +13,23 @@ from pathlib import Path
 import numpy as np
 
 from . import lru
-from .modeldir import sha256_file
+from .format.model_dir import sha256_file
 
 DEFAULT_LIMIT_MB = 2048
 
 
 def file_hash(path: str) -> str:
     return sha256_file(Path(path))
+
+
+def content_hash(source) -> str:
+    """A source's content hash (audio.in_memory's forms): a file's or its bytes' sha256 (the
+    same for a file and an upload of it); for samples, of their float32 bytes, apart."""
+    if isinstance(source, bytes):
+        return hashlib.sha256(source).hexdigest()
+    if isinstance(source, np.ndarray):
+        return hashlib.sha256(b"samples-16k-f32:" + np.ascontiguousarray(source, np.float32).tobytes()).hexdigest()
+    return file_hash(os.fspath(source))
 
 
 class EmbeddingCache:

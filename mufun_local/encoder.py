@@ -11,13 +11,12 @@ A leaf module: the engines subclass `EncoderBase` in their own modules, which th
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelError
+from .format.encoder_dir import EncoderDir
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
@@ -42,22 +41,18 @@ class HiddenStates:
 
 
 class EncoderBase:
-    """Reads encoder/encoder.json and frontend.npz; batches windows for `_hidden_batch`."""
+    """The model's encoder files (format.encoder_dir); batches windows for `_hidden_batch`."""
 
     backend = ""
 
     def __init__(self, encoder_dir: str | Path, device: str, compute_type: str, batch_size: int):
         """`device` and `compute_type` as the registry resolved and checked them."""
-        self.dir = Path(encoder_dir)
-        try:
-            self.info = json.loads((self.dir / "encoder.json").read_text())
-            self.frontend = np.load(self.dir / "frontend.npz")
-            self.mel_filters = self.frontend["mel_filters"]
-        except (OSError, KeyError, ValueError) as exc:
-            raise ModelError(f"{self.dir}: encoder files missing or damaged ({exc})") from None
+        self.files = EncoderDir(encoder_dir)
+        self.dir = self.files.path
+        self.mel_filters = self.files.mel_filters
         self.device = device
         self.compute_type = compute_type
-        self.d = int(self.info["d_model"])
+        self.d = self.files.d_model
         self.batch_size = max(1, batch_size)
 
     def describe(self) -> str:

@@ -1,12 +1,12 @@
 """The encoder engines as data: each declares its name, the artifact `convert` writes for
 it, its compute types and devices, how to tell it is installed, and its default compute
 type. Loading goes through here and choosing (encoder_choice.py) reads it; the engines' own
-modules (encoder_ct2.py, encoder_onnx.py) depend only on the leaf encoder.py.
+modules (encoder_ct2.py, encoder_onnx.py) depend only on encoder.py, and read their files
+through the model format's EncoderDir (format/encoder_dir.py).
 """
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,6 +14,7 @@ from typing import Callable
 from .devices import resolve_device
 from .encoder import EncoderBase
 from .errors import ModelError
+from .format.encoder_dir import EncoderDir
 
 
 def _float_default(device: str) -> str:
@@ -40,9 +41,9 @@ class Backend:
     # (docs/accuracy.md: first-step logits vs float32 on a 112 s song: original bf16 0.24,
     # OpenVINO bf16 0.015, float32 exact; int8 0.49, so int8 is only ever asked for).
     default: Callable[[str], str] = _float_default
-    # Whether a model's encoder.json lists the file this engine reads for a compute type
+    # Whether a model's encoder folder has the file this engine reads for a compute type
     # (ONNX Runtime's int8 graph is written only with --onnx-int8)
-    has_files: Callable[[dict, str], bool] = lambda info, compute_type: True
+    has_files: Callable[[EncoderDir, str], bool] = lambda files, compute_type: True
 
     def installed(self) -> bool:
         try:
@@ -68,7 +69,7 @@ _CT2_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", 
 REGISTRY: dict[str, Backend] = {b.name: b for b in (
     Backend("ctranslate2", "ctranslate2", _CT2_TYPES, ("cpu", "cuda"), "ctranslate2", ".encoder_ct2", "CT2Encoder"),
     Backend("onnxruntime", "onnx", ("int8", "float32"), ("cpu",), "onnxruntime", ".encoder_onnx",
-            "OnnxRuntimeEncoder", has_files=lambda info, ct: ("int8" if ct == "int8" else "float32") in info.get("onnx", {})),
+            "OnnxRuntimeEncoder", has_files=EncoderDir.has_onnx),
     Backend("openvino", "onnx", ("bfloat16", "float32"), ("cpu",), "openvino", ".encoder_onnx", "OpenVinoEncoder",
             _openvino_default),
 )}
@@ -84,21 +85,13 @@ def get(name: str) -> Backend:
         raise ModelError(f"unknown encoder backend {name!r}: choose from auto, {', '.join(BACKENDS)}") from None
 
 
-def encoder_info(encoder_dir: str | Path) -> dict:
-    """The model's encoder.json."""
-    try:
-        return json.loads((Path(encoder_dir) / "encoder.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{encoder_dir}: encoder files missing or damaged ({exc})") from None
-
-
 def converted(encoder_dir: str | Path, compute_type: str | None = None) -> list[Backend]:
     """The backends whose artifacts this model directory holds (for `compute_type`, when
     given: the files that type reads)."""
-    info = encoder_info(encoder_dir)
-    written = set(info.get("artifacts", ["ctranslate2"]))
+    files = EncoderDir(encoder_dir)
+    written = set(files.artifacts)
     return [b for b in REGISTRY.values() if b.artifact in written
-            and (compute_type is None or b.has_files(info, compute_type))]
+            and (compute_type is None or b.has_files(files, compute_type))]
 
 
 def load_encoder(encoder_dir: str | Path, backend: str, device: str = "cpu", compute_type: str | None = None,

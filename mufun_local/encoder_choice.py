@@ -23,6 +23,7 @@ import numpy as np
 from .devices import resolve_device
 from .encoder_backends import GPU_BACKEND, converted, get, load_encoder
 from .errors import ModelError
+from .format.encoder_dir import EncoderDir
 from .logs import notice
 
 CPU_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni", "avx2")
@@ -101,9 +102,9 @@ def choose(encoder_dir: str | Path, backend: str = "auto", device: str = "auto",
     if len(pairs) == 1:
         return Choice(*pairs[0], "the only candidate converted and installed for this CPU")
 
-    info = json.loads((encoder_dir / "encoder.json").read_text())
+    files = EncoderDir(encoder_dir)
     key = " | ".join([cpu_signature(), f"threads={threads or os.cpu_count()}",
-                      f"d={info['d_model']}x{info.get('layers', '?')}", _versions(b for b, _ in pairs),
+                      f"d={files.d_model}x{files.info.get('layers', '?')}", _versions(b for b, _ in pairs),
                       ",".join(f"{b}:{c}" for b, c in pairs)])
     cache = {}
     if cache_file is not None and cache_file.is_file():
@@ -114,7 +115,7 @@ def choose(encoder_dir: str | Path, backend: str = "auto", device: str = "auto",
     seconds = cache.get(key)
     how = "measured earlier on this machine"
     if seconds is None:
-        seconds = measure(encoder_dir, pairs, threads, int(info.get("n_mels", 128)), quiet)
+        seconds = measure(encoder_dir, pairs, threads, files.n_mels, quiet)
         how = "measured now"
         if cache_file is not None:
             cache[key] = seconds

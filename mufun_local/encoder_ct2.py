@@ -2,7 +2,7 @@
 
 Hidden state 0 (conv1 -> GELU -> conv2/stride 2 -> GELU -> + positions) is computed here in
 numpy; the 32 layers run as three CTranslate2 models written by the converter (see
-mufun_local/convert/encoder.py for how segments A and B return un-normalised states).
+convert/encoder_ct2.py for how segments A and B return un-normalised states).
 """
 from __future__ import annotations
 
@@ -21,24 +21,22 @@ class CT2Encoder(EncoderBase):
         import ctranslate2
 
         super().__init__(encoder_dir, device, compute_type, batch_size)
-        fe = self.frontend
-        try:
-            self.w1 = np.ascontiguousarray(fe["conv1_weight"].reshape(fe["conv1_weight"].shape[0], -1).T)
-            self.b1 = fe["conv1_bias"]
-            self.w2 = np.ascontiguousarray(fe["conv2_weight"].reshape(fe["conv2_weight"].shape[0], -1).T)
-            self.b2 = fe["conv2_bias"]
-            self.positions = fe["positions"]
-        except (OSError, KeyError, ValueError) as exc:
-            raise ModelError(f"{self.dir}: encoder files missing or damaged ({exc})") from None
-        self.offset = float(self.info["mean_offset"])
+        f = self.files
+        w1, w2 = f.array("conv1_weight"), f.array("conv2_weight")
+        self.w1 = np.ascontiguousarray(w1.reshape(w1.shape[0], -1).T)
+        self.b1 = f.array("conv1_bias")
+        self.w2 = np.ascontiguousarray(w2.reshape(w2.shape[0], -1).T)
+        self.b2 = f.array("conv2_bias")
+        self.positions = f.array("positions")
+        self.offset = f.mean_offset
         self.segments = []
-        for seg in self.info["segments"]:
+        for folder, raw in f.segments:
             try:
-                model = ctranslate2.models.Wav2Vec2(str(self.dir / seg["dir"]), device=self.device,
+                model = ctranslate2.models.Wav2Vec2(str(folder), device=self.device,
                                                     compute_type=self.compute_type, intra_threads=threads)
             except (RuntimeError, ValueError) as exc:
-                raise ModelError(f"{self.dir / seg['dir']}: cannot load ({first_line(exc)})") from None
-            self.segments.append((model, bool(seg["raw_output"])))
+                raise ModelError(f"{folder}: cannot load ({first_line(exc)})") from None
+            self.segments.append((model, raw))
 
     # -- the conv stem (hidden state 0), on the host
     def conv_stem(self, mel: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """ONNX Runtime and OpenVINO encoder backends, both reading the converter's ONNX graph.
 
-The graph (mufun_local/convert/encoder_onnx.py) takes log-mel windows and returns hidden
+The graph (convert/encoder_onnx.py) takes log-mel windows and returns hidden
 states 0/7/15/32 as its four outputs, so the whole encoder is one engine call. ONNX Runtime
 runs it in float32 or, from the int8 file, with int8 weight MatMuls (VNNI where the CPU has
 it); OpenVINO runs the float32 file in float32, or its own 16-bit copy of the graph in
@@ -32,12 +32,11 @@ def openvino_bf16() -> bool:
 class _OnnxEncoder(EncoderBase):
     def __init__(self, encoder_dir: str | Path, device: str, compute_type: str, batch_size: int):
         super().__init__(encoder_dir, "cpu", compute_type, batch_size)
-        files = self.info.get("onnx", {})
-        name = files.get("int8" if self.compute_type == "int8" else "float32")
-        if name is None or not (self.dir / name).is_file():
+        path = self.files.onnx_file(self.compute_type)
+        if path is None or not path.is_file():
             how = "--onnx-int8" if self.compute_type == "int8" else "--encoder-backends ctranslate2,onnx"
             raise ModelError(f"{self.dir}: no ONNX encoder for {self.compute_type}; convert the model again with {how}")
-        self.path = self.dir / name
+        self.path = path
 
     def _load_error(self, exc: Exception) -> ModelError:
         return ModelError(f"{self.path}: cannot load ({first_line(exc, 300)})")
@@ -70,9 +69,9 @@ class OpenVinoEncoder(_OnnxEncoder):
     def __init__(self, encoder_dir, device, compute_type, threads=0, batch_size=4):
         import openvino as ov
         super().__init__(encoder_dir, device, compute_type, batch_size)
-        ir = self.info.get("onnx", {}).get("openvino")
-        if self.compute_type == "bfloat16" and ir and (self.dir / ir).is_file():
-            self.path = self.dir / ir
+        ir = self.files.openvino_file
+        if self.compute_type == "bfloat16" and ir is not None and ir.is_file():
+            self.path = ir
         config = {"INFERENCE_PRECISION_HINT": "bf16" if self.compute_type == "bfloat16" else "f32",
                   "PERFORMANCE_HINT": "LATENCY"}
         if threads > 0:

@@ -24,11 +24,10 @@ FFT_CHUNK = 500                   # frames per FFT call (its float64 temporaries
 
 @lru_cache(maxsize=4)
 def mel_filters(n_mels: int = 128) -> np.ndarray:
-    """[n_mels, 201] Slaney filters from librosa. The converter stores them in the model
+    """[n_mels, 201] Slaney filters. The converter stores them in the model
     (encoder/frontend.npz) so the runtime does not pay librosa's ~1 s import."""
-    import librosa
-    return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels, fmin=0.0,
-                               fmax=SAMPLE_RATE / 2, htk=False, norm="slaney").astype(np.float32)
+    from .format.encoder_dir import slaney_mel_filters
+    return slaney_mel_filters(n_mels)
 
 
 @lru_cache(maxsize=1)

@@ -25,9 +25,9 @@ PATTERNS = ("*.json", "*.safetensors", "merges.txt", "vocab.json")
 # encoder-engine timing (72 s) included: F16 148 s; a quantized type 513 s (llama.cpp's
 # quantizer pass on top). docs/performance.md.
 CORE_SECONDS_PER_BYTE = {"plain": (148 + 72) * 2 / 17.84e9, "quantized": (513 + 72) * 2 / 17.84e9}
-# The share of a MuFun checkpoint's parameters that is the Whisper encoder (0.64 of 8.9 B),
-# written three times at 16 bits (CTranslate2, the ONNX graph, OpenVINO's copy); the LLM's
-# bits per weight come from format.weights. Full size: F16 20.4 GB estimated, 20.6 GB written.
+# The share of a MuFun checkpoint's parameters that is the Whisper encoder (0.64 of 8.9 B);
+# bytes per weight of each part come from format (the encoder's as a default conversion
+# writes it). Full size: F16 20.4 GB estimated, 20.6 GB written.
 ENCODER_SHARE = 0.073
 
 
@@ -63,11 +63,13 @@ class Plan:
     def describe(self, quant: str, cores: int | None = None) -> str:
         cores = max(1, cores or os.cpu_count() or 1)
         from .format import weights
+        from .format.encoder_dir import bytes_per_weight
         wt = weights.get(quant)
         rate = CORE_SECONDS_PER_BYTE["quantized" if wt.quantized else "plain"]
         seconds = self.total_bytes * rate / cores
         params = self.total_bytes / 2  # bf16 shards
-        out = params * ((1 - ENCODER_SHARE) * wt.bits / 8 + ENCODER_SHARE * 6)
+        out = params * ((1 - ENCODER_SHARE) * wt.bits / 8
+                        + ENCODER_SHARE * bytes_per_weight("float16", ("ctranslate2", "onnx")))
         fetch = (f"{_gb(self.missing_bytes)} to download" if self.missing_bytes
                  else "already downloaded")
         return (f"{self.repo_id}@{self.revision[:10]}: {self.files} files, {_gb(self.total_bytes)}, {fetch}; "
@@ -116,6 +118,15 @@ def download(spec: str, quant: str, quiet: bool = False) -> str:
     finally:
         if quiet and not was_disabled:
             enable_progress_bars()
+
+
+def fetch_checkpoint(spec: str, quant: str, quiet: bool = False) -> tuple[str, str, str]:
+    """A hub id's local snapshot (the converter's `fetch`): (directory, repo id, revision);
+    one line when `spec` is not a hub id."""
+    if not is_hub_id(spec):
+        raise ModelError(f"{spec}: not a checkpoint directory or a hub id like Yi3852/MuFun-Base")
+    local = download(spec, quant, quiet=quiet)
+    return local, split(spec)[0], os.path.basename(local)
 
 
 def _unavailable(repo_id: str, exc: Exception) -> ModelError:

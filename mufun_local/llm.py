@@ -58,9 +58,9 @@ def context_settings(n_batch: int, kv_type: str, flash_attn: bool, extra_bufts: 
     return {"kv": kv_type, "flash_attn": bool(flash_attn), "n_batch": n_batch, "extra_bufts": extra_bufts}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sampling:
-    """Sampling options; temperature 0 is greedy."""
+    """Sampling options; temperature 0 is greedy (options.sampling makes one from a request)."""
 
     temperature: float = 0.0
     top_p: float = 1.0
@@ -146,7 +146,8 @@ class Vocab:
 
 
 class LLM(Vocab):
-    """One llama.cpp model and its context: one sequence, or n_seq side by side (open_context)."""
+    """One llama.cpp model and its context: one sequence, or n_seq side by side (open_context).
+    It evaluates and samples; what the context holds is session.Session's bookkeeping."""
 
     vocab_only = False
 
@@ -166,10 +167,7 @@ class LLM(Vocab):
         # every row's logits, not only a batch's last: the last layer then runs on every row
         # (what an importance matrix needs: llama.cpp drops rows no output needs before it)
         self.logits_every_row = False
-        # What the context holds, as (segment, positions) from position 0: a prompt's text
-        # and audio segments (see prefix_cache), so a later prompt can keep what it shares.
-        self.segments: list[tuple[tuple, int]] = []
-        self.settings: dict = {}
+        self.settings: dict = {}  # what the open context was opened with (context_settings)
 
     def open_context(self, n_ctx: int, n_batch: int = 512, f32_kv: bool = False,
                      flash_attn: bool = False, kv_type: str | None = None, n_seq: int = 1,
@@ -204,54 +202,20 @@ class LLM(Vocab):
         self._tok_batch = L.llama_batch_init(self.n_batch, 0, 1)
         self._emb_batch = L.llama_batch_init(self.n_batch, self.n_embd, 1)
         self.n_past = 0
-        self.segments = []
         self.settings = context_settings(self.n_batch, kv_type, flash_attn, self.extra_bufts)
 
     # -- evaluation
     def reset(self) -> None:
         self._L.llama_memory_clear(self._L.llama_get_memory(self.ctx), True)
         self.n_past = 0
-        self.segments = []
 
     def truncate(self, n_past: int) -> None:
-        """Forget positions >= n_past (e.g. an interrupted answer)."""
+        """Forget positions >= n_past (e.g. an interrupted answer); all of them when llama.cpp
+        cannot remove a part."""
         if not self._L.llama_memory_seq_rm(self._L.llama_get_memory(self.ctx), 0, n_past, -1):
             self.reset()
             return
         self.n_past = n_past
-        kept, pos = [], 0
-        for seg, n in self.segments:
-            if pos + n > n_past:
-                break
-            kept.append((seg, n))
-            pos += n
-        self.segments = kept
-
-    # -- what the context holds
-    def record(self, segment: tuple, n: int) -> None:
-        """Note that the last `n` positions evaluated hold `segment`."""
-        if sum(k for _, k in self.segments) + n == self.n_past:
-            self.segments.append((segment, n))
-        else:  # something unrecorded was evaluated in between: trust nothing after it
-            self.segments = []
-
-    def shared(self, segments: list[tuple]) -> tuple[int, int]:
-        """How many leading `segments` the context holds already, and their positions."""
-        k = pos = 0
-        for (have, n), want in zip(self.segments, segments):
-            if have != want:
-                break
-            k, pos = k + 1, pos + n
-        return k, pos
-
-    def keep(self, k: int) -> int:
-        """Keep the first k recorded segments, forget every position after them."""
-        n = sum(n for _, n in self.segments[:k])
-        if k == 0:
-            self.reset()
-        elif n != self.n_past:
-            self.truncate(n)
-        return self.n_past
 
     def save_state(self) -> np.ndarray:
         """The sequence's KV state (llama_state_seq_get_data), as bytes."""
@@ -263,7 +227,7 @@ class LLM(Vocab):
             raise MufunError(f"llama.cpp saved {got} of {size} state bytes")
         return buf
 
-    def load_state(self, data: np.ndarray, positions: int, segments: list[tuple[tuple, int]]) -> bool:
+    def load_state(self, data: np.ndarray, positions: int) -> bool:
         """Restore a state from save_state into an empty context; False when llama.cpp refuses
         it (another model or settings): the context is left empty."""
         L = self._L
@@ -277,7 +241,6 @@ class LLM(Vocab):
             self.reset()
             return False
         self.n_past = positions
-        self.segments = list(segments)
         return True
 
     def _check_room(self, n: int) -> None:
@@ -375,7 +338,7 @@ class LLM(Vocab):
             L.llama_memory_seq_rm(mem, 0, base, -1)
 
     def eval_tokens(self, tokens: list[int], logits_at_end: bool = True, on_batch=None) -> None:
-        """Evaluate tokens at the next positions; `on_batch(rows done)` after each batch."""
+        """Evaluate tokens at the next positions of sequence 0; `on_batch(rows done)` after each batch."""
         self._check_room(len(tokens))
         for s in range(0, len(tokens), self.n_batch):
             part = tokens[s:s + self.n_batch]
@@ -475,7 +438,7 @@ class LLM(Vocab):
 
 def load_llm(model, threads: int = 0, n_gpu_layers: int = -1, n_ctx: int | None = None,
              verbose: bool = False) -> LLM:
-    """A converted model's GGUF (`model`: a modeldir.ModelDir), with as many layers on the
+    """A converted model's GGUF (`model`: a model_dir.ModelDir), with as many layers on the
     GPU as asked for and as fit beside a KV cache for `n_ctx` (devices.choose_offload)."""
     from .devices import choose_offload, free_vram_bytes, kv_cache_bytes
 

@@ -14,7 +14,8 @@ import re
 import shutil
 from pathlib import Path
 
-from .modeldir import DEFAULT_QUANT, MANIFEST, ModelDir
+from .format import weights
+from .format.model_dir import MANIFEST, ModelDir
 from .errors import ModelError
 from .hub import is_hub_id
 from .logs import notice
@@ -54,18 +55,22 @@ def _convert_cached(src: str, name: str, quant: str, quiet: bool = False) -> Mod
     with FileLock(str(target) + ".lock"):
         if (target / MANIFEST).is_file():  # another process converted it while we waited
             return ModelDir.open(target)
-        from .convert.checkpoint import resolve_source
+        from .convert.checkpoint import Checkpoint
         from .convert.run import convert, default_encoder_backends
-        ckpt = resolve_source(src, quant, quiet)  # says what a download costs before it starts
+        from .hub import fetch_checkpoint
+        from .imatrix import calibrator
+        if os.path.isdir(src):
+            ckpt = Checkpoint(src)
+        else:  # says what a download costs before it starts
+            ckpt = Checkpoint(*fetch_checkpoint(src, quant, quiet))
         if not quiet:
             notice(f"converting {src} into {target} (once) ...")
-        from .imatrix import calibrator
         convert(ckpt, target, quant=quant, encoder_backends=default_encoder_backends(), force=True, quiet=quiet,
                 calibrate=calibrator())
     return ModelDir.open(target)
 
 
-def resolve(spec: str | None = None, quant: str = DEFAULT_QUANT, quiet: bool = False) -> ModelDir:
+def resolve(spec: str | None = None, quant: str = weights.DEFAULT, quiet: bool = False) -> ModelDir:
     spec = spec or os.environ.get("MUFUN_MODEL") or DEFAULT_MODEL
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -82,7 +87,7 @@ def resolve(spec: str | None = None, quant: str = DEFAULT_QUANT, quiet: bool = F
     return _convert_cached(spec, _cache_name(spec, quant), quant, quiet)
 
 
-def pull(spec: str | None, quant: str = DEFAULT_QUANT, quiet: bool = False) -> tuple[ModelDir, bool]:
+def pull(spec: str | None, quant: str = weights.DEFAULT, quiet: bool = False) -> tuple[ModelDir, bool]:
     """Download (unless cached) and convert a hub id into the model cache, where `--model ID`
     finds it. Returns the model and whether it was already there."""
     spec = spec or os.environ.get("MUFUN_MODEL") or DEFAULT_MODEL

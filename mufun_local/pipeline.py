@@ -1,10 +1,11 @@
 """audio -> embeddings -> prompt -> llama.cpp -> text: the short orchestrator of one model.
 
 The stages live elsewhere: the audio half in embedder.py, the context arithmetic in
-budget.py, the prompt in prompt.py, llama.cpp in llm.py. Load-time choices are `Options`
+budget.py, the prompt in prompt.py, what the llama.cpp context holds in session.py (which
+alone opens and fills it), llama.cpp in llm.py. Load-time choices are `Options`
 (fixed for a Pipeline's life); what one question wants is a `Request`, passed to each call
-and never stored, so requests share no mutable state (faster-whisper's constructor
-arguments vs TranscriptionOptions). Calls return an `Answer`: iterate it for the text,
+and never stored (faster-whisper's constructor arguments vs TranscriptionOptions); both are
+made complete and checked in options.py. Calls return an `Answer`: iterate it for the text,
 then read its `result` (llm's Response).
 
 A one-shot `ask` runs the audio half first, so the LLM context can be sized to exactly
@@ -13,7 +14,6 @@ prompt + audio + answer, and the encoder is released before the LLM's weights ar
 from __future__ import annotations
 
 import codecs
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -22,50 +22,14 @@ import numpy as np
 
 from . import audio as audio_mod
 from . import prompt as prompt_mod
-from .modeldir import ModelDir
+from .format.model_dir import ModelDir
 from .budget import Budget
 from .embedder import AudioEmbedder, AudioInput, Embedded, Progress  # noqa: F401  (AudioInput, Embedded: API)
 from .errors import MufunError
-from .llm import LLM, Sampling
-from .logs import log
+from .llm import LLM, Sampling  # noqa: F401  (Sampling: API)
+from .options import Options, Request
+from .session import Session, plan as plan_segments
 from .timing import Timer, peak_rss_mb
-
-CTX_ROUND = 256
-
-
-@dataclass
-class Options:
-    """How the models load and the LLM context opens: fixed for a Pipeline's life."""
-
-    device: str = "auto"
-    encoder_backend: str = "auto"
-    compute_type: str | None = None
-    threads: int = 0
-    encoder_batch: int = 4
-    n_gpu_layers: int = -1
-    n_ctx: int | None = None      # None: sized to prompt + audio + max_tokens
-    n_batch: int = 512
-    f32_kv: bool = False
-    flash_attn: bool = False      # llama.cpp's flash attention: off, it loses accuracy on CPUs
-    verbose: bool = False
-    quiet: bool = False           # no notices on stderr (the one-off encoder measurement)
-    keep_audio_models: bool = False  # keep the encoder loaded between requests (batch jobs)
-    parallel: int = 8             # ask_many: answers generated side by side (KV memory grows with it)
-
-
-@dataclass
-class Request:
-    """What one call wants; defaults come from the model's manifest (ModelDir.sampling)."""
-
-    max_tokens: int = 256
-    sampling: Sampling = field(default_factory=Sampling)
-    schema: dict | None = None    # a JSON Schema the answer must satisfy (checked by the caller)
-    keep_logits: bool = False     # keep the first step's logits (parity checks)
-    progress: Progress | None = None  # (stage, done, total): decode, encoder, prefill, answer
-
-    def show(self, stage: str, done: int, total: int) -> None:
-        if self.progress is not None:
-            self.progress(stage, done, total)
 
 
 @dataclass
@@ -109,10 +73,9 @@ class Pipeline:
     def __init__(self, model: ModelDir, options: Options | None = None, cache=None, prefix_cache=None):
         self.model = model
         self.cache = cache  # an embcache.EmbeddingCache, or None
-        self.prefix_cache = prefix_cache  # a prefix_cache.PrefixCache, or None
         self.opt = options or Options()
         self.audio = AudioEmbedder(model, self.opt)
-        self._llm: LLM | None = None
+        self.session = Session(model, self.opt, self._load_llm, prefix_cache)  # prefix_cache: a PrefixCache or None
         self._vocab = None
         m = model.manifest
         self.tokens_per_window = self.audio.tokens_per_window
@@ -126,20 +89,22 @@ class Pipeline:
     # ---------------------------------------------------------------- language half
     @property
     def llm(self) -> LLM:
-        if self._llm is None:
-            from .llm import load_llm
-            self._llm = load_llm(self.model, self.opt.threads, self.opt.n_gpu_layers, self.opt.n_ctx,
-                                 self.opt.verbose)
-            if self._vocab is not None:
-                self._vocab.close()
-                self._vocab = None
-        return self._llm
+        """The model's LLM (its weights loaded on first use); its context is the session's."""
+        return self.session.llm
+
+    def _load_llm(self) -> LLM:
+        from .llm import load_llm
+        llm = load_llm(self.model, self.opt.threads, self.opt.n_gpu_layers, self.opt.n_ctx, self.opt.verbose)
+        if self._vocab is not None:
+            self._vocab.close()
+            self._vocab = None
+        return llm
 
     @property
     def tokenizer(self):
         """The loaded LLM, or until it is needed, its vocabulary alone (see llm.Vocab)."""
-        if self._llm is not None:
-            return self._llm
+        if self.session.loaded is not None:
+            return self.session.loaded
         if self._vocab is None:
             from .llm import Vocab
             self._vocab = Vocab(self.model.llm_file, verbose=self.opt.verbose)
@@ -153,7 +118,7 @@ class Pipeline:
     def budget(self, used: int = 0) -> Budget:
         """The open context's budget when `used` positions are taken in it; else the most a
         new context may have (--ctx, or the model's length)."""
-        limit = self.llm.n_ctx if used else (self.opt.n_ctx or self.n_ctx_train)
+        limit = self.session.n_ctx if used else (self.opt.n_ctx or self.n_ctx_train)
         return Budget(limit, self.tokens_per_window, self.n_ctx_train)
 
     def ask(self, audios: list[AudioInput], question: str, request: Request | None = None) -> Answer:
@@ -176,7 +141,7 @@ class Pipeline:
         timer = Timer(res.timings, res.peaks)
         plan, keys = self._begin(prm, audios, res)
         llm, embeddings, held = self._hold_prefix(plan, keys, audios, req, res, timer)
-        self.prefill(plan, embeddings, timer, req.progress, start=held, save=held < len(plan) - 1)
+        self.session.prefill(plan, embeddings, timer, req.progress, start=held, save=held < len(plan) - 1)
         if req.keep_logits:
             res.first_logits = llm.logits()
         yield from self._generate(llm, req, res)
@@ -189,11 +154,12 @@ class Pipeline:
         llm = self.llm
         timer = Timer(res.timings, res.peaks)
         plan, keys = self._begin(prm, audios, res)
-        embeddings, _ = self.audio_embeddings(audios, timer, res.prompt_tokens, req, used=llm.n_past, keys=keys)
+        embeddings, _ = self.audio_embeddings(audios, timer, res.prompt_tokens, req, used=self.session.n_past,
+                                              keys=keys)
         res.audio_tokens = sum(len(e) for e in embeddings)
 
         def pieces() -> Iterator[str]:
-            self.prefill(plan, embeddings, timer, req.progress)
+            self.session.prefill(plan, embeddings, timer, req.progress)
             yield from self._generate(llm, req, res)
         return Answer(pieces(), res)
 
@@ -204,7 +170,7 @@ class Pipeline:
         chunks = prompt_mod.tokenize(prm, self.tokenizer.tokenize)
         res.prompt_tokens = sum(map(len, chunks))
         keys = keys if keys is not None else [self.audio.cache_key(a) for a in audios]
-        return self.plan(chunks, keys), keys
+        return plan_segments(chunks, keys), keys
 
     def _hold_prefix(self, plan, keys, audios, req: Request, res: Result, timer: Timer, n_seq: int = 1):
         """Make the context hold as much of the plan's head (all but its last segment) as it
@@ -213,20 +179,19 @@ class Pipeline:
         segments are held. The context fits res.prompt_tokens + audio + answer for each of
         n_seq sequences; a request that cannot fit fails here, before any compute."""
         head = [seg for seg, _ in plan[:-1]]
-        llm = self._llm  # the weights load after the audio half, when they are not loaded yet
-        settings = self.context_settings()
+        ses = self.session  # the weights load after the audio half, when they are not loaded yet
         held, embeddings, state, need = 0, None, None, 0
 
         def fits() -> int:
             return self.budget().need(res.prompt_tokens, res.audio_tokens // self.tokens_per_window, req.max_tokens)
-        if llm is not None and llm.ctx is not None and llm.settings == settings and head:
-            held = llm.shared(head)[0]
+        if head:
+            held = ses.shared(head)
         if head and held == len(head):
-            res.audio_tokens = sum(n for seg, n in llm.segments[:held] if seg[0] == "audio")
+            res.audio_tokens = ses.audio_positions(held)
             need = fits()
-            held = held if need <= llm.n_ctx and n_seq <= llm.n_seq else 0
+            held = held if need <= ses.n_ctx and n_seq <= ses.n_seq else 0
         if not head or held < len(head):
-            state = self._stored_prefix(head)
+            state = ses.stored(head)
             if state is not None:
                 res.audio_tokens = state.audio_tokens
                 need = fits()
@@ -235,22 +200,16 @@ class Pipeline:
                 res.audio_tokens = sum(len(e) for e in embeddings)
 
         with timer("load"):
-            llm = self.llm
-        if llm.ctx is None or llm.n_ctx < need or llm.settings != settings or llm.n_seq < n_seq:
-            auto = max(math.ceil(need / CTX_ROUND) * CTX_ROUND, self.opt.n_batch)
-            llm.open_context(self.opt.n_ctx or min(self.budget().limit, auto),
-                             self.opt.n_batch, self.opt.f32_kv, self.opt.flash_attn, n_seq=n_seq)
+            llm = ses.llm
+        if ses.fit(need, n_seq):
             held = 0
         if state is not None:
             with timer("prefix_load"):
                 prefix = [(seg, n) for (seg, _), n in zip(plan, self._lengths(plan, state=state))][:len(head)]
-                if llm.load_state(state.data, state.positions, prefix):
-                    held = len(head)
-                else:  # llama.cpp refused it: compute the prefix as if it had not been there
-                    self.prefix_cache.discard(state.key)
+                held = len(head) if ses.restore(state, prefix) else 0
         if held < len(head) and embeddings is None:
             embeddings, _ = self.audio_embeddings(audios, timer, res.prompt_tokens, req, keys=keys)
-        llm.keep(held)
+        ses.keep(held)
         return llm, embeddings, held
 
     def ask_many(self, audios: list[AudioInput], questions: list[str], request: Request | None = None,
@@ -280,8 +239,8 @@ class Pipeline:
         shared.prompt_tokens = max(counts)
         longest = plans[counts.index(shared.prompt_tokens)]
         llm, embeddings, held = self._hold_prefix(longest, keys, audios, req, shared, timer, n_seq=len(prms))
-        self.prefill(longest, embeddings, timer, req.progress, start=held, save=held < len(longest) - 1,
-                     head_only=True)
+        self.session.prefill(longest, embeddings, timer, req.progress, start=held, save=held < len(longest) - 1,
+                             head_only=True)
         t0 = time.perf_counter()
         tails_done = []
         req.show("answer", 0, req.max_tokens)
@@ -301,49 +260,12 @@ class Pipeline:
                                   peaks=dict(shared.peaks), first_logits=logits[i] if logits else None))
         return results
 
-    def context_settings(self) -> dict:
-        """The settings open_context records for this pipeline's options (an automatic
-        context is never smaller than n_batch; a given one clips it)."""
-        from .llm import context_settings, use_extra_bufts
-        n_batch = min(self.opt.n_batch, self.opt.n_ctx) if self.opt.n_ctx else self.opt.n_batch
-        return context_settings(max(1, n_batch), "f32" if self.opt.f32_kv else "f16", self.opt.flash_attn,
-                                use_extra_bufts(self.model.manifest["llm"]["quant"]))
-
-    @staticmethod
-    def plan(chunks: list[list[int]], keys: list[str]) -> list[tuple[tuple, object]]:
-        """The prompt as segments in order: (("text", ids), ids) and (("audio", key), audio index);
-        empty text pieces are left out."""
-        from .prefix_cache import audio_segment, text_segment
-        out: list[tuple[tuple, object]] = []
-        for i, ids in enumerate(chunks):
-            if ids:
-                out.append((text_segment(ids), ids))
-            if i < len(keys):
-                out.append((audio_segment(keys[i]), i))
-        return out
-
     def _lengths(self, plan, embeddings=None, state=None) -> list[int]:
         """Positions of each planned segment: audio rows from the embeddings, or from a
         stored state (which holds exactly one audio, see _stored_prefix)."""
         return [len(payload) if seg[0] == "text" else
                 (len(embeddings[payload]) if embeddings is not None else state.audio_tokens)
                 for seg, payload in plan]
-
-    def _prefix_key(self, head: list[tuple]) -> str:
-        from importlib.metadata import version
-
-        from .prefix_cache import prefix_key
-        # llama.cpp's state layout is its own: another build may not read it the same way
-        return prefix_key(head, self.model.llm_sha256, {**self.context_settings(),
-                                                        "llama_cpp": version("llama-cpp-python")})
-
-    def _storable(self, head: list[tuple]) -> bool:
-        """Whether this prefix goes to the prefix cache: when there is one, for one audio."""
-        return self.prefix_cache is not None and sum(1 for seg in head if seg[0] == "audio") == 1
-
-    def _stored_prefix(self, head: list[tuple]):
-        """The stored state of this prefix, when it is storable and the cache has it."""
-        return self.prefix_cache.get(self._prefix_key(head)) if self._storable(head) else None
 
     def audio_embeddings(self, audios: list[AudioInput], timer: Timer, text_tokens: int, req: Request,
                          used: int = 0, keys: list[str] | None = None) -> tuple[list[np.ndarray], int]:
@@ -386,52 +308,6 @@ class Pipeline:
     def _windows(self, pending) -> int:
         return sum(len(h) // self.tokens_per_window if h is not None else len(w) for h, w, _ in pending)
 
-    def prefill(self, plan: list[tuple[tuple, object]], embeddings: list[np.ndarray] | None, timer: Timer,
-                progress: Progress | None = None, start: int = 0, save: bool = False,
-                head_only: bool = False) -> None:
-        """Evaluate the plan's segments from `start` at consecutive positions, logits at the
-        end; with `save`, the head (all but the last segment) goes to the prefix cache once
-        evaluated; with `head_only`, the last segment is left for the caller."""
-        llm = self.llm
-        last = len(plan) - 1
-        lengths = self._lengths(plan, embeddings) if embeddings is not None else None
-        todo = plan[start:last if head_only else None]
-        total = sum(lengths[start:start + len(todo)]) if lengths else \
-            sum(len(p) for s, p in todo if s[0] == "text")
-        done = 0
-
-        def step(rows: int) -> None:
-            if progress is not None:
-                progress("prefill", done + rows, total)
-
-        with timer("prefill"):
-            for i, (seg, payload) in enumerate(todo, start=start):
-                if i == last and save and start < i:
-                    self._save_prefix(plan[:i], timer)
-                if seg[0] == "text":
-                    llm.eval_tokens(payload, logits_at_end=i == last, on_batch=step)
-                    n = len(payload)
-                else:
-                    llm.eval_embeddings(embeddings[payload], logits_at_end=i == last, on_batch=step)
-                    n = len(embeddings[payload])
-                llm.record(seg, n)
-                done += n
-            if head_only and save and start < last:
-                self._save_prefix(plan[:last], timer)
-
-    def _save_prefix(self, head_plan, timer: Timer) -> None:
-        from .prefix_cache import PrefixState
-        head = [seg for seg, _ in head_plan]
-        if not self._storable(head) or self.llm.settings != self.context_settings():
-            return
-        with timer("prefix_save"):
-            llm = self.llm
-            audio = sum(n for seg, n in llm.segments if seg[0] == "audio")
-            try:
-                self.prefix_cache.put(PrefixState(self._prefix_key(head), llm.n_past, audio, llm.save_state()))
-            except OSError as exc:  # a full disk costs the next question time, not this answer
-                log.warning("prefix cache: not saved (%s)", exc)
-
     def _generate(self, llm: LLM, req: Request, res: Result) -> Iterator[str]:
         req.show("answer", 0, req.max_tokens)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -453,9 +329,13 @@ class Pipeline:
         res.timings["generate"] = time.perf_counter() - t0
         res.peaks["generate"] = peak_rss_mb()
 
+    @property
+    def prefix_cache(self):
+        return self.session.prefix_cache
+
     def close(self) -> None:
         self.audio.release()
-        for attr in ("_llm", "_vocab"):
-            if getattr(self, attr) is not None:
-                getattr(self, attr).close()
-                setattr(self, attr, None)
+        self.session.close()
+        if self._vocab is not None:
+            self._vocab.close()
+            self._vocab = None

@@ -334,9 +334,8 @@ def _init(kind: str, shape: tuple[int, ...]) -> Init:
 
 def tensor_plan(p: Preset) -> list[tuple[str, tuple[int, ...], Init]]:
     """Every tensor of a MuFun checkpoint, in the release's order: name, shape, init (the
-    converter's table, convert/tensors.py, with the dims this preset's config.json gives)."""
-    from .convert.checkpoint import dims_from_config
-    from .convert.tensors import plan
+    format's table, format/checkpoint.py, with the dims this preset's config.json gives)."""
+    from .format.checkpoint import dims_from_config, plan
 
     dims = dims_from_config(make_config(p, eos_id=0, model_max_length=8192))
     return [(name, shape, _init(t.init, shape)) for name, shape, t in plan(dims)]

@@ -88,7 +88,7 @@ def bandwidth_gbs(nbytes: int = 1 << 30) -> float:
 
 def llm_micro(model_dir: Path, n_rows: int, gen_tokens: int, threads: int) -> dict:
     """Embedding prefill vs token prefill of the same length; generation tokens/s."""
-    from mufun_local.modeldir import ModelDir
+    from mufun_local.format.model_dir import ModelDir
     from mufun_local.llm import LLM, Sampling
 
     md = ModelDir.open(model_dir)
@@ -150,8 +150,8 @@ def main() -> int:
     if not (ckpt / "model.safetensors.index.json").is_file():
         print(f"generating the {args.preset} checkpoint ...", file=sys.stderr)
         generate(ckpt, args.preset, seed=0)
-    from mufun_local.modeldir import DEFAULT_QUANT
-    args.quant = args.quant or DEFAULT_QUANT
+    from mufun_local.format import weights
+    args.quant = args.quant or weights.DEFAULT
     model = work / f"model-{args.preset}-{args.quant}"
     conversion = None
     if not (model / "manifest.json").is_file():  # as a user converts: the CLI, its defaults, its own process

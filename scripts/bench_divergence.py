@@ -72,7 +72,7 @@ def ours_forced(pipe, song: str, tokens: list[int], steps: int) -> np.ndarray:
     audios = [AudioInput(song)]
     plan, keys = pipe._begin(prompt.build(QUESTION, 1, pipe.template), audios, res)
     llm, embeddings, held = pipe._hold_prefix(plan, keys, audios, req, res, Timer({}))
-    pipe.prefill(plan, embeddings, Timer({}), start=held)
+    pipe.session.prefill(plan, embeddings, Timer({}), start=held)
     out = [llm.logits()]
     for t in tokens[:-1]:
         llm.eval_tokens([t])
@@ -110,7 +110,8 @@ def main() -> int:
 
     import torch
 
-    from mufun_local.modeldir import DEFAULT_QUANT, ModelDir
+    from mufun_local.format import weights
+    from mufun_local.format.model_dir import ModelDir
     from mufun_local.convert.checkpoint import Checkpoint
     from mufun_local.convert.llm_gguf import load_vocab, write_gguf
     from mufun_local.convert.run import convert
@@ -157,8 +158,8 @@ def main() -> int:
     # (name, options, the GGUF's mix or None for the F32 one): GGUFs are made only for runs kept
     runs: list[tuple[str, Options, tuple | None]] = [
         (f"mufun-local defaults ({default_encoder} {get(default_encoder).default_compute_type()} encoder, "
-         f"{DEFAULT_QUANT} GGUF, F16 KV)", Options(device="cpu", encoder_backend=default_encoder),
-         (DEFAULT_QUANT, LLM_MIXES.get(DEFAULT_QUANT, (DEFAULT_QUANT, None, None)))),
+         f"{weights.DEFAULT} GGUF, F16 KV)", Options(device="cpu", encoder_backend=default_encoder),
+         (weights.DEFAULT, LLM_MIXES.get(weights.DEFAULT, (weights.DEFAULT, None, None)))),
         ("exact: float32 encoder, F32 GGUF, F32 KV", exact, None),
     ]
     for backend, ct in (("openvino", "bfloat16"), ("onnxruntime", "int8"), ("ctranslate2", "int8")):

@@ -101,7 +101,7 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma list of kv:flash settings (batch 512), e.g. f32:off,f16:on")
     args = ap.parse_args()
 
-    from mufun_local.modeldir import ModelDir
+    from mufun_local.format.model_dir import ModelDir
     from mufun_local.prompt import SYSTEM_PROMPT
     md = ModelDir.open(args.model_dir)
     prompt = SYSTEM_PROMPT + " USER: \n"

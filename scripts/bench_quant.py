@@ -70,7 +70,7 @@ def song_embeddings(model_dir: Path, songs: int, seconds: float, work: Path) -> 
         with np.load(cache) as z:
             return [z[f"song{i}"] for i in range(songs)]
     from bench_audio import make_song
-    from mufun_local.modeldir import ModelDir
+    from mufun_local.format.model_dir import ModelDir
     from mufun_local.pipeline import AudioInput, Options, Pipeline
 
     pipe = Pipeline(ModelDir.open(model_dir), Options(threads=2))
@@ -90,7 +90,7 @@ def calibration_imatrix(args, f16: Path, work: Path):
     `--calibration-songs` generated songs, other than the measured ones, `--seconds` each, one
     calibration question each), cached in `work`."""
     from mufun_local import imatrix
-    from mufun_local.modeldir import ModelDir
+    from mufun_local.format.model_dir import ModelDir
 
     cache = work / "imatrix.npz"
     if cache.exists():
@@ -108,7 +108,7 @@ def child(args) -> int:
     """One GGUF, one repack setting: prefill, teacher-forced steps (or greedy ones for F16)."""
     from mufun_local import prompt
     from mufun_local.llm import LLM
-    from mufun_local.modeldir import ModelDir
+    from mufun_local.format.model_dir import ModelDir
 
     md = ModelDir.open(args.model_dir)
     tmpl = prompt.Template.of(md.manifest)
@@ -209,7 +209,7 @@ def main() -> int:
 
     if not args.work:
         ap.error("--work DIR is required")
-    from mufun_local.modeldir import ModelDir
+    from mufun_local.format.model_dir import ModelDir
     md = ModelDir.open(args.model_dir)
     f16 = md.path / md.manifest["llm"].get("f16_file", md.manifest["llm"]["file"])
     if "f16" not in f16.name:

@@ -39,7 +39,7 @@ def main() -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="mufun-bench-schema-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ["MUFUN_HOME"] = str(work / "home")
-    from mufun_local.modeldir import ModelDir
+    from mufun_local.format.model_dir import ModelDir
     from mufun_local.constrain import schema_grammar
     from mufun_local.export import TAGS_QUESTION, TAGS_SCHEMA
     from mufun_local.llm import Sampling

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from mufun_local.modeldir import ModelDir
+from mufun_local.format.model_dir import ModelDir
 from mufun_local.cli import main
 from mufun_local.pipeline import Answer, Options, Pipeline, Request, Result
 

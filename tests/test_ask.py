@@ -6,7 +6,7 @@ import pytest
 
 from audio_fixtures import have_ffmpeg_cli
 from mufun_local import prompt
-from mufun_local.modeldir import ModelDir
+from mufun_local.format.model_dir import ModelDir
 from mufun_local.errors import MufunError
 from mufun_local.llm import LLM, Sampling
 from mufun_local.pipeline import AudioInput, Options, Pipeline, Request

@@ -14,7 +14,7 @@ from audio_fixtures import music, write_audio
 from mufun_local.cli import main
 from mufun_local.llm import Sampling
 from mufun_local.pipeline import AudioInput, Pipeline, Request
-from mufun_local.modeldir import ModelDir
+from mufun_local.format.model_dir import ModelDir
 
 QUESTIONS = ["What genre is this?", "Describe the mood."]
 

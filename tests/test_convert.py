@@ -8,11 +8,12 @@ import shutil
 import numpy as np
 import pytest
 
-from mufun_local.modeldir import ModelDir
+from mufun_local.format.model_dir import ModelDir
 from mufun_local.cli import main
 from mufun_local.convert.checkpoint import Checkpoint
 from mufun_local.convert.run import convert
-from mufun_local.convert.tensors import gguf_map
+from mufun_local.format.checkpoint import gguf_map
+from mufun_local.hub import fetch_checkpoint
 from mufun_local.errors import ModelError
 from mufun_local.format import weights
 from mufun_local.llm import LLM
@@ -262,7 +263,7 @@ def test_existing_output_needs_force(tmp_path, tiny_ckpt):
 
 
 def _hash_tree(root):
-    from mufun_local.modeldir import hash_tree
+    from mufun_local.format.model_dir import hash_tree
     return hash_tree(root)
 
 
@@ -303,7 +304,7 @@ def test_offline_hub_id_says_how_to_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ModelError, match="hf download Yi3852/MuFun-Base"):
-        convert("Yi3852/MuFun-Base", tmp_path / "out", quiet=True)
+        convert("Yi3852/MuFun-Base", tmp_path / "out", quiet=True, fetch=fetch_checkpoint)
     assert not (tmp_path / "out").exists()
 
 
@@ -320,7 +321,7 @@ def test_hub_cache_layout_is_found(tmp_path, monkeypatch, tiny_ckpt):
     import huggingface_hub.constants as c
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(hub), raising=False)
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True, raising=False)
-    out = convert("Yi3852/MuFun-Base", tmp_path / "out", quant="f16", quiet=True)
+    out = convert("Yi3852/MuFun-Base", tmp_path / "out", quant="f16", quiet=True, fetch=fetch_checkpoint)
     m = ModelDir.open(out).manifest
     assert m["source"] == {"id": "Yi3852/MuFun-Base", "revision": snap.name}
 

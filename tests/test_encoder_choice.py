@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mufun_local import encoder_choice
-from mufun_local.modeldir import ModelDir
+from mufun_local.format.model_dir import ModelDir
 from mufun_local.errors import ModelError
 from mufun_local.pipeline import AudioInput, Options, Pipeline, Request
 from helpers import assert_one_line_error, run_cli

@@ -13,7 +13,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from packaging.requirements import Requirement
 
 from mufun_local import hub
-from mufun_local.modeldir import ModelDir
+from mufun_local.format.model_dir import ModelDir
 from mufun_local.convert.run import convert, default_encoder_backends
 from helpers import assert_one_line_error, run_cli
 

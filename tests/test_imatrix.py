@@ -7,7 +7,7 @@ import pytest
 
 from mufun_local import imatrix
 from mufun_local.errors import ModelError
-from mufun_local.modeldir import ModelDir
+from mufun_local.format.model_dir import ModelDir
 
 
 def _prompts(llm_file, n_rows=(40, 24), seed=0):

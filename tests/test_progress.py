@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from mufun_local.modeldir import ModelDir
+from mufun_local.format.model_dir import ModelDir
 from mufun_local.pipeline import AudioInput, Options, Pipeline, Request
 from mufun_local.progress import StatusLine
 

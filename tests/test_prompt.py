@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mufun_local import prompt
-from mufun_local.modeldir import ModelDir
+from mufun_local.format.model_dir import ModelDir
 from mufun_local.llm import Vocab
 
 QUESTIONS = ["What genre is this?", "<audio> This is song1. <audio> This is song2. Which is faster?",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mufun_local.modeldir import ModelDir
+from mufun_local.format.model_dir import ModelDir
 from mufun_local.llm import Sampling
 from mufun_local.pipeline import AudioInput, Pipeline, Request
 

@@ -1,7 +1,7 @@
-"""The original checkpoint's tensors as data (as gguf-py's tensor_mapping.py does): every
-name, in the release's order, with the shape config.json implies and how the synthetic
-generator fills it. The validator (checkpoint.py), both encoder writers, the GGUF writer
-and the synthetic generator read names from here and nowhere else.
+"""The original checkpoint's layout as data (as gguf-py's tensor_mapping.py does): the sizes
+config.json gives (Dims), and every tensor name, in the release's order, with the shape those
+sizes imply and how the synthetic generator fills it. The converter's validator, both encoder
+writers, the GGUF writer and the synthetic generator read names from here and nowhere else.
 
 MuFun (TinyLLaVA layout): `vision_tower._vision_tower.` is Whisper-large-v3's encoder in
 Hugging Face names, `connector._connector.` the two-layer MLP, `language_model.` a
@@ -9,8 +9,11 @@ Qwen3ForCausalLM.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
+
+from ..errors import ModelError
 
 ENCODER = "vision_tower._vision_tower."
 CONNECTOR = "connector._connector."
@@ -19,6 +22,78 @@ LLM = "language_model."
 
 # The encoder hidden states MuFun's connector reads (0: after the conv stem and positions).
 FEATURE_LAYERS = (0, 7, 15, 32)
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Every size the converter and runtime need, read from config.json."""
+
+    enc_d: int
+    enc_layers: int
+    enc_heads: int
+    enc_ffn: int
+    n_mels: int
+    enc_positions: int
+    enc_ln_eps: float
+    connector_in: int
+    connector_mid: int
+    hidden: int
+    llm_layers: int
+    llm_heads: int
+    llm_kv_heads: int
+    head_dim: int
+    llm_ffn: int
+    vocab_rows: int
+    rope_theta: float
+    rms_eps: float
+    max_positions: int
+    tokenizer_max_length: int | None
+
+
+# Bounds on every size config.json gives, far beyond any real release (Qwen3-235B has 94
+# layers, hidden 4096, vocab 151,936): a hostile config cannot make the converter plan
+# millions of tensors or allocate without limit before the shapes are checked.
+DIM_LIMITS = {"enc_d": 16384, "enc_layers": 256, "enc_heads": 256, "enc_ffn": 131072, "n_mels": 512,
+              "enc_positions": 65536, "connector_in": 131072, "connector_mid": 1 << 20, "hidden": 65536,
+              "llm_layers": 1024, "llm_heads": 1024, "llm_kv_heads": 1024, "head_dim": 4096, "llm_ffn": 1 << 20,
+              "vocab_rows": 1 << 22, "max_positions": 1 << 24}
+
+
+def check_dims(d: Dims) -> Dims:
+    for name, limit in DIM_LIMITS.items():
+        value = getattr(d, name)
+        if not 1 <= value <= limit:
+            raise ModelError(f"config.json: {name} = {value} is outside 1..{limit}")
+    if d.llm_heads % d.llm_kv_heads:
+        raise ModelError(f"config.json: {d.llm_heads} attention heads are not a multiple of "
+                         f"{d.llm_kv_heads} key/value heads")
+    return d
+
+
+def dims_from_config(cfg: dict) -> Dims:
+    try:
+        v, t = cfg["vision_config"], cfg["text_config"]
+        m = re.findall(r"(\d+)[ix]", cfg["connector_type"])
+        ix, hx = (int(m[0]), int(m[1])) if len(m) == 2 else (None, None)
+        if ix is None:
+            raise ModelError(f"config.json: unsupported connector_type {cfg['connector_type']!r}")
+        vdim = int(cfg.get("vision_hidden_size", v["d_model"])) * ix
+        return check_dims(Dims(
+            enc_d=int(v["d_model"]), enc_layers=int(v["encoder_layers"]),
+            enc_heads=int(v["encoder_attention_heads"]), enc_ffn=int(v["encoder_ffn_dim"]),
+            n_mels=int(v.get("num_mel_bins", 128)), enc_positions=int(v.get("max_source_positions", 1500)),
+            enc_ln_eps=1e-5,
+            connector_in=vdim, connector_mid=hx * vdim, hidden=int(t["hidden_size"]),
+            llm_layers=int(t["num_hidden_layers"]), llm_heads=int(t["num_attention_heads"]),
+            llm_kv_heads=int(t.get("num_key_value_heads", t["num_attention_heads"])),
+            head_dim=int(t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"]),
+            llm_ffn=int(t["intermediate_size"]), vocab_rows=int(t["vocab_size"]),
+            rope_theta=float(t.get("rope_theta", 1e6)), rms_eps=float(t.get("rms_norm_eps", 1e-6)),
+            max_positions=int(t.get("max_position_embeddings", 32768)),
+            tokenizer_max_length=cfg.get("tokenizer_model_max_length"),
+        ))
+    except (KeyError, TypeError, ValueError, OverflowError, ZeroDivisionError) as exc:
+        raise ModelError(f"config.json: missing or invalid key {exc}") from None
 
 
 def segment_bounds(n_layers: int) -> list[tuple[int, int]]:

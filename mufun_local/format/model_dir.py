@@ -8,7 +8,7 @@ Layout written by ``mufun-local convert``::
     connector.safetensors    the MLP in float32
     llm-<quant>.gguf         Qwen3 + tokenizer for llama.cpp
 
-The manifest is the only thing the converter and the runtime share.
+The converter writes it, the runtime reads it; both through this module (format/).
 """
 from __future__ import annotations
 
@@ -17,15 +17,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelError
+from ..errors import ModelError
+from .encoder_dir import EncoderDir
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-from .format import weights
-
-# The LLM's weight type when none is asked for, and every one `convert --quant` makes
-DEFAULT_QUANT = weights.DEFAULT
-LLM_QUANTS = tuple(weights.TYPES)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -90,21 +86,14 @@ class ModelDir:
         return {"temperature": float(gen.get("temperature", 0.0)) if gen.get("do_sample", True) else 0.0,
                 "top_p": float(gen.get("top_p", 1.0)), "top_k": int(gen.get("top_k", 0))}
 
-    def sampling(self, temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
-                 seed: int | None = None, **rest):
-        """A request's llm.Sampling: what it gives, the model's generation config for the rest,
-        a random seed when it gives none (the one merge the CLI and the server share)."""
-        import random
-
-        from .llm import Sampling
-        d = self.sampling_defaults()
-        return Sampling(temperature=d["temperature"] if temperature is None else temperature,
-                        top_p=d["top_p"] if top_p is None else top_p, top_k=d["top_k"] if top_k is None else top_k,
-                        seed=random.randrange(2**31) if seed is None else seed, **rest)
 
     @property
     def encoder_dir(self) -> Path:
         return self.path / self.manifest["encoder"]["dir"]
+
+    @property
+    def encoder(self) -> EncoderDir:
+        return EncoderDir(self.encoder_dir)
 
     @property
     def connector_file(self) -> Path:
