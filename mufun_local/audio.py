@@ -11,18 +11,23 @@ Plain PCM files (16-bit or float WAV/FLAC, mono or stereo) are read with soundfi
 faster than a decode through FFmpeg: the conversion to float (x / 32768) and ffmpeg's
 stereo downmix (L * c + R * c with c = float32(1/sqrt(2))) are reproduced bit for bit.
 
+A source is a path, the file's bytes, a binary file object (read once, into memory) or a
+float array of mono samples at 16 kHz (as faster-whisper's `decode_audio` returns and its
+`transcribe` takes): the server decodes uploads from memory, without temporary files.
+
 Why our own resampler: the original uses ``torchaudio.functional.resample`` (windowed sinc,
 Hann, 6 zero crossings, rolloff 0.99). That kernel is fixed and polyphase, so it is a few
 lines of numpy; librosa/soxr resampling changes the embeddings by ~10 %.
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator
+from typing import BinaryIO, Iterator, Union
 
 import numpy as np
 
@@ -46,6 +51,48 @@ class Decoded:
         return len(self.samples) / self.rate
 
 
+Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, np.ndarray]
+
+
+def describe(source: Source) -> str:
+    """What messages call a source: its path, else what it is."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return "<samples>" if isinstance(source, np.ndarray) else "<audio data>"
+
+
+def in_memory(source: Source) -> Source:
+    """A path or an array as it is; bytes-like data and file objects as bytes (a file object
+    is read once here, so a source can be read again: hashed, then decoded)."""
+    if isinstance(source, (str, os.PathLike, np.ndarray, bytes)):
+        return source
+    if isinstance(source, (bytearray, memoryview)):
+        return bytes(source)
+    if hasattr(source, "read"):
+        data = source.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise AudioError("an audio file object must be opened in binary mode")
+        return bytes(data)
+    raise AudioError(f"unsupported audio source {type(source).__name__}: give a path, bytes, a binary file "
+                     f"or a float array of 16 kHz samples")
+
+
+def check_source(source: Source, name: str | None = None) -> None:
+    """The cheap checks before any work: a path exists and is a non-empty readable file;
+    data is not empty; an array is 1-D float samples."""
+    name = name or describe(source)
+    if isinstance(source, (str, os.PathLike)):
+        check_file(os.fspath(source))
+    elif isinstance(source, np.ndarray):
+        if source.ndim != 1 or source.dtype.kind != "f":
+            raise AudioError(f"{name}: samples must be a 1-D float array (mono, 16 kHz), got "
+                             f"{source.ndim}-D {source.dtype}")
+        if source.size == 0:
+            raise AudioError(f"{name}: contains no audio samples")
+    elif len(source) == 0:
+        raise AudioError(f"{name}: file is empty")
+
+
 def check_file(path: str) -> None:
     if not os.path.exists(path):
         raise AudioError(f"{path}: no such file")
@@ -63,9 +110,9 @@ BLOCK_FRAMES = 1 << 16  # soundfile block size (samples per channel)
 
 @dataclass
 class Stream:
-    """An opened audio file: its native rate and a one-pass iterator of float32 mono blocks."""
+    """An opened audio source: its native rate and a one-pass iterator of float32 mono blocks."""
 
-    path: str
+    path: str  # what messages call it (describe)
     rate: int
     blocks: Iterator[np.ndarray]
     seconds: float | None = None  # the length the container declares (exact for PCM, else an estimate)
@@ -79,14 +126,28 @@ def _downmix(x: np.ndarray) -> np.ndarray:
     return mono
 
 
-def _plain_pcm(path: str) -> Stream | None:
-    """The soundfile fast path; None when the file is not plain 16-bit/float PCM."""
+def _opener(source: str | bytes):
+    """A function giving something soundfile and PyAV read: the path, or a fresh reader of the bytes."""
+    return (lambda: source) if isinstance(source, str) else (lambda: io.BytesIO(source))
+
+
+def _looks_plain(source: str | bytes) -> bool:
+    """WAV or FLAC by name or by magic (libsndfile would also try mp3/ogg, and its mpg123
+    prints to stderr)."""
+    if isinstance(source, str):
+        return os.path.splitext(source)[1].lower() in (".wav", ".wave", ".flac")
+    return source[:4] in (b"RIFF", b"RF64", b"fLaC")
+
+
+def _plain_pcm(source: str | bytes, path: str) -> Stream | None:
+    """The soundfile fast path; None when the source is not plain 16-bit/float PCM."""
     import soundfile as sf
 
-    if os.path.splitext(path)[1].lower() not in (".wav", ".wave", ".flac"):
-        return None  # libsndfile would also try mp3/ogg, and its mpg123 prints to stderr
+    if not _looks_plain(source):
+        return None
+    opener = _opener(source)
     try:
-        info = sf.info(path)
+        info = sf.info(opener())
     except (RuntimeError, sf.LibsndfileError, ValueError, OSError):
         return None  # let FFmpeg decide, and say what is wrong
     if info.format not in ("WAV", "WAVEX", "FLAC") or info.channels > 2 or info.frames <= 0:
@@ -101,7 +162,7 @@ def _plain_pcm(path: str) -> Stream | None:
     def blocks():
         got = 0
         try:
-            for block in sf.blocks(path, blocksize=BLOCK_FRAMES, dtype=dtype, always_2d=True):
+            for block in sf.blocks(opener(), blocksize=BLOCK_FRAMES, dtype=dtype, always_2d=True):
                 x = block.astype(np.float32)
                 if scale is not None:
                     x *= scale
@@ -109,18 +170,18 @@ def _plain_pcm(path: str) -> Stream | None:
                 yield _downmix(x)
         except (RuntimeError, sf.LibsndfileError, ValueError) as exc:
             if not got:  # damaged before the first block: FFmpeg decodes what it can, or says why
-                yield from _ffmpeg(path).blocks
+                yield from _ffmpeg(source, path).blocks
                 return
             log.warning("%s: decoding stopped after %.1f s (%s); using what was decoded",
                         path, got / info.samplerate, _reason(exc))
     return Stream(path, int(info.samplerate), blocks(), info.frames / info.samplerate)
 
 
-def _ffmpeg(path: str) -> Stream:
+def _ffmpeg(source: str | bytes, path: str) -> Stream:
     import av
 
     try:
-        container = av.open(path, metadata_errors="ignore")
+        container = av.open(_opener(source)(), metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise AudioError(f"{path}: not a readable audio file ({_reason(exc)})") from None
     streams = [s for s in container.streams if s.type == "audio"]
@@ -154,17 +215,26 @@ def _ffmpeg(path: str) -> Stream:
     return Stream(path, int(rate), blocks(), declared)
 
 
-def open_audio(path: str) -> Stream:
-    """Open a file for one pass of float32 mono blocks at its native rate, as `ffmpeg -ac 1`."""
-    check_file(path)
-    st = _plain_pcm(path) or _ffmpeg(path)
-    check_rate(path, st.rate)
+def open_audio(source: Source, name: str | None = None) -> Stream:
+    """Open a source for one pass of float32 mono blocks at its native rate, as `ffmpeg -ac 1`;
+    `name` is what messages call it (default: describe)."""
+    name = name or describe(source)
+    source = in_memory(source)
+    check_source(source, name)
+    if isinstance(source, np.ndarray):
+        samples = np.ascontiguousarray(source, dtype=np.float32)
+        return Stream(name, SAMPLE_RATE, iter([samples]), len(samples) / SAMPLE_RATE)
+    if not isinstance(source, bytes):
+        source = os.fspath(source)
+    st = _plain_pcm(source, name) or _ffmpeg(source, name)
+    check_rate(name, st.rate)
     return st
 
 
-def decode(path: str) -> Decoded:
-    """The whole file as float32 mono at its native rate."""
-    st = open_audio(path)
+def decode(source: Source, name: str | None = None) -> Decoded:
+    """The whole source as float32 mono at its native rate."""
+    path = name or describe(source)
+    st = open_audio(source, name)
     pieces = list(st.blocks)
     samples = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
     if samples.size == 0:
@@ -302,17 +372,18 @@ def _cut(blocks: Iterator[np.ndarray], start: int, end: int | None) -> Iterator[
             return
 
 
-def load_windows(path: str, segs: tuple[float, float] | None = None,
-                 max_windows: int | None = None) -> list[np.ndarray]:
+def load_windows(source: Source, segs: tuple[float, float] | None = None,
+                 max_windows: int | None = None, name: str | None = None) -> list[np.ndarray]:
     """decode -> segs -> 16 kHz -> 30 s windows (the original ``load_audio_single``)."""
-    return list(iter_windows(path, segs, max_windows))
+    return list(iter_windows(source, segs, max_windows, name))
 
 
-def iter_windows(path: str, segs: tuple[float, float] | None = None,
-                 max_windows: int | None = None) -> Iterator[np.ndarray]:
+def iter_windows(source: Source, segs: tuple[float, float] | None = None,
+                 max_windows: int | None = None, name: str | None = None) -> Iterator[np.ndarray]:
     """`load_windows` streamed: each window is yielded as soon as it is complete, so peak
     memory is one window plus one block. More than `max_windows` raises TooLong."""
-    st = open_audio(path)
+    st = open_audio(source, name)
+    path = st.path
     blocks = st.blocks
     if segs is not None:
         start, end = float(segs[0]), float(segs[1])

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from . import prompt as prompt_mod
-from .audio import check_file
+from .audio import check_source
 from .errors import MufunError
 from .pipeline import AudioInput, Pipeline, Request, Result
 
@@ -39,20 +39,19 @@ class ChatSession:
     def __init__(self, pipe: Pipeline, request: Request | None = None, n_ctx: int | None = None):
         self.pipe = pipe
         self.request = request or Request()
-        llm = pipe.llm
-        self.n_ctx = n_ctx or min(llm.n_ctx_train, DEFAULT_CHAT_CTX)
-        llm.open_context(self.n_ctx, pipe.opt.n_batch, pipe.opt.f32_kv, pipe.opt.flash_attn)
+        self.n_ctx = n_ctx or min(pipe.n_ctx_train, DEFAULT_CHAT_CTX)
+        pipe.session.open(self.n_ctx)
         self.template = pipe.template
         self.pending: list[AudioInput] = []
         self.turns: list[Turn] = []
         self.result: Result | None = None
 
     def add_audio(self, item: AudioInput) -> None:
-        check_file(item.path)
+        check_source(item.source, item.label)
         self.pending.append(item)
 
     def reset(self) -> None:
-        self.pipe.llm.reset()
+        self.pipe.session.reset()
         self.turns, self.pending = [], []
 
     def send(self, question: str) -> Iterator[str]:
@@ -68,7 +67,7 @@ class ChatSession:
         answer = pipe.extend(prm, audios, self.request)  # the audio is embedded here
         self.result = answer.result
         self.pending = []
-        turn = Turn(question, [{"path": a.path, "segs": a.segs} for a in audios])
+        turn = Turn(question, [{"path": a.label, "segs": a.segs} for a in audios])
         self.turns.append(turn)
         try:
             for piece in answer:

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 
 from . import audio as audio_mod
-from .modeldir import ModelDir
+from .format.model_dir import ModelDir
 from .devices import torch_cuda
 from .logs import log
 from .timing import Timer
@@ -20,12 +20,24 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 @dataclass
 class AudioInput:
-    path: str
+    """One audio of a question. `source`: a path, the file's bytes, a binary file object (read
+    once, when made) or float samples, mono at 16 kHz (audio.Source); `name`: what messages
+    call it (default: the path)."""
+
+    source: audio_mod.Source
     segs: tuple[float, float] | None = None
     # made already by the caller (batch prefetch, Ray tasks): log-mels, seconds, content hash
     mels: list | None = None
     seconds: float = 0.0
     sha256: str | None = None
+    name: str | None = None
+
+    def __post_init__(self):
+        self.source = audio_mod.in_memory(self.source)
+
+    @property
+    def label(self) -> str:
+        return self.name or audio_mod.describe(self.source)
 
 
 @dataclass
@@ -90,27 +102,27 @@ class AudioEmbedder:
         return self._encoder is not None or self._connector is not None
 
     def cache_key(self, item: AudioInput) -> str:
-        from .embcache import EmbeddingCache, file_hash
+        from .embcache import EmbeddingCache, content_hash
 
         if item.sha256 is None:
-            audio_mod.check_file(item.path)
+            audio_mod.check_source(item.source, item.label)
         c = self.choice
-        return EmbeddingCache.key(item.sha256 or file_hash(item.path), item.segs, self.model.audio_hash,
+        return EmbeddingCache.key(item.sha256 or content_hash(item.source), item.segs, self.model.audio_hash,
                                   f"{c.backend}:{c.compute_type}")
 
-    def release(self) -> None:
-        self._encoder = self._connector = None
+    def release(self, encoder_only: bool = False) -> None:
+        """Let the encoder (and, unless `encoder_only`, the connector) go: at real size the
+        encoder holds ~5 GB the LLM's work should not sit on. The one place they are freed."""
+        self._encoder = None
+        if not encoder_only:
+            self._connector = None
         gc.collect()
 
     @property
     def mel_filters(self) -> np.ndarray:
         """The Slaney filters the converter stored (no need to load the encoder for them)."""
         if self._mel_filters is None:
-            from .errors import ModelError
-            try:
-                self._mel_filters = np.load(self.model.encoder_dir / "frontend.npz")["mel_filters"]
-            except (OSError, KeyError, ValueError) as exc:
-                raise ModelError(f"{self.model.encoder_dir}: encoder files missing or damaged ({exc})") from None
+            self._mel_filters = self.model.encoder.mel_filters
         return self._mel_filters
 
     def load_windows(self, item: AudioInput, timer: Timer,
@@ -121,7 +133,7 @@ class AudioEmbedder:
         if item.mels is not None:
             return item.mels, item.seconds
         from .mel_windows import load_log_mels
-        return load_log_mels(item.path, item.segs, self.mel_filters, max_windows, timer)
+        return load_log_mels(item.source, item.segs, self.mel_filters, max_windows, timer, name=item.label)
 
     def embed_windows(self, mels: list[np.ndarray], timer: Timer, keep_layers: bool = False,
                       last: bool = False, progress: Progress | None = None):
@@ -133,8 +145,7 @@ class AudioEmbedder:
         with timer("encoder"):  # loading the encoder, when it is not loaded yet, counts here
             hs = self.encoder.hidden_states(np.stack(mels), on_batch=lambda k: show("encoder", k, len(mels)))
         if last and not self.opt.keep_audio_models:
-            self._encoder = None
-            gc.collect()
+            self.release(encoder_only=True)
         with timer("connector"):
             emb = self.connector(hs)
         return emb, (hs if keep_layers else None)

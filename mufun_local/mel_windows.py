@@ -33,9 +33,10 @@ def one_blas_thread():
     return _blas().limit(limits=1, user_api="blas")
 
 
-def load_log_mels(path: str, segs: tuple[float, float] | None, filters: np.ndarray,
-                  max_windows: int | None = None, timer=None) -> tuple[list[np.ndarray], float]:
-    """Log-mels [n_mels, 3000] of each window of `path`, and the seconds of audio they hold.
+def load_log_mels(source, segs: tuple[float, float] | None, filters: np.ndarray,
+                  max_windows: int | None = None, timer=None, name: str | None = None) -> tuple[list[np.ndarray], float]:
+    """Log-mels [n_mels, 3000] of each window of `source` (audio.Source; `name` is what
+    messages call it), and the seconds of audio they hold.
     Raises what `audio.iter_windows` raises (AudioError, TooLong). `timer(name)` (optional)
     times the waits for decoding as "decode" and the log-mel work as "features"."""
     timer = timer or (lambda name: nullcontext())
@@ -53,7 +54,7 @@ def load_log_mels(path: str, segs: tuple[float, float] | None, filters: np.ndarr
 
     def produce() -> None:
         try:
-            for window in audio.iter_windows(path, segs, max_windows):
+            for window in audio.iter_windows(source, segs, max_windows, name):
                 if not put(window):
                     return
             put(_END)

@@ -175,7 +175,7 @@ def test_plain_pcm_fast_path_equals_ffmpeg_decode(tmp_path, monkeypatch, ext, ch
     path = tmp_path / f"x{ext}"
     sf.write(str(path), music(3.0, 44100, channels), 44100, subtype=subtype)
     fast = audio.decode(str(path))
-    monkeypatch.setattr(audio, "_plain_pcm", lambda p: None)
+    monkeypatch.setattr(audio, "_plain_pcm", lambda *a: None)
     slow = audio.decode(str(path))
     assert fast.rate == slow.rate
     np.testing.assert_array_equal(fast.samples, slow.samples)
@@ -294,3 +294,46 @@ def test_every_usual_rate_is_accepted():
     for rate in (8000, 11025, 16000, 22050, 24000, 32000, 37800, 44100, 47250, 48000, 88200, 96000,
                  176400, 192000, 352800, 384000, 705600, 768000, 2822400):
         assert audio.kernel_taps(rate) <= audio.MAX_KERNEL_TAPS, rate
+
+
+@pytest.mark.parametrize("ext", [".wav", ".flac", ".mp3", ".m4a"])
+def test_bytes_and_file_objects_decode_as_the_path_does(tmp_path, ext):
+    """The server's uploads: the same samples from memory as from the file (the plain-PCM
+    fast path by the bytes' magic, FFmpeg probing the rest)."""
+    path = write_audio(tmp_path / f"x{ext}", music(4.0, 44100, 2), 44100)
+    want = audio.load_windows(str(path))
+    data = path.read_bytes()
+    with open(path, "rb") as fh:
+        for source in (data, bytearray(data), memoryview(data), fh):
+            got = audio.load_windows(source)
+            assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+def test_an_array_is_16khz_mono_samples(tmp_path):
+    samples = music(35.0, 16000, 1)[:, 0].astype(np.float32)
+    path = tmp_path / "x.wav"
+    import soundfile as sf
+    sf.write(str(path), samples, 16000, subtype="FLOAT")
+    got, want = audio.load_windows(samples), audio.load_windows(str(path))
+    assert [len(w) for w in got] == [480000, 80000]
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("source,message", [
+    (b"", "<audio data>: file is empty"),
+    (b"RIFF not really a wave file" * 10, "<audio data>: not a readable audio file"),
+    (np.zeros((2, 100), np.float32), "1-D float array"),
+    (np.zeros(100, np.int16), "1-D float array"),
+    (np.zeros(0, np.float32), "no audio samples"),
+    (12, "unsupported audio source int"),
+])
+def test_bad_sources_say_so_in_one_line(source, message):
+    with pytest.raises(AudioError, match=message) as err:
+        audio.load_windows(source)
+    assert "\n" not in str(err.value)
+
+
+def test_a_text_mode_file_is_refused(tmp_path):
+    (tmp_path / "x.txt").write_text("hello")
+    with open(tmp_path / "x.txt") as fh, pytest.raises(AudioError, match="binary mode"):
+        audio.load_windows(fh)

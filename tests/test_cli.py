@@ -144,8 +144,8 @@ def test_original_checkpoint_dir_converts_once_into_the_cache(capsys, monkeypatc
     code, _, err = run_cli(capsys, *args)
     assert code == 0 and "converting" not in err
     code, out, _ = run_cli(capsys, "models")
-    from mufun_local.modeldir import DEFAULT_QUANT
-    assert f"-{DEFAULT_QUANT} " in out  # converted with the default weight type
+    from mufun_local.format import weights
+    assert f"-{weights.DEFAULT} " in out  # converted with the default weight type
 
 
 def test_demo(capsys, monkeypatch, tmp_path):
@@ -234,17 +234,6 @@ def test_chat_from_a_pipe_fails_when_a_turn_fails(tmp_path, tiny_q4):
     assert proc.returncode == 1 and "bad.flac" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_one_merge_of_sampling_defaults(tiny_q4):
-    """CLI and server take what a request gives and the model's generation config for the rest."""
-    from mufun_local.modeldir import ModelDir
-    md = ModelDir.open(tiny_q4)
-    d = md.sampling_defaults()
-    s = md.sampling(seed=5)
-    assert (s.temperature, s.top_p, s.top_k, s.seed) == (d["temperature"], d["top_p"], d["top_k"], 5)
-    s = md.sampling(0.0, 0.5, 3, repeat_penalty=1.2)
-    assert (s.temperature, s.top_p, s.top_k, s.repeat_penalty) == (0.0, 0.5, 3, 1.2) and 0 <= s.seed < 2**31
-
-
 def test_ask_options_reach_the_request_without_a_model_running(capsys, tiny_q4, audio_dir, monkeypatch):
     """The CLI's plumbing against a FakePipeline (no encoder, no llama.cpp): the request
     carries --max-tokens and the sampling flags, --json carries the result."""
@@ -258,5 +247,5 @@ def test_ask_options_reach_the_request_without_a_model_running(capsys, tiny_q4, 
     res = json.loads(out)
     assert res["text"] == "a b c" and res["tokens"] == [1, 2, 3] and res["stopped"] == "length"
     audios, req = made[0].calls[0][1], made[0].calls[0][2]
-    assert audios[0].path.endswith("song22k.flac")
+    assert audios[0].source.endswith("song22k.flac")
     assert (req.max_tokens, req.sampling.temperature, req.sampling.seed) == (3, 0.0, 5)

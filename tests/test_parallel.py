@@ -80,5 +80,5 @@ def test_too_long_for_the_context_fails_before_any_compute(tiny_q4, audio_dir):
     pipe = _pipe(tiny_q4, GREEDY, n_ctx=512)
     with pytest.raises(MufunError, match="too long for the context"):
         pipe.ask_many([AudioInput(str(audio_dir / "long48k.flac"))], QUESTIONS)
-    assert pipe._llm is None
+    assert pipe.session.loaded is None
     pipe.close()

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from mufun_local.modeldir import ModelDir
+from mufun_local.format.model_dir import ModelDir
 from mufun_local.llm import Sampling
 from mufun_local.pipeline import AudioInput
 from helpers import bound_pipe
@@ -218,12 +218,10 @@ def test_serve_follow_up_keeps_the_audio(tmp_path, tiny_q4, audio_dir):
     audio = {"type": "input_audio", "input_audio": {
         "data": base64.b64encode((audio_dir / "song22k.flac").read_bytes()).decode(), "format": "flac"}}
     turn1 = [{"role": "user", "content": [audio, {"type": "text", "text": "Genre?"}]}]
-    prm, audios = build_prompt(turn1, md.manifest, str(tmp_path))
+    prm, audios = build_prompt(turn1, md.manifest)  # the upload decoded from memory
     answer = "".join(pipe.complete(prm, audios))
     turn2 = turn1 + [{"role": "assistant", "content": answer}, {"role": "user", "content": "And the mood?"}]
-    d2 = tmp_path / "2"
-    d2.mkdir()
-    prm, audios = build_prompt(turn2, md.manifest, str(d2))
+    prm, audios = build_prompt(turn2, md.manifest)
     before = pipe.llm.n_decoded
     list(pipe.complete(prm, audios))
     assert pipe.llm.n_decoded - before < 300, "the 300 audio rows are not evaluated again"

@@ -1,0 +1,239 @@
+"""What one llama.cpp context holds, kept in one place: the context's settings and sequences,
+the prompt segments it holds from position 0, and the saved prefix (prefix_cache.py) that
+can stand in for computing them. The Pipeline, chat and the server open, fill and ask the
+context only through a Session; llm.LLM below it only evaluates and samples.
+
+A prompt is planned as segments (``("text", ids)`` and ``("audio", key)``, see
+prefix_cache). After each is evaluated it is recorded, so a later prompt can keep what it
+shares with what is there: a second question about the same song evaluates only its own
+tokens. Positions evaluated without a record (an answer's tokens) are forgotten by `keep`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from .llm import LLM
+from .logs import log
+from .timing import Timer
+
+CTX_ROUND = 256  # an automatic context is sized up to a multiple of this
+
+Plan = list  # [(segment, payload)]: payload is the text's ids or the audio's index
+
+
+def plan(chunks: list[list[int]], keys: list[str]) -> Plan:
+    """The prompt as segments in order: (("text", ids), ids) and (("audio", key), audio index);
+    empty text pieces are left out."""
+    from .prefix_cache import audio_segment, text_segment
+    out: Plan = []
+    for i, ids in enumerate(chunks):
+        if ids:
+            out.append((text_segment(ids), ids))
+        if i < len(keys):
+            out.append((audio_segment(keys[i]), i))
+    return out
+
+
+class Session:
+    """The context of one model. `load_llm()` gives the model's LLM, loading its weights on
+    first use (the pipeline loads them after the audio half); `options` are the pipeline's
+    Options; `prefix_cache` a prefix_cache.PrefixCache or None."""
+
+    def __init__(self, model, options, load_llm: Callable[[], LLM], prefix_cache=None):
+        self.model = model
+        self.opt = options
+        self._load_llm = load_llm
+        self._llm: LLM | None = None
+        self.prefix_cache = prefix_cache
+        self.segments: list[tuple[tuple, int]] = []   # (segment, positions) from position 0
+        self.settings: dict = {}                      # what the open context was opened with
+
+    # -- the context
+    @property
+    def llm(self) -> LLM:
+        if self._llm is None:
+            self._llm = self._load_llm()
+        return self._llm
+
+    @property
+    def loaded(self) -> LLM | None:
+        """The LLM when its weights are loaded, else None (nothing is loaded by asking)."""
+        return self._llm
+
+    @property
+    def is_open(self) -> bool:
+        return self._llm is not None and self._llm.ctx is not None
+
+    @property
+    def n_ctx(self) -> int:
+        """Positions one sequence of the open context may use (0 when none is open)."""
+        return self._llm.n_ctx if self.is_open else 0
+
+    @property
+    def n_past(self) -> int:
+        return self._llm.n_past if self.is_open else 0
+
+    @property
+    def n_seq(self) -> int:
+        return self._llm.n_seq if self.is_open else 0
+
+    def wanted_settings(self) -> dict:
+        """The settings a context opened for these options has (an automatic context is
+        never smaller than n_batch; a given one clips it)."""
+        from .llm import context_settings, use_extra_bufts
+        n_batch = min(self.opt.n_batch, self.opt.n_ctx) if self.opt.n_ctx else self.opt.n_batch
+        return context_settings(max(1, n_batch), "f32" if self.opt.f32_kv else "f16", self.opt.flash_attn,
+                                use_extra_bufts(self.model.manifest["llm"]["quant"]))
+
+    def open(self, n_ctx: int, n_seq: int = 1) -> None:
+        """A new, empty context of n_ctx positions for each of n_seq sequences."""
+        llm = self.llm
+        llm.open_context(n_ctx, self.opt.n_batch, self.opt.f32_kv, self.opt.flash_attn, n_seq=n_seq)
+        self.segments = []
+        self.settings = llm.settings
+
+    def fit(self, need: int, n_seq: int = 1) -> bool:
+        """Make the open context hold `need` positions in each of n_seq sequences with these
+        options' settings; opens a new one (sized to --ctx, else `need` rounded up, capped at
+        `limit`) when it does not. True when it had to."""
+        if self.is_open and self.n_ctx >= need and self.settings == self.wanted_settings() and self.n_seq >= n_seq:
+            return False
+        auto = max(math.ceil(need / CTX_ROUND) * CTX_ROUND, self.opt.n_batch)
+        limit = int(self.model.manifest["dims"]["max_positions"])
+        self.open(self.opt.n_ctx or min(limit, auto), n_seq)
+        return True
+
+    def reset(self) -> None:
+        """Forget everything the context holds (it stays open)."""
+        self.llm.reset()
+        self.segments = []
+
+    # -- what it holds
+    def shared(self, segments: list[tuple]) -> int:
+        """How many leading `segments` the open context holds already, with these settings."""
+        if not self.is_open or self.settings != self.wanted_settings():
+            return 0
+        k = 0
+        for (have, _), want in zip(self.segments, segments):
+            if have != want:
+                break
+            k += 1
+        return k
+
+    def audio_positions(self, k: int | None = None) -> int:
+        """Positions the first k recorded segments (all: None) give to audio."""
+        return sum(n for seg, n in self.segments[:k] if seg[0] == "audio")
+
+    def record(self, segment: tuple, n: int) -> None:
+        """Note that the last `n` positions evaluated hold `segment`."""
+        if sum(k for _, k in self.segments) + n == self.n_past:
+            self.segments.append((segment, n))
+        else:  # something unrecorded was evaluated in between: trust nothing after it
+            self.segments = []
+
+    def keep(self, k: int) -> int:
+        """Keep the first k recorded segments, forget every position after them."""
+        llm = self.llm
+        n = sum(n for _, n in self.segments[:k])
+        if k == 0:
+            self.reset()
+        elif n != llm.n_past:
+            llm.truncate(n)
+            self._trim(llm.n_past)
+        return llm.n_past
+
+    def forget_after(self, n_past: int) -> None:
+        """Forget positions >= n_past (an interrupted answer)."""
+        self.llm.truncate(n_past)
+        self._trim(self.llm.n_past)
+
+    def _trim(self, n_past: int) -> None:
+        kept, pos = [], 0
+        for seg, n in self.segments:
+            if pos + n > n_past:
+                break
+            kept.append((seg, n))
+            pos += n
+        self.segments = kept
+
+    # -- the saved prefix
+    def _prefix_key(self, head: list[tuple]) -> str:
+        from importlib.metadata import version
+
+        from .prefix_cache import prefix_key
+        # llama.cpp's state layout is its own: another build may not read it the same way
+        return prefix_key(head, self.model.llm_sha256, {**self.wanted_settings(),
+                                                        "llama_cpp": version("llama-cpp-python")})
+
+    def storable(self, head: list[tuple]) -> bool:
+        """Whether this prefix goes to the prefix cache: when there is one, for one audio."""
+        return self.prefix_cache is not None and sum(1 for seg in head if seg[0] == "audio") == 1
+
+    def stored(self, head: list[tuple]):
+        """The stored state of this prefix (a PrefixState), when storable and the cache has it."""
+        return self.prefix_cache.get(self._prefix_key(head)) if self.storable(head) else None
+
+    def restore(self, state, prefix: list[tuple[tuple, int]]) -> bool:
+        """Load a stored prefix state into the (open, empty) context; False, and the state
+        forgotten, when llama.cpp refuses it (the prefix is then computed as if it had not
+        been there)."""
+        self.segments = []
+        if self.llm.load_state(state.data, state.positions):
+            self.segments = list(prefix)
+            return True
+        self.prefix_cache.discard(state.key)
+        return False
+
+    def save_prefix(self, head: list[tuple], timer: Timer) -> None:
+        """The context's state, which holds exactly `head`, to the prefix cache."""
+        from .prefix_cache import PrefixState
+        if not self.storable(head) or self.settings != self.wanted_settings():
+            return
+        with timer("prefix_save"):
+            llm = self.llm
+            try:
+                self.prefix_cache.put(PrefixState(self._prefix_key(head), llm.n_past, self.audio_positions(),
+                                                  llm.save_state()))
+            except OSError as exc:  # a full disk costs the next question time, not this answer
+                log.warning("prefix cache: not saved (%s)", exc)
+
+    # -- evaluation
+    def prefill(self, plan: Plan, embeddings: list[np.ndarray] | None, timer: Timer, progress=None,
+                start: int = 0, save: bool = False, head_only: bool = False) -> None:
+        """Evaluate the plan's segments from `start` at consecutive positions, logits at the
+        end; with `save`, the head (all but the last segment) goes to the prefix cache once
+        evaluated; with `head_only`, the last segment is left for the caller."""
+        llm = self.llm
+        last = len(plan) - 1
+        todo = plan[start:last if head_only else None]
+        sizes = [len(p) if s[0] == "text" else len(embeddings[p]) for s, p in todo] if embeddings is not None \
+            else [len(p) for s, p in todo if s[0] == "text"]
+        total, done = sum(sizes), 0
+
+        def step(rows: int) -> None:
+            if progress is not None:
+                progress("prefill", done + rows, total)
+
+        with timer("prefill"):
+            for i, (seg, payload) in enumerate(todo, start=start):
+                if i == last and save and start < i:
+                    self.save_prefix([s for s, _ in plan[:i]], timer)
+                if seg[0] == "text":
+                    llm.eval_tokens(payload, logits_at_end=i == last, on_batch=step)
+                    n = len(payload)
+                else:
+                    llm.eval_embeddings(embeddings[payload], logits_at_end=i == last, on_batch=step)
+                    n = len(embeddings[payload])
+                self.record(seg, n)
+                done += n
+            if head_only and save and start < last:
+                self.save_prefix([s for s, _ in plan[:last]], timer)
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+        self.segments, self.settings = [], {}
