@@ -99,6 +99,12 @@ def audio_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_home(tmp_path_factory) -> Path:
+    """A MUFUN_HOME where `demo` builds its tiny model once for every test that runs it."""
+    return tmp_path_factory.mktemp("demo-home")
+
+
+@pytest.fixture(scope="session")
 def small_ckpt(tmp_path_factory) -> Path:
     """Real Whisper-large-v3 encoder dims + a Qwen3-0.6B-shaped LLM (~2.5 GB, ~30 s)."""
     from mufun_local.synthetic import generate
@@ -106,12 +112,17 @@ def small_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_encoder(tmp_path_factory, small_ckpt):
-    from mufun_local.convert.checkpoint import Checkpoint
-    from mufun_local.convert.encoder import write_encoder
-    out = tmp_path_factory.mktemp("small-encoder") / "encoder"
-    write_encoder(Checkpoint(small_ckpt), out, "float32", ("ctranslate2", "onnx"), onnx_int8=True)
-    return small_ckpt, out
+def small_model(tmp_path_factory, small_ckpt) -> Path:
+    """The small checkpoint converted once for every real-dimension test: the encoder stored
+    float32 for both engines and ONNX Runtime's int8 graph; q4_k_m with its F16 kept."""
+    from mufun_local.convert.run import convert
+    return convert(str(small_ckpt), tmp_path_factory.mktemp("small") / "model", quant="q4_k_m", keep_f16=True,
+                   encoder_quant="float32", encoder_backends=("ctranslate2", "onnx"), onnx_int8=True, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def small_encoder(small_ckpt, small_model):
+    return small_ckpt, small_model / "encoder"
 
 
 @pytest.fixture(scope="module")

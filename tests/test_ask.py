@@ -7,6 +7,7 @@ import pytest
 from audio_fixtures import have_ffmpeg_cli
 from mufun_local import prompt
 from mufun_local.format.model_dir import ModelDir
+from mufun_local.batch import MemoryCache
 from mufun_local.errors import MufunError
 from mufun_local.llm import LLM, Sampling
 from mufun_local.pipeline import AudioInput, Options, Pipeline, Request
@@ -151,9 +152,10 @@ def test_default_attention_and_kv_keep_a_long_prefix_exact(tiny_f16, reference, 
     song = write_audio(tmp_path / "long.flac", music(118.0, 16000, 1, seed=9), 16000)
     question = "How does the track develop over time?"
     theirs = reference.ask([str(song)], question, max_tokens=1)
-    errors = {}
+    errors, embeddings = {}, MemoryCache()  # the song is encoded once: only the LLM's settings differ
     for flash in (False, True):
-        pipe = Pipeline(ModelDir.open(tiny_f16), Options(device="cpu", compute_type="float32", flash_attn=flash))
+        pipe = Pipeline(ModelDir.open(tiny_f16), Options(device="cpu", compute_type="float32", flash_attn=flash),
+                        cache=embeddings)
         res = pipe.ask([AudioInput(str(song))], question, Request(1, keep_logits=True)).finish()
         assert res.audio_tokens == 1200
         errors[flash] = rel(res.first_logits, theirs.first_logits)
@@ -239,12 +241,12 @@ def test_weight_types_rank_by_precision_and_the_default_is_4_bit(tiny_ckpt, refe
     exact = reference.ask([song], question, max_tokens=1).first_logits
     bf16 = ref.ReferenceMuFun(tiny_ckpt, dtype=torch.bfloat16).ask([song], question, max_tokens=1).first_logits
     bound = rel(np.asarray(bf16, np.float32), exact)
-    errors = {}
+    errors, embeddings = {}, MemoryCache()  # the same encoder files: the song is encoded once
     for quant in ("f16", "q8_0", "default"):
         out = convert(str(tiny_ckpt), tmp_path / quant, encoder_quant="float32", encoder_backends=("ctranslate2",),
                       quiet=True, **({} if quant == "default" else {"quant": quant}))
         pipe = Pipeline(ModelDir.open(out), Options(device="cpu", encoder_backend="ctranslate2",
-                                                    compute_type="float32", f32_kv=True))
+                                                    compute_type="float32", f32_kv=True), cache=embeddings)
         logits = pipe.ask([AudioInput(song)], question, Request(1, keep_logits=True)).finish().first_logits
         errors[quant] = rel(logits, exact)
         pipe.close()

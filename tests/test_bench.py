@@ -39,11 +39,11 @@ def test_bench_encoder_tiny(tmp_path, tiny_ckpt):
     assert r["auto"] in r["seconds_per_window"] and "auto picks" in proc.stdout
 
 
-def test_the_serve_load_and_soak_scripts_run_as_documented(tmp_path):
+def test_the_serve_load_and_soak_scripts_run_as_documented(tmp_path, demo_home):
     """Both with their default model (the demo's, whatever weight type it has), briefly."""
     import os
     (tmp_path / "tmp").mkdir()
-    env = dict(os.environ, MUFUN_HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path / "tmp"))
+    env = dict(os.environ, MUFUN_HOME=str(demo_home), TMPDIR=str(tmp_path / "tmp"))
     load = subprocess.run([sys.executable, str(SCRIPTS / "load_serve.py"), "--seconds", "3", "--concurrency", "1", "2",
                            "--requests", "2", "--max-tokens", "2"], capture_output=True, text=True, timeout=600, env=env)
     assert load.returncode == 0, load.stderr[-3000:]

@@ -148,8 +148,8 @@ def test_original_checkpoint_dir_converts_once_into_the_cache(capsys, monkeypatc
     assert f"-{weights.DEFAULT} " in out  # converted with the default weight type
 
 
-def test_demo(capsys, monkeypatch, tmp_path):
-    monkeypatch.setenv("MUFUN_HOME", str(tmp_path / "home"))
+def test_demo(capsys, monkeypatch, demo_home):
+    monkeypatch.setenv("MUFUN_HOME", str(demo_home))
     code, out, err = run_cli(capsys, "demo", "--max-tokens", "4")
     assert code == 0, err
     assert "random weights" in out and "encoder" in out and "prefill" in out

@@ -327,8 +327,8 @@ def test_hub_cache_layout_is_found(tmp_path, monkeypatch, tiny_ckpt):
 
 
 @pytest.mark.small
-def test_small_preset_converts_and_loads(tmp_path, small_ckpt):
-    out = convert(str(small_ckpt), tmp_path / "small", quant="q4_k_m", keep_f16=True, quiet=True)
+def test_small_preset_converts_and_loads(small_model):
+    out = small_model
     md = ModelDir.open(out)
     for name in (md.manifest["llm"]["file"], "llm-f16.gguf"):
         llm = LLM(out / name)

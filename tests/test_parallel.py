@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mufun_local.batch import MemoryCache
 from mufun_local.errors import MufunError
 from mufun_local.llm import Sampling
 from mufun_local.pipeline import AudioInput
@@ -21,8 +22,14 @@ def _pipe(model_dir, sampling, **opts):
                       keep_logits=True, **opts)
 
 
+# A lone ask's pipeline is new each time, but the song's embeddings come from this cache after
+# the first: the same arrays (test_chat_cache checks a cached embedding gives the computed
+# answer), without encoding the song again for every question.
+_EMBEDDINGS = MemoryCache(entries=16)
+
+
 def _lone(model_dir, song, question, sampling):
-    pipe = _pipe(model_dir, sampling)
+    pipe = _pipe(model_dir, sampling, cache=_EMBEDDINGS)
     try:
         return pipe.ask([AudioInput(str(song))], question).finish()
     finally:
