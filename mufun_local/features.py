@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 import scipy.fft
 
-from .audio import SAMPLE_RATE, WINDOW_SAMPLES
+from .audio import WINDOW_SAMPLES
 
 N_FFT = 400
 HOP = 160

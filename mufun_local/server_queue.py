@@ -9,8 +9,10 @@ import threading
 import time
 
 from .errors import MufunError
-from .pipeline import Pipeline, Request
+from .options import Request
+from .pipeline import Pipeline
 from .server_task import Job, StopFilter
+
 
 class Stopped(Exception):
     """Raised inside the pipeline (at its next encoder window, prefill batch or token) when

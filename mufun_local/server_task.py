@@ -30,7 +30,6 @@ def error_body(message: str, etype: str = "invalid_request_error", param=None, c
     return {"error": {"message": message, "type": etype, "param": param, "code": code}}
 
 
-
 @dataclass
 class Job:
     prompt: prompt_mod.Prompt
