@@ -156,10 +156,30 @@ def hostile_server(serve):
     return serve("--max-tokens", "4", "--ctx", "1024")
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+@settings(max_examples=400, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=BODY)
+def test_any_request_body_becomes_a_job_or_a_request_error(tiny_q4, body):
+    """The request side alone, in process (where every refusal is decided): a body is a
+    prompt, sampling and stops, or a RequestError with a 4xx status and one line."""
+    from mufun_local.format.model_dir import ModelDir
+    from mufun_local.server_task import RequestError, build_prompt, parse_body, request_settings
+    model = ModelDir.open(tiny_q4)
+    try:
+        parsed = parse_body(json.dumps(body).encode())
+        prm, audios = build_prompt(parsed.get("messages"), model.manifest)
+        sampling, max_tokens, stop = request_settings(parsed, model, 4, 1024)
+    except RequestError as exc:
+        assert 400 <= exc.status < 500 and "\n" not in exc.message
+        return
+    assert prm.n_audio == len(audios) and 1 <= max_tokens <= 1024 and isinstance(stop, list)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=BODY)
 def test_any_request_body_is_answered_or_refused_never_a_500(serve, hostile_server, body):
+    """The same bodies end to end, fewer: through HTTP, the queue and the worker."""
     if isinstance(body.get("stream"), bool) or body.get("stream"):
         body["stream"] = False  # streamed answers are tested in test_server; here: the status
     req = urllib.request.Request(hostile_server + "/v1/chat/completions", data=json.dumps(body).encode(),
