@@ -233,12 +233,11 @@ def open_audio(source: Source, name: str | None = None) -> Stream:
 
 def decode(source: Source, name: str | None = None) -> Decoded:
     """The whole source as float32 mono at its native rate."""
-    path = name or describe(source)
     st = open_audio(source, name)
     pieces = list(st.blocks)
     samples = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
     if samples.size == 0:
-        raise AudioError(f"{path}: contains no audio samples")
+        raise AudioError(f"{st.path}: contains no audio samples")
     return Decoded(samples, st.rate)
 
 

@@ -112,8 +112,7 @@ class Pipeline:
 
     @property
     def n_ctx_train(self) -> int:
-        """The model's context length (the converter writes the GGUF's from the same field)."""
-        return int(self.model.manifest["dims"]["max_positions"])
+        return self.session.n_ctx_train
 
     def budget(self, used: int = 0) -> Budget:
         """The open context's budget when `used` positions are taken in it; else the most a

@@ -11,6 +11,7 @@ tokens. Positions evaluated without a record (an answer's tokens) are forgotten 
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -59,6 +60,11 @@ class Session:
         return self._llm
 
     @property
+    def n_ctx_train(self) -> int:
+        """The model's context length (the converter writes the GGUF's from the same field)."""
+        return int(self.model.manifest["dims"]["max_positions"])
+
+    @property
     def loaded(self) -> LLM | None:
         """The LLM when its weights are loaded, else None (nothing is loaded by asking)."""
         return self._llm
@@ -80,9 +86,11 @@ class Session:
     def n_seq(self) -> int:
         return self._llm.n_seq if self.is_open else 0
 
-    def wanted_settings(self) -> dict:
+    @cached_property
+    def wanted(self) -> dict:
         """The settings a context opened for these options has (an automatic context is
-        never smaller than n_batch; a given one clips it)."""
+        never smaller than n_batch; a given one clips it). Options are frozen: worked out
+        once (it reads /proc/cpuinfo for the AMX guard)."""
         from .llm import context_settings, use_extra_bufts
         n_batch = min(self.opt.n_batch, self.opt.n_ctx) if self.opt.n_ctx else self.opt.n_batch
         return context_settings(max(1, n_batch), "f32" if self.opt.f32_kv else "f16", self.opt.flash_attn,
@@ -98,12 +106,11 @@ class Session:
     def fit(self, need: int, n_seq: int = 1) -> bool:
         """Make the open context hold `need` positions in each of n_seq sequences with these
         options' settings; opens a new one (sized to --ctx, else `need` rounded up, capped at
-        `limit`) when it does not. True when it had to."""
-        if self.is_open and self.n_ctx >= need and self.settings == self.wanted_settings() and self.n_seq >= n_seq:
+        the model's length) when it does not. True when it had to."""
+        if self.is_open and self.n_ctx >= need and self.settings == self.wanted and self.n_seq >= n_seq:
             return False
         auto = max(math.ceil(need / CTX_ROUND) * CTX_ROUND, self.opt.n_batch)
-        limit = int(self.model.manifest["dims"]["max_positions"])
-        self.open(self.opt.n_ctx or min(limit, auto), n_seq)
+        self.open(self.opt.n_ctx or min(self.n_ctx_train, auto), n_seq)
         return True
 
     def reset(self) -> None:
@@ -114,7 +121,7 @@ class Session:
     # -- what it holds
     def shared(self, segments: list[tuple]) -> int:
         """How many leading `segments` the open context holds already, with these settings."""
-        if not self.is_open or self.settings != self.wanted_settings():
+        if not self.is_open or self.settings != self.wanted:
             return 0
         k = 0
         for (have, _), want in zip(self.segments, segments):
@@ -165,7 +172,7 @@ class Session:
 
         from .prefix_cache import prefix_key
         # llama.cpp's state layout is its own: another build may not read it the same way
-        return prefix_key(head, self.model.llm_sha256, {**self.wanted_settings(),
+        return prefix_key(head, self.model.llm_sha256, {**self.wanted,
                                                         "llama_cpp": version("llama-cpp-python")})
 
     def storable(self, head: list[tuple]) -> bool:
@@ -190,7 +197,7 @@ class Session:
     def save_prefix(self, head: list[tuple], timer: Timer) -> None:
         """The context's state, which holds exactly `head`, to the prefix cache."""
         from .prefix_cache import PrefixState
-        if not self.storable(head) or self.settings != self.wanted_settings():
+        if not self.storable(head) or self.settings != self.wanted:
             return
         with timer("prefix_save"):
             llm = self.llm

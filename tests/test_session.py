@@ -69,6 +69,12 @@ def ses(monkeypatch, tmp_path):
     return s
 
 
+def _other_options(ses, options):
+    other = Session(ses.model, options, lambda: ses.fake, ses.prefix_cache)
+    other.fake, other._llm, other.segments, other.settings = ses.fake, ses.fake, ses.segments, ses.settings
+    return other
+
+
 def _plan(question: list[int]):
     """system text, one audio of 300 rows, the question."""
     return plan([[1, 2, 3], question], ["song-key"])
@@ -105,7 +111,7 @@ def test_other_settings_share_nothing_and_reopen(ses):
     _run(ses, _plan([7]))
     head = [seg for seg, _ in _plan([8])[:-1]]
     assert ses.shared(head) == 2
-    ses.opt = Options(n_batch=64, f32_kv=True)
+    ses = _other_options(ses, Options(n_batch=64, f32_kv=True))  # the same context, other options
     assert ses.shared(head) == 0
     assert ses.fit(512) and ses.fake.opened == 2 and ses.segments == []
 
