@@ -179,24 +179,21 @@ class Pipeline:
         n_seq sequences; a request that cannot fit fails here, before any compute."""
         head = [seg for seg, _ in plan[:-1]]
         ses = self.session  # the weights load after the audio half, when they are not loaded yet
-        held, embeddings, state, need = 0, None, None, 0
-
-        def fits() -> int:
-            return self.budget().need(res.prompt_tokens, res.audio_tokens // self.tokens_per_window, req.max_tokens)
-        if head:
-            held = ses.shared(head)
+        held = ses.shared(head) if head else 0
+        embeddings, state = None, None
+        # The audio's rows, from the cheapest place that knows them: the context, a stored
+        # prefix, or the embeddings (the same audio gives the same rows from each).
         if head and held == len(head):
-            res.audio_tokens = ses.audio_positions(held)
-            need = fits()
-            held = held if need <= ses.n_ctx and n_seq <= ses.n_seq else 0
-        if not head or held < len(head):
-            state = ses.stored(head)
-            if state is not None:
-                res.audio_tokens = state.audio_tokens
-                need = fits()
-            else:
-                embeddings, need = self.audio_embeddings(audios, timer, res.prompt_tokens, req, keys=keys)
-                res.audio_tokens = sum(len(e) for e in embeddings)
+            rows = ses.audio_positions(held)
+        elif (state := ses.stored(head)) is not None:
+            rows = state.audio_tokens
+        else:
+            embeddings, _ = self.audio_embeddings(audios, timer, res.prompt_tokens, req, keys=keys)
+            rows = sum(len(e) for e in embeddings)
+        res.audio_tokens = rows
+        need = self.budget().need(res.prompt_tokens, rows // self.tokens_per_window, req.max_tokens)
+        if head and held == len(head) and (need > ses.n_ctx or n_seq > ses.n_seq):
+            held, state = 0, ses.stored(head)  # the context is reopened larger
 
         with timer("load"):
             llm = ses.llm
