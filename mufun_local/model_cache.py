@@ -45,10 +45,16 @@ def _cache_name(label: str, quant: str) -> str:
     return f"{safe}-{quant}"
 
 
-def _convert_cached(src: str, name: str, quant: str, quiet: bool = False) -> ModelDir:
+def _cached_other_types(label: str, quant: str) -> list[str]:
+    """The weight types other than `quant` that the cache holds of `label` (a cached model's
+    folder name ends in its type, so a new default does not reach the old conversions)."""
+    return [q for q in weights.TYPES if q != quant and (models_dir() / _cache_name(label, q) / MANIFEST).is_file()]
+
+
+def _convert_cached(src: str, label: str, quant: str, quiet: bool = False) -> ModelDir:
     from filelock import FileLock
 
-    target = models_dir() / name
+    target = models_dir() / _cache_name(label, quant)
     if (target / MANIFEST).is_file():
         return ModelDir.open(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +70,10 @@ def _convert_cached(src: str, name: str, quant: str, quiet: bool = False) -> Mod
         else:  # says what a download costs before it starts
             ckpt = Checkpoint(*fetch_checkpoint(src, quant, quiet))
         if not quiet:
+            others = _cached_other_types(label, quant)
+            if others:
+                notice(f"{src} is cached as {', '.join(others)}, not {quant}; `--model "
+                       f"{models_dir() / _cache_name(label, others[0])}` uses that one")
             notice(f"converting {src} into {target} (once) ...")
         convert(ckpt, target, quant=quant, encoder_backends=default_encoder_backends(), force=True, quiet=quiet,
                 calibrate=calibrator())
@@ -78,13 +88,13 @@ def resolve(spec: str | None = None, quant: str = weights.DEFAULT, quiet: bool =
             return ModelDir.open(path)
         if _is_checkpoint(path):
             digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
-            return _convert_cached(str(path), _cache_name(f"{path.name}-{digest}", quant), quant, quiet)
+            return _convert_cached(str(path), f"{path.name}-{digest}", quant, quiet)
         raise ModelError(f"{path}: neither a converted model nor an original MuFun checkpoint")
     if path.exists():
         raise ModelError(f"{path}: not a model directory")
     if not is_hub_id(spec):
         raise ModelError(f"{spec}: no such model directory, and not a hub id like {DEFAULT_MODEL}")
-    return _convert_cached(spec, _cache_name(spec, quant), quant, quiet)
+    return _convert_cached(spec, spec, quant, quiet)
 
 
 def pull(spec: str | None, quant: str = weights.DEFAULT, quiet: bool = False) -> tuple[ModelDir, bool]:
@@ -96,7 +106,7 @@ def pull(spec: str | None, quant: str = weights.DEFAULT, quiet: bool = False) ->
                          f"converts with `mufun-local convert`")
     target = models_dir() / _cache_name(spec, quant)
     had = (target / MANIFEST).is_file()
-    return _convert_cached(spec, target.name, quant, quiet), had
+    return _convert_cached(spec, spec, quant, quiet), had
 
 
 def list_cached() -> list[tuple[str, int]]:

@@ -146,6 +146,10 @@ def test_original_checkpoint_dir_converts_once_into_the_cache(capsys, monkeypatc
     code, out, _ = run_cli(capsys, "models")
     from mufun_local.format import weights
     assert f"-{weights.DEFAULT} " in out  # converted with the default weight type
+    from mufun_local import model_cache
+    model_cache.resolve(str(tiny_ckpt), quant="f16")  # another type (pull --quant): converted too, said why
+    err = capsys.readouterr().err  # through the CLI's stderr handler, still installed
+    assert f"cached as {weights.DEFAULT}, not f16; `--model " in err and "converting" in err
 
 
 def test_demo(capsys, monkeypatch, demo_home):
