@@ -116,9 +116,12 @@ def real_dims(small_encoder, mel):
     from mufun_local.convert.checkpoint import Checkpoint
     ckpt, enc_dir = small_encoder
     c = Checkpoint(ckpt)
-    ref = WhisperEncoder(WhisperConfig(**c.config["vision_config"])).eval()
+    with torch.device("meta"):  # no random init of 635M weights (~9 s): every tensor is assigned below
+        ref = WhisperEncoder(WhisperConfig(**c.config["vision_config"]))
     prefix = "vision_tower._vision_tower."
-    ref.load_state_dict({k[len(prefix):]: torch.from_numpy(c.get(k)) for k in c.tensors if k.startswith(prefix)})
+    ref.load_state_dict({k[len(prefix):]: torch.from_numpy(c.get(k)) for k in c.tensors if k.startswith(prefix)},
+                        assign=True)
+    ref.eval()
     x = mel[:1]
     with torch.no_grad():
         theirs = ref(torch.from_numpy(x), output_hidden_states=True).hidden_states
