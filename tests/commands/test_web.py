@@ -15,7 +15,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (Debian: apt-get install chromium)")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (test extra)")
 # MUFUN_UPDATE_SCREENSHOT=1 refreshes the README's screenshot from this test
-README_SHOT = Path(__file__).resolve().parent.parent / "docs" / "web-page.png"
+README_SHOT = Path(__file__).resolve().parents[2] / "docs" / "web-page.png"
 
 
 @pytest.fixture(scope="module")
