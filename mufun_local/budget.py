@@ -32,9 +32,14 @@ class Budget:
         need = self.limit - room + audio_tokens
         if need > self.limit:
             fit = max(0, room // self.tokens_per_window) * 30
+            larger = f", or a larger --ctx up to {self.n_ctx_train}" if self.limit < self.n_ctx_train else ""
+            if fit:
+                hint = f"at most {fit} s of audio fit (use --segs to pick a part{larger})"
+            else:  # --segs cannot help: the text and the answer leave no room for one window
+                hint = (f"no audio fits: {max(room, 0)} positions are left for it, one 30 s window takes "
+                        f"{self.tokens_per_window} (use a lower --max-tokens or a shorter prompt{larger})")
             raise MufunError(
                 f"too long for the context: {'at least ' if at_least else ''}{audio_tokens} audio tokens + "
                 f"{text_tokens} prompt tokens + {max_tokens} answer tokens"
-                + (f" + {used} earlier tokens" if used else "") + f" > {self.limit}; at most {fit} s of audio fit "
-                f"(use --segs to pick a part, or a larger --ctx up to {self.n_ctx_train})")
+                + (f" + {used} earlier tokens" if used else "") + f" > {self.limit}; {hint}")
         return need

@@ -27,6 +27,17 @@ def test_exactly_full_fits_one_more_does_not():
     assert "at most 150 s of audio fit" in msg and "up to 40960" in msg
 
 
+def test_no_room_for_one_window_says_what_would_help():
+    with pytest.raises(MufunError) as exc:
+        B.need(1900, 1, 100)
+    assert "no audio fits: 48 positions are left for it, one 30 s window takes 300" in str(exc.value)
+    assert "--max-tokens" in str(exc.value) and "up to 40960" in str(exc.value) and "--segs" not in str(exc.value)
+    full = Budget(40960, 300, 40960)  # at the model's length already: no larger --ctx to suggest
+    with pytest.raises(MufunError) as exc:
+        full.need(40000, 2, 900)
+    assert "larger --ctx" not in str(exc.value) and "no audio fits: 60 positions" in str(exc.value)
+
+
 def test_earlier_tokens_and_a_floor_are_said():
     with pytest.raises(MufunError, match=r"too long for the context: at least 3000 audio tokens .* \+ 100 earlier tokens"):
         B.need(10, 10, 20, used=100, at_least=True)
