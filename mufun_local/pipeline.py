@@ -258,7 +258,7 @@ class Pipeline:
 
     def _lengths(self, plan, embeddings=None, state=None) -> list[int]:
         """Positions of each planned segment: audio rows from the embeddings, or from a
-        stored state (which holds exactly one audio, see _stored_prefix)."""
+        stored state (which holds exactly one audio, see Session.storable)."""
         return [len(payload) if seg[0] == "text" else
                 (len(embeddings[payload]) if embeddings is not None else state.audio_tokens)
                 for seg, payload in plan]
