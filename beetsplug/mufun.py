@@ -30,7 +30,7 @@ PREFIX = "mufun_"
 def _as_field(item, field: str, value):
     """An answer's value as beets stores `field`: a list for its list fields (`genres`), else text."""
     from beets.dbcore import types
-    from mufun_local.tagger import as_text
+    from mufun_local.tags import as_text
     if isinstance(item._type(field), types.DelimitedString):
         return [str(v).strip() for v in value] if isinstance(value, list) else [str(value).strip()]
     return as_text(value)
@@ -48,13 +48,13 @@ class MufunPlugin(BeetsPlugin):
     @property
     def tagger(self):
         if self._tagger is None:
-            from mufun_local.tagger import Tagger
+            from mufun_local.batch.tagger import Tagger
             self._tagger = Tagger(self.config["model"].get(), threads=self.config["threads"].get(int))
         return self._tagger
 
     def _field_map(self) -> dict[str, str]:
         """{answer field: beets field} from `fields:`; unknown answer fields are refused."""
-        from mufun_local.tagger import FIELDS
+        from mufun_local.tags import FIELDS
         mapping = {str(k): str(v) for k, v in (self.config["fields"].get(dict) or {}).items()}
         unknown = sorted(set(mapping) - set(FIELDS))
         if unknown:
@@ -70,7 +70,7 @@ class MufunPlugin(BeetsPlugin):
     def tag_item(self, item, mapping: dict[str, str], write: bool) -> bool:
         """Ask and store one item; False (logged) when it cannot be tagged."""
         from mufun_local.errors import MufunError
-        from mufun_local.tagger import as_text
+        from mufun_local.tags import as_text
         try:
             answer = self.tagger.tag(os.fsdecode(item.path))
         except MufunError as exc:

@@ -15,10 +15,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from . import prompt as prompt_mod
-from .audio import check_source
+from .llm import prompt as prompt_mod
+from .audio.decode import check_source
 from .errors import MufunError
-from .pipeline import AudioInput, Pipeline, Request, Result
+from .encoder.embedder import AudioInput, audio_inputs
+from .pipeline import Answer, Pipeline, Request
 
 DEFAULT_CHAT_CTX = 8192
 CHAT_PROMPT = "> "
@@ -44,9 +45,10 @@ class ChatSession:
         self.template = pipe.template
         self.pending: list[AudioInput] = []
         self.turns: list[Turn] = []
-        self.result: Result | None = None
 
-    def add_audio(self, item: AudioInput) -> None:
+    def add_audio(self, audio, segs=None) -> None:
+        """Audio for the next question: a path, bytes, a file object, samples or an AudioInput."""
+        item, = audio_inputs(audio, segs)
         check_source(item.source, item.label)
         self.pending.append(item)
 
@@ -54,8 +56,9 @@ class ChatSession:
         self.pipe.session.reset()
         self.turns, self.pending = [], []
 
-    def send(self, question: str) -> Iterator[str]:
-        """Stream the answer to one user turn."""
+    def send(self, question: str) -> Answer:
+        """The answer to one user turn: iterate it to stream, or read its text(); the turn is
+        recorded as it is read (an answer stopped half-way stays half an answer)."""
         pipe = self.pipe
         audios = list(self.pending)
         marker = self.template.marker
@@ -65,16 +68,19 @@ class ChatSession:
             raise MufunError(f"the question has {question.count(marker)} {marker} "
                              f"marker(s) for {len(audios)} new audio file(s)")
         answer = pipe.extend(prm, audios, self.request)  # the audio is embedded here
-        self.result = answer.result
         self.pending = []
         turn = Turn(question, [{"path": a.label, "segs": a.segs} for a in audios])
         self.turns.append(turn)
-        try:
-            for piece in answer:
-                turn.answer += piece
-                yield piece
-        finally:
-            turn.tokens = list(answer.result.tokens)
+
+        def record(pieces: Iterator[str]) -> Iterator[str]:
+            try:
+                for piece in pieces:
+                    turn.answer += piece
+                    yield piece
+            finally:
+                pieces.close()  # stopped half-way: the answer ends here
+                turn.tokens = list(answer.result().tokens)
+        return answer.through(record)
 
     def to_json(self) -> str:
         return json.dumps({

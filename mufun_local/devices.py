@@ -1,4 +1,4 @@
-"""Where each engine runs: CPU and GPU detection, the encoder's device and the LLM offload choice.
+"""Where each engine runs: the CPU's facts (read once from /proc/cpuinfo), GPU detection, the encoder's device and the LLM offload choice.
 
 `--n-gpu-layers` defaults to "auto": every layer on the GPU when the weights plus the KV
 cache fit in free VRAM, otherwise as many layers as fit (the rest stay on the CPU), and 0
@@ -37,6 +37,24 @@ def cpu_info(cpuinfo: str | None = None) -> tuple[str, set[str]]:
         elif key.strip() in ("flags", "Features") and not flags:
             flags = set(value.split())
     return name, flags
+
+
+CPU_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni", "avx2")
+
+
+def cpu_has_amx(cpuinfo: str | None = None) -> bool:
+    """True when /proc/cpuinfo lists an AMX flag (Linux; elsewhere False)."""
+    return any(f.startswith("amx") for f in cpu_info(cpuinfo)[1])
+
+
+def cpu_signature() -> str:
+    """CPU model name and the matrix-unit flags that decide which encoder engine is fastest."""
+    import os
+    import platform
+
+    name, flags = cpu_info()
+    name = name or platform.processor() or platform.machine()
+    return f"{name} [{' '.join(f for f in CPU_FLAGS if f in flags)}] x{os.cpu_count()}"
 
 
 def ct2_cuda() -> bool:
@@ -107,38 +125,3 @@ def choose_offload(requested: int, n_layers: int, weights_bytes: int, kv_bytes: 
 
 def kv_cache_bytes(n_ctx: int, n_layers: int, n_kv_heads: int, head_dim: int, bytes_per: int = 2) -> int:
     return 2 * n_ctx * n_layers * n_kv_heads * head_dim * bytes_per
-
-
-def system_info() -> str:
-    """`info --system`: what llama.cpp and the encoder engines were built with, and the CPU."""
-    import ctranslate2
-    import llama_cpp
-
-    from importlib.metadata import version
-
-    from .encoder_backends import REGISTRY
-    from .encoder_choice import cpu_signature
-    from .format import weights
-    from .llm import cpu_has_amx, use_extra_bufts
-    try:
-        cuda = ctranslate2.get_cuda_device_count()
-    except Exception:
-        cuda = 0
-    extra = []
-    for b in REGISTRY.values():
-        if b.name == "ctranslate2":  # its line is above, with CUDA
-            continue
-        if not b.installed():
-            extra.append(f"{b.name:<11} not installed (no wheel for this platform in the default install; "
-                         f"`pip install {b.package}` where one exists)")
-            continue
-        extra.append(f"{b.name:<11} {version(b.package)}; default compute type here: {b.default_compute_type()}")
-    return "\n".join([
-        f"llama.cpp   {llama_cpp.__version__}; GPU offload: {bool(llama_cpp.llama_supports_gpu_offload())}",
-        f"            {llama_cpp.llama_print_system_info().decode().strip()}",
-        f"ctranslate2 {ctranslate2.__version__}; CUDA devices: {cuda}; "
-        f"CPU compute types: {', '.join(sorted(ctranslate2.get_supported_compute_types('cpu')))}",
-        *extra,
-        f"cpu         {cpu_signature()}; AMX: {cpu_has_amx()}; llama.cpp repacks at load: "
-        f"{', '.join(q for q in weights.TYPES if weights.TYPES[q].quantized and use_extra_bufts(q)) or 'no type'}",
-    ])

@@ -1,28 +1,13 @@
-"""Size-bounded on-disk caches (embeddings, prefix states): atomic writes, recency, eviction."""
+"""Size-bounded on-disk caches (embeddings, prefix states): entries written atomically
+(files.write_atomic), recency, eviction."""
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-
-def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """`write(fh)` into a temporary sibling, renamed to `path` when complete: a reader sees
-    the whole entry or none, and an error (or Ctrl-C) leaves nothing behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and not exc.filename and exc.errno:  # a write error names no file
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-        raise
-    touch(path)
+from .files import write_atomic
 
 
 def put_or_skip(path: Path, write: Callable[[BinaryIO], object], what: str) -> bool:
@@ -30,6 +15,7 @@ def put_or_skip(path: Path, write: Callable[[BinaryIO], object], what: str) -> b
     read-only folder) is a warning and a miss next time, never a failed request."""
     try:
         write_atomic(path, write)
+        touch(path)
         return True
     except OSError as exc:
         from .errors import first_line

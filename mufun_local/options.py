@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import MufunError
-from .llm import Sampling
+from .llm.llama import Sampling
 
 # (lowest, highest) of every number a request may give; None: unbounded
 RANGES: dict[str, tuple[float | None, float | None]] = {
@@ -79,12 +79,15 @@ class Request:
 
     max_tokens: int = 256
     sampling: Sampling = field(default_factory=Sampling)
-    schema: dict | None = None    # a JSON Schema the answer must satisfy (checked by the caller)
+    schema: dict | None = None    # a JSON Schema: its grammar constrains sampling, Answer.json() checks the rest
     keep_logits: bool = False     # keep the first step's logits (parity checks)
     progress: object = None       # (stage, done, total) -> None, or None
 
     def __post_init__(self):
         checked("max_tokens", self.max_tokens, int)
+        if self.schema is not None and self.sampling.grammar is None:
+            from .llm.grammar import schema_grammar
+            object.__setattr__(self, "sampling", replace(self.sampling, grammar=schema_grammar(self.schema)))
 
     def show(self, stage: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -108,7 +111,10 @@ def sampling(model, temperature=None, top_p=None, top_k=None, seed=None, repeat_
 def request(model, max_tokens: int = 256, temperature=None, top_p=None, top_k=None, seed=None,
             repeat_penalty=1.0, grammar: str | None = None, schema: dict | None = None,
             progress=None, keep_logits: bool = False, max_tokens_limit: int | None = None) -> Request:
-    """A complete Request for `model`; `max_tokens_limit` bounds the answer (a server's context)."""
+    """A complete Request for `model`; `max_tokens_limit` bounds the answer (a server's context).
+    A `schema` constrains the answer (its grammar); `grammar` is GBNF; not both."""
+    if schema is not None and grammar is not None:
+        raise MufunError("give a JSON Schema or a grammar, not both")
     return Request(checked("max_tokens", max_tokens, int, max_tokens_limit),
                    sampling(model, temperature, top_p, top_k, seed, repeat_penalty, grammar),
                    schema=schema, keep_logits=keep_logits, progress=progress)

@@ -16,19 +16,19 @@ from __future__ import annotations
 import codecs
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from . import audio as audio_mod
-from . import prompt as prompt_mod
+from .audio import decode as audio_mod
+from .llm import prompt as prompt_mod
 from .format.model_dir import ModelDir
-from .budget import Budget
-from .embedder import AudioEmbedder, AudioInput, Embedded, Progress  # noqa: F401  (AudioInput, Embedded: API)
+from .llm.budget import Budget
+from .encoder.embedder import AudioEmbedder, AudioInput, Embedded, Progress  # noqa: F401  (AudioInput, Embedded: API)
 from .errors import MufunError
-from .llm import LLM, Sampling  # noqa: F401  (Sampling: API)
+from .llm.llama import LLM, Sampling  # noqa: F401  (Sampling: API)
 from .options import Options, Request
-from .session import Session, plan as plan_segments
+from .llm.session import Segment, Session, plan as plan_segments
 from .timing import Timer, peak_rss_mb
 
 
@@ -45,13 +45,14 @@ class Result:
 
 
 class Answer:
-    """An answer being made: iterate it for the text as it is generated; when the iteration
-    ends, `result` holds the tokens, counts, timings and why it stopped. Nothing runs until
-    the first piece is asked for."""
+    """An answer being made (llm's Response): iterate it for the text as it is generated;
+    `result()`, `text()`, `usage()` and `json()` run it to the end first, so a half-made
+    answer is never read as a whole one. Nothing runs until it is first read."""
 
-    def __init__(self, pieces: Iterator[str], result: Result):
+    def __init__(self, pieces: Iterator[str], result: Result, request: Request | None = None):
         self._pieces = pieces
-        self.result = result
+        self._result = result
+        self._request = request
 
     def __iter__(self) -> "Answer":
         return self
@@ -59,14 +60,35 @@ class Answer:
     def __next__(self) -> str:
         return next(self._pieces)
 
+    def through(self, step: Callable[[Iterator[str]], Iterator[str]]) -> "Answer":
+        """This answer with its pieces passed through `step` (a generator over them)."""
+        return Answer(step(self._pieces), self._result, self._request)
+
     def close(self) -> None:
+        """Stop here (a client went away, Ctrl-C): what was made so far is the result."""
         self._pieces.close()
 
-    def finish(self) -> Result:
-        """Run to the end; the result."""
+    def result(self) -> Result:
+        """Tokens, counts, timings and why it stopped, once the answer is finished."""
         for _ in self._pieces:
             pass
-        return self.result
+        return self._result
+
+    def text(self) -> str:
+        return self.result().text
+
+    def usage(self) -> dict[str, int]:
+        """Positions read (prompt text and audio) and tokens generated (the stop token not counted)."""
+        res = self.result()
+        return {"prompt_tokens": res.prompt_tokens, "audio_tokens": res.audio_tokens,
+                "completion_tokens": len(res.tokens) - (res.stopped == "stop")}
+
+    def json(self):
+        """The answer parsed as JSON; with a schema in the request, checked against it too. A
+        MufunError (one line) when it is cut off or breaks the schema."""
+        from .llm.grammar import finished_json
+        req = self._request or Request()
+        return finished_json(self.text(), req.max_tokens, req.schema)
 
 
 class Pipeline:
@@ -93,7 +115,7 @@ class Pipeline:
         return self.session.llm
 
     def _load_llm(self) -> LLM:
-        from .llm import load_llm
+        from .llm.llama import load_llm
         llm = load_llm(self.model, self.opt.threads, self.opt.n_gpu_layers, self.opt.n_ctx, self.opt.verbose)
         if self._vocab is not None:
             self._vocab.close()
@@ -106,7 +128,7 @@ class Pipeline:
         if self.session.loaded is not None:
             return self.session.loaded
         if self._vocab is None:
-            from .llm import Vocab
+            from .llm.llama import Vocab
             self._vocab = Vocab(self.model.llm_file, verbose=self.opt.verbose)
         return self._vocab
 
@@ -133,17 +155,36 @@ class Pipeline:
         (everything before the last segment) comes from the prefix cache or is computed,
         and saved there. The prefix is always evaluated as its own batches, so all three
         ways give the same logits."""
-        res = Result()
-        return Answer(self._complete(prm, audios, request or Request(), res), res)
+        req, res = request or Request(), Result()
+        return Answer(self._complete(prm, audios, req, res), res, req)
 
     def _complete(self, prm, audios, req: Request, res: Result) -> Iterator[str]:
-        timer = Timer(res.timings, res.peaks)
-        plan, keys = self._begin(prm, audios, res)
-        llm, embeddings, held = self._hold_prefix(plan, keys, audios, req, res, timer)
-        self.session.prefill(plan, embeddings, timer, req.progress, start=held, save=held < len(plan) - 1)
+        llm = self._read_prompt(prm, audios, req, res)
         if req.keep_logits:
             res.first_logits = llm.logits()
         yield from self._generate(llm, req, res)
+
+    def _read_prompt(self, prm, audios, req: Request, res: Result) -> LLM:
+        """Evaluate the whole prompt (what the context holds of it kept, the prefix restored or
+        computed and saved), logits at its end; the LLM."""
+        timer = Timer(res.timings, res.peaks)
+        plan = self._plan(prm, audios, res)
+        llm, embeddings, held = self._hold_head(plan, audios, req, res, timer)
+        self.session.prefill(plan, embeddings, timer, req.progress, start=held, save=held < len(plan) - 1)
+        return llm
+
+    def forced_logits(self, prm: prompt_mod.Prompt, audios: list[AudioInput], tokens: list[int],
+                      request: Request | None = None) -> np.ndarray:
+        """The logits before each of `tokens` (an answer fed in, teacher-forced) after the
+        prompt: [len(tokens), vocab], the first row the prompt's own. What divergence
+        benchmarks compare against the reference's logits over the same answer."""
+        req = request or Request(max_tokens=max(1, len(tokens)))
+        llm = self._read_prompt(prm, audios, req, Result())
+        out = [llm.logits()]
+        for t in tokens[:-1]:
+            llm.eval_tokens([t])
+            out.append(llm.logits())
+        return np.stack(out)
 
     def extend(self, prm: prompt_mod.Prompt, audios: list[AudioInput], request: Request | None = None) -> Answer:
         """A later turn of the conversation the open context holds (chat): only `prm` and its
@@ -152,60 +193,45 @@ class Pipeline:
         req, res = request or Request(), Result()
         llm = self.llm
         timer = Timer(res.timings, res.peaks)
-        plan, keys = self._begin(prm, audios, res)
-        embeddings, _ = self.audio_embeddings(audios, timer, res.prompt_tokens, req, used=self.session.n_past,
-                                              keys=keys)
+        plan = self._plan(prm, audios, res)
+        embeddings = self.audio_embeddings(audios, timer, res.prompt_tokens, req, used=self.session.n_past,
+                                           plan=plan)
         res.audio_tokens = sum(len(e) for e in embeddings)
 
         def pieces() -> Iterator[str]:
             self.session.prefill(plan, embeddings, timer, req.progress)
             yield from self._generate(llm, req, res)
-        return Answer(pieces(), res)
+        return Answer(pieces(), res, req)
 
-    def _begin(self, prm: prompt_mod.Prompt, audios: list[AudioInput], res: Result, keys=None):
-        """The prompt's plan and audio keys; res.prompt_tokens set."""
+    def _plan(self, prm: prompt_mod.Prompt, audios: list[AudioInput], res: Result, keys=None) -> list[Segment]:
+        """The prompt as segments (the audios named by their embedding keys, or `keys`);
+        res.prompt_tokens set."""
         if prm.n_audio != len(audios):
             raise MufunError(f"the prompt has {prm.n_audio} audio slot(s) for {len(audios)} audio(s)")
         chunks = prompt_mod.tokenize(prm, self.tokenizer.tokenize)
         res.prompt_tokens = sum(map(len, chunks))
         keys = keys if keys is not None else [self.audio.cache_key(a) for a in audios]
-        return plan_segments(chunks, keys), keys
+        return plan_segments(chunks, keys)
 
-    def _hold_prefix(self, plan, keys, audios, req: Request, res: Result, timer: Timer, n_seq: int = 1):
-        """Make the context hold as much of the plan's head (all but its last segment) as it
-        can without computing: what it holds already, or the prefix cache's state. Returns
-        the LLM, the audio embeddings when the rest needs them, and how many leading
-        segments are held. The context fits res.prompt_tokens + audio + answer for each of
-        n_seq sequences; a request that cannot fit fails here, before any compute."""
-        head = [seg for seg, _ in plan[:-1]]
-        ses = self.session  # the weights load after the audio half, when they are not loaded yet
-        held = ses.shared(head) if head else 0
-        embeddings, state = None, None
-        # The audio's rows, from the cheapest place that knows them: the context, a stored
-        # prefix, or the embeddings (the same audio gives the same rows from each).
-        if head and held == len(head):
-            rows = ses.audio_positions(held)
-        elif (state := ses.stored(head)) is not None:
-            rows = state.audio_tokens
-        else:
-            embeddings, _ = self.audio_embeddings(audios, timer, res.prompt_tokens, req, keys=keys)
+    def _hold_head(self, plan: list[Segment], audios, req: Request, res: Result, timer: Timer, n_seq: int = 1):
+        """Ask the session to hold the plan's head (all but its last segment) in a context that
+        fits res.prompt_tokens + audio + answer for each of n_seq sequences; embed the audio
+        when its rows are not known otherwise or the head must be computed. Returns the LLM,
+        the embeddings (None when not needed) and how many leading segments are held. A
+        request that cannot fit fails before the encoder runs and before the weights load."""
+        head, ses = plan[:-1], self.session
+        embeddings = None
+        rows = ses.known_audio_rows(head)
+        if rows is None:
+            embeddings = self.audio_embeddings(audios, timer, res.prompt_tokens, req, plan=plan)
             rows = sum(len(e) for e in embeddings)
         res.audio_tokens = rows
         need = self.budget().need(res.prompt_tokens, rows // self.tokens_per_window, req.max_tokens)
-        if head and held == len(head) and (need > ses.n_ctx or n_seq > ses.n_seq):
-            held, state = 0, ses.stored(head)  # the context is reopened larger
-
-        with timer("load"):
+        with timer("load"):  # the weights load after the audio half, when they are not loaded yet
             llm = ses.llm
-        if ses.fit(need, n_seq):
-            held = 0
-        if state is not None:
-            with timer("prefix_load"):
-                prefix = [(seg, n) for (seg, _), n in zip(plan, self._lengths(plan, state=state))][:len(head)]
-                held = len(head) if ses.restore(state, prefix) else 0
+        held = ses.hold(head, need, n_seq, timer)
         if held < len(head) and embeddings is None:
-            embeddings, _ = self.audio_embeddings(audios, timer, res.prompt_tokens, req, keys=keys)
-        ses.keep(held)
+            embeddings = self.audio_embeddings(audios, timer, res.prompt_tokens, req, plan=plan)
         return llm, embeddings, held
 
     def ask_many(self, audios: list[AudioInput], questions: list[str], request: Request | None = None,
@@ -227,21 +253,24 @@ class Pipeline:
         """ask_many for at most opt.parallel prompts; one after another when their heads differ."""
         shared = Result()
         timer = Timer(shared.timings, shared.peaks)
-        plan0, keys = self._begin(prms[0], audios, Result())
-        plans = [plan0] + [self._begin(p, audios, Result(), keys)[0] for p in prms[1:]]
-        if len(prms) == 1 or any(p[:-1] != plans[0][:-1] or p[-1][0][0] != "text" for p in plans):
-            return [self.complete(p, audios, req).finish() for p in prms]  # no common head
-        counts = [sum(len(x) for s, x in p if s[0] == "text") for p in plans]
+        keys = [self.audio.cache_key(a) for a in audios]
+        counts, plans = [], []
+        for p in prms:
+            r = Result()
+            plans.append(self._plan(p, audios, r, keys))
+            counts.append(r.prompt_tokens)
+        if len(prms) == 1 or any(p[:-1] != plans[0][:-1] or p[-1].is_audio for p in plans):
+            return [self.complete(p, audios, req).result() for p in prms]  # no common head
         shared.prompt_tokens = max(counts)
         longest = plans[counts.index(shared.prompt_tokens)]
-        llm, embeddings, held = self._hold_prefix(longest, keys, audios, req, shared, timer, n_seq=len(prms))
+        llm, embeddings, held = self._hold_head(longest, audios, req, shared, timer, n_seq=len(prms))
         self.session.prefill(longest, embeddings, timer, req.progress, start=held, save=held < len(longest) - 1,
                              head_only=True)
         t0 = time.perf_counter()
         tails_done = []
         req.show("answer", 0, req.max_tokens)
         logits: list | None = [] if req.keep_logits else None
-        answers = llm.answer_many([p[-1][1] for p in plans], req.sampling, req.max_tokens, self.stop_ids,
+        answers = llm.answer_many([list(p[-1].ids) for p in plans], req.sampling, req.max_tokens, self.stop_ids,
                                   on_tails=lambda: tails_done.append(time.perf_counter()), first_logits=logits)
         shared.timings["prefill"] = shared.timings.get("prefill", 0.0) + tails_done[0] - t0
         shared.timings["generate"] = time.perf_counter() - tails_done[0]
@@ -256,24 +285,19 @@ class Pipeline:
                                   peaks=dict(shared.peaks), first_logits=logits[i] if logits else None))
         return results
 
-    def _lengths(self, plan, embeddings=None, state=None) -> list[int]:
-        """Positions of each planned segment: audio rows from the embeddings, or from a
-        stored state (which holds exactly one audio, see Session.storable)."""
-        return [len(payload) if seg[0] == "text" else
-                (len(embeddings[payload]) if embeddings is not None else state.audio_tokens)
-                for seg, payload in plan]
-
     def audio_embeddings(self, audios: list[AudioInput], timer: Timer, text_tokens: int, req: Request,
-                         used: int = 0, keys: list[str] | None = None) -> tuple[list[np.ndarray], int]:
-        """Embeddings for each audio, and the context the request needs (`used` positions are
-        already taken). Cheap steps first, cache look-ups and decoding, so that a request
-        that cannot fit fails before the encoder runs; the encoder is released afterwards
-        (its memory goes back before the LLM's long work) unless keep_audio_models."""
+                         used: int = 0, plan: list[Segment] | None = None) -> list[np.ndarray]:
+        """Embeddings for each audio (`plan`'s audio segments hold their cache keys); `used`
+        positions of the context are taken already. Cheap steps first, cache look-ups and
+        decoding, so that a request that cannot fit fails before the encoder runs; the
+        encoder is released afterwards (its memory goes back before the LLM's long work)
+        unless keep_audio_models."""
         budget = self.budget(used)
         left = budget.windows_left(text_tokens, req.max_tokens, used)
+        keys = {seg.index: seg.audio_key for seg in plan or () if seg.is_audio}
         pending: list = []
         for i, a in enumerate(audios):
-            key = (keys[i] if keys else self.audio.cache_key(a)) if self.cache is not None else None
+            key = (keys.get(i) or self.audio.cache_key(a)) if self.cache is not None else None
             hit = self.audio.usable(self.cache.get(key)) if key else None
             if hit is not None:
                 pending.append((hit, None, key))
@@ -287,7 +311,7 @@ class Pipeline:
                 raise
             pending.append((None, wins, key))
             left -= len(wins)
-        need = budget.need(text_tokens, self._windows(pending), req.max_tokens, used)
+        budget.need(text_tokens, self._windows(pending), req.max_tokens, used)  # refuses what cannot fit
         embeddings = []
         to_encode = sum(1 for h, _, _ in pending if h is None)
         for hit, wins, key in pending:
@@ -299,7 +323,7 @@ class Pipeline:
             embeddings.append(hit)
         if any(h is None for h, _, _ in pending) and not self.opt.keep_audio_models:
             self.audio.release()
-        return embeddings, need
+        return embeddings
 
     def _windows(self, pending) -> int:
         return sum(len(h) // self.tokens_per_window if h is not None else len(w) for h, w, _ in pending)

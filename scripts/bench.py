@@ -89,7 +89,7 @@ def bandwidth_gbs(nbytes: int = 1 << 30) -> float:
 def llm_micro(model_dir: Path, n_rows: int, gen_tokens: int, threads: int) -> dict:
     """Embedding prefill vs token prefill of the same length; generation tokens/s."""
     from mufun_local.format.model_dir import ModelDir
-    from mufun_local.llm import LLM, Sampling
+    from mufun_local.llm.llama import LLM, Sampling
 
     md = ModelDir.open(model_dir)
     llm = LLM(md.llm_file, threads=threads)
@@ -141,7 +141,7 @@ def main() -> int:
     ap.add_argument("--json", help="write all results here")
     args = ap.parse_args()
 
-    from mufun_local.encoder_choice import choose
+    from mufun_local.encoder.choice import choose
     from mufun_local.synthetic import generate
 
     work = Path(args.work or tempfile.mkdtemp(prefix="mufun-bench-"))
@@ -156,13 +156,13 @@ def main() -> int:
     conversion = None
     if not (model / "manifest.json").is_file():  # as a user converts: the CLI, its defaults, its own process
         print(f"converting ({args.quant}) ...", file=sys.stderr)
-        conversion = measured([sys.executable, "-m", "mufun_local.cli", "convert", str(ckpt), str(model),
+        conversion = measured([sys.executable, "-m", "mufun_local", "convert", str(ckpt), str(model),
                                "--quant", args.quant, "--force", "-q"], dict(os.environ, MUFUN_HOME=str(work / "home")))
         conversion.pop("out")
     audio = Path(args.audio) if args.audio else make_song(work / f"song-{int(args.seconds)}s.wav", args.seconds)
 
     env = dict(os.environ, MUFUN_HOME=str(work / "home"), OMP_NUM_THREADS=str(args.threads))
-    ours_cmd = [sys.executable, "-m", "mufun_local.cli", "ask", "-m", str(model), str(audio), QUESTION,
+    ours_cmd = [sys.executable, "-m", "mufun_local", "ask", "-m", str(model), str(audio), QUESTION,
                 "--json", "--temperature", "0", "--max-tokens", str(args.max_tokens), "--no-cache",
                 "--threads", str(args.threads), "--encoder-backend", args.encoder_backend, "-q"]
     # auto's one-off measurement happens here, not inside the timed run
@@ -189,7 +189,7 @@ def main() -> int:
         out = work / f"batch-{n}.jsonl"
         out.unlink(missing_ok=True)
         qs = [QUESTION, *OTHER_QUESTIONS][:n]
-        cmd = [sys.executable, "-m", "mufun_local.cli", "batch", "-m", str(model), str(audio),
+        cmd = [sys.executable, "-m", "mufun_local", "batch", "-m", str(model), str(audio),
                *[a for q in qs for a in ("--question", q)], "--out", str(out), "--temperature", "0",
                "--max-tokens", str(args.max_tokens), "--threads", str(args.threads),
                "--encoder-backend", args.encoder_backend, "-q"]

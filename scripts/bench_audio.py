@@ -29,8 +29,8 @@ def make_song(path: Path, seconds: float, rate: int, seed: int = 0) -> Path:
 
 def ours(path: str):
     """What `ask` runs: decode + resample in a worker thread, overlapped with the log-mels."""
-    from mufun_local import features
-    from mufun_local.mel_windows import load_log_mels
+    from mufun_local.audio import features
+    from mufun_local.audio.windows import load_log_mels
     return np.stack(load_log_mels(path, None, _filters(features))[0])
 
 

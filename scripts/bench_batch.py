@@ -52,7 +52,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from mufun_local.convert.run import convert, default_encoder_backends
-    from mufun_local.encoder_choice import choose
+    from mufun_local.encoder.choice import choose
     from mufun_local.synthetic import generate
 
     work = Path(args.work or tempfile.mkdtemp(prefix="mufun-bench-batch-"))
@@ -65,15 +65,15 @@ def main() -> int:
     model = work / f"model-{ckpt.name}"
     if not (model / "manifest.json").exists():
         convert(str(ckpt), model, quant="q4_k_m", encoder_backends=default_encoder_backends(), force=True, quiet=True)
-    from mufun_local.model_cache import home
-    choose(model / "encoder", cache_file=home() / "encoder-choice.json")  # the one-off measurement, before any timing
+    from mufun_local.paths import encoder_choice_file
+    choose(model / "encoder", cache_file=encoder_choice_file())  # the one-off measurement, before any timing
     songs = work / "songs"
     songs.mkdir(exist_ok=True)
     for i in range(args.files):
         if not (songs / f"song{i:03d}.wav").exists():
             make_song(songs / f"song{i:03d}.wav", args.seconds, 44100, seed=i)
 
-    base = [sys.executable, "-m", "mufun_local.cli", "batch", str(songs), "-m", str(model), "-q",
+    base = [sys.executable, "-m", "mufun_local", "batch", str(songs), "-m", str(model), "-q",
             "--question", "What genre is this?", "--max-tokens", str(args.max_tokens), "--temperature", "0"]
     results = {}
     for name, extra in (("local", []), ("ray local", ["--ray", "local"])):

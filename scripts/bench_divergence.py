@@ -23,7 +23,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,27 +62,9 @@ def compare(ref: np.ndarray, run: np.ndarray) -> dict:
     return {"kl": kl, "top1": top1, "first_err_std": first, "steps": n}
 
 
-def ours_forced(pipe, song: str, tokens: list[int], steps: int) -> np.ndarray:
-    """mufun-local's logits before each of `tokens` (the reference's answer), teacher-forced."""
-    from mufun_local import prompt
-    from mufun_local.pipeline import AudioInput, Request, Result
-    from mufun_local.timing import Timer
-
-    res, req = Result(), Request(max_tokens=steps + 1)
-    audios = [AudioInput(song)]
-    plan, keys = pipe._begin(prompt.build(QUESTION, 1, pipe.template), audios, res)
-    llm, embeddings, held = pipe._hold_prefix(plan, keys, audios, req, res, Timer({}))
-    pipe.session.prefill(plan, embeddings, Timer({}), start=held)
-    out = [llm.logits()]
-    for t in tokens[:-1]:
-        llm.eval_tokens([t])
-        out.append(llm.logits())
-    return np.stack(out)
-
-
 def make_gguf(f16: Path, name: str, mix: tuple, work: Path, ckpt: Path) -> Path:
-    from mufun_local.convert.checkpoint import Checkpoint
-    from mufun_local.convert.llm_gguf import WRITTEN, load_vocab, quantize, write_gguf
+    from mufun_local.convert.read_checkpoint import Checkpoint
+    from mufun_local.convert.write_gguf import WRITTEN, load_vocab, quantize, write_gguf
     ftype, output, embedding = mix
     if ftype == "f16":
         return f16
@@ -112,11 +94,12 @@ def main() -> int:
 
     from mufun_local.format import weights
     from mufun_local.format.model_dir import ModelDir
-    from mufun_local.convert.checkpoint import Checkpoint
-    from mufun_local.convert.llm_gguf import load_vocab, write_gguf
+    from mufun_local.convert.read_checkpoint import Checkpoint
+    from mufun_local.convert.write_gguf import load_vocab, write_gguf
     from mufun_local.convert.run import convert
-    from mufun_local.encoder_backends import get
-    from mufun_local.pipeline import Options, Pipeline
+    from mufun_local.encoder.backends import get
+    from mufun_local.model import Caches, Model
+    from mufun_local.options import Options
     from mufun_reference import ReferenceMuFun
 
     work = Path(args.work or tempfile.mkdtemp(prefix="mufun-bench-div-"))
@@ -173,17 +156,15 @@ def main() -> int:
     if args.runs:
         runs = [r for r in runs if any(w.strip() and w.strip() in r[0] for w in args.runs.split(","))]
 
-    from mufun_local.batch import MemoryCache
+    from mufun_local.encoder.embcache import MemoryCache
     embeddings, sizes = MemoryCache(), {}
     for name, opt, mix in runs:
         t1 = time.perf_counter()
         gguf = md.llm_file if mix is None else make_gguf(f16, *mix, work, ckpt)
         m = replace(md, manifest={**md.manifest, "llm": {**md.manifest["llm"], "file": os.path.relpath(gguf, model)}})
-        pipe = Pipeline(m, opt, cache=embeddings)  # runs with the same encoder reuse its embeddings
-        try:
-            rows[name] = [compare(r, ours_forced(pipe, s, t, args.steps)) for s, t, r in zip(songs, answers, ref_logits)]
-        finally:
-            pipe.close()
+        # runs with the same encoder reuse its embeddings
+        with Model(m, caches=Caches(embeddings), **asdict(opt)) as ours:
+            rows[name] = [compare(r, ours.forced_logits(s, QUESTION, t)) for s, t, r in zip(songs, answers, ref_logits)]
         sizes[name] = gguf.stat().st_size
         print(f"{name}: {time.perf_counter() - t1:.0f} s", file=sys.stderr)
 

@@ -46,11 +46,12 @@ def main() -> int:
     from transformers import WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    from mufun_local import features
-    from mufun_local.convert.checkpoint import Checkpoint
-    from mufun_local.convert.encoder import write_encoder
-    from mufun_local import encoder_choice
-    from mufun_local.encoder_backends import get, load_encoder
+    from mufun_local.audio import features
+    from mufun_local.convert.read_checkpoint import Checkpoint
+    from mufun_local.convert.write_encoder import write_encoder
+    from mufun_local.devices import cpu_signature
+    from mufun_local.encoder import choice as encoder_choice
+    from mufun_local.encoder.backends import get, load_encoder
     from mufun_local.synthetic import generate
 
     torch.set_num_threads(args.threads)
@@ -99,7 +100,7 @@ def main() -> int:
     picked = f"{choice.backend} {choice.compute_type}"
     fp32, bf16 = rows["transformers float32"], rows["transformers bfloat16"]
     print(f"\nEncoder, hidden states 0/7/15/32, {args.windows} x 30 s windows per call, "
-          f"{args.threads} threads, {encoder_choice.cpu_signature()}")
+          f"{args.threads} threads, {cpu_signature()}")
     print("| engine | s / window | hs32 rel. error | vs transformers fp32 | vs transformers bf16 |")
     print("|---|---|---|---|---|")
     for name, sec in rows.items():

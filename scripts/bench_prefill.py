@@ -39,7 +39,7 @@ def settings_grid(threads: int) -> list[dict]:
 
 
 def measure(gguf: Path, setting: dict, rows: int, prompt: str) -> dict:
-    from mufun_local.llm import LLM
+    from mufun_local.llm.llama import LLM
     llm = LLM(gguf, threads=setting["threads"])
     try:
         llm.open_context(rows + 256, setting["n_batch"], flash_attn=setting["flash_attn"], kv_type=setting["kv"])
@@ -102,7 +102,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from mufun_local.format.model_dir import ModelDir
-    from mufun_local.prompt import SYSTEM_PROMPT
+    from mufun_local.llm.prompt import SYSTEM_PROMPT
     md = ModelDir.open(args.model_dir)
     prompt = SYSTEM_PROMPT + " USER: \n"
     ggufs = [md.llm_file] + [Path(g) for g in args.gguf]

@@ -50,7 +50,7 @@ RECIPES = {
 
 def make_recipe(f16: Path, name: str, work: Path, threads: int, imatrix=None) -> tuple[Path, float]:
     """The recipe's GGUF in `work` (made once) and the seconds the quantizer took (0 if reused)."""
-    from mufun_local.convert.llm_gguf import quantize
+    from mufun_local.convert.write_gguf import quantize
     ftype, output, embedding = RECIPES[name]
     dst = work / f"llm-{name}.gguf"
     if dst.exists():
@@ -71,25 +71,23 @@ def song_embeddings(model_dir: Path, songs: int, seconds: float, work: Path) -> 
             return [z[f"song{i}"] for i in range(songs)]
     from bench_audio import make_song
     from mufun_local.format.model_dir import ModelDir
-    from mufun_local.pipeline import AudioInput, Options, Pipeline
+    from mufun_local.model import Model
 
-    pipe = Pipeline(ModelDir.open(model_dir), Options(threads=2))
     out = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with Model(ModelDir.open(model_dir), caches=None, threads=2) as model, tempfile.TemporaryDirectory() as tmp:
         for i in range(songs):
             path = make_song(Path(tmp) / f"song{i}.wav", seconds, 44100, seed=i)
-            e = pipe.embed(AudioInput(str(path))).embeddings
+            e = model.embed(path).embeddings
             out.append(e[: int(round(seconds * 10))])  # the rows of the audio itself, not the padding
-    pipe.close()
     np.savez(cache, **{f"song{i}": e for i, e in enumerate(out)})
     return out
 
 
 def calibration_imatrix(args, f16: Path, work: Path):
-    """The importance matrix the converter makes by default (mufun_local.imatrix.calibrator:
+    """The importance matrix the converter makes by default (mufun_local.store.imatrix.calibrator:
     `--calibration-songs` generated songs, other than the measured ones, `--seconds` each, one
     calibration question each), cached in `work`."""
-    from mufun_local import imatrix
+    from mufun_local.store import imatrix
     from mufun_local.format.model_dir import ModelDir
 
     cache = work / "imatrix.npz"
@@ -106,8 +104,8 @@ def calibration_imatrix(args, f16: Path, work: Path):
 
 def child(args) -> int:
     """One GGUF, one repack setting: prefill, teacher-forced steps (or greedy ones for F16)."""
-    from mufun_local import prompt
-    from mufun_local.llm import LLM
+    from mufun_local.llm import prompt
+    from mufun_local.llm.llama import LLM
     from mufun_local.format.model_dir import ModelDir
 
     md = ModelDir.open(args.model_dir)

@@ -40,10 +40,11 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ["MUFUN_HOME"] = str(work / "home")
     from mufun_local.format.model_dir import ModelDir
-    from mufun_local.constrain import schema_grammar
-    from mufun_local.export import TAGS_QUESTION, TAGS_SCHEMA
-    from mufun_local.llm import Sampling
-    from mufun_local.pipeline import AudioInput, Options, Pipeline, Request
+    from mufun_local.llm.grammar import schema_grammar
+    from mufun_local.tags import TAGS_QUESTION, TAGS_SCHEMA
+    from mufun_local.llm.llama import Sampling
+    from mufun_local.model import Model
+    from mufun_local.options import Request
 
     model = Path(args.model) if args.model else work / f"model-{args.preset}"
     if not args.model and not (model / "manifest.json").exists():
@@ -56,19 +57,19 @@ def main() -> int:
     song = make_song(work / "song.wav", args.seconds, 44100, seed=0)
     grammar = schema_grammar(TAGS_SCHEMA)
 
-    pipe = Pipeline(ModelDir.open(model), Options(quiet=True, keep_audio_models=True))
+    ours = Model(ModelDir.open(model), caches=None, quiet=True, keep_audio_models=True)
     runs: dict[str, list[float]] = {"free text": [], "tags schema": []}
     tokens: dict[str, int] = {}
     try:
         for r in range(args.rounds + 1):  # round 0 fills the caches and is not counted
             for name, g in (("free text", None), ("tags schema", grammar)):
                 req = Request(args.max_tokens, Sampling(temperature=0.0, grammar=g))
-                res = pipe.ask([AudioInput(str(song))], TAGS_QUESTION, req).finish()
+                res = ours.ask(song, TAGS_QUESTION, request=req).result()
                 if r:
                     runs[name].append(len(res.tokens) / res.timings["generate"])
                     tokens[name] = len(res.tokens)
     finally:
-        pipe.close()
+        ours.close()
 
     print(f"\n{model.name}, {args.seconds:.0f} s song, greedy, up to {args.max_tokens} tokens, "
           f"median of {args.rounds}, {os.cpu_count()} CPUs")

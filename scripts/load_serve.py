@@ -27,7 +27,7 @@ def start_server(model: str, max_tokens: int, env: dict | None = None) -> tuple[
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "mufun_local.cli", "serve", "-m", model, "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "mufun_local", "serve", "-m", model, "--port", str(port),
                              "--max-tokens", str(max_tokens), "--max-queue", "256", "--no-cache", "-q"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -43,7 +43,7 @@ def start_server(model: str, max_tokens: int, env: dict | None = None) -> tuple[
 
 def demo_model() -> str:
     """The demo's tiny model (made on first use, offline)."""
-    from mufun_local.demo import run_demo
+    from mufun_local.cli.demo import run_demo
     return str(run_demo("warm-up", 1, echo=lambda m: None))
 
 

@@ -26,7 +26,7 @@ atexit.register(shutil.rmtree, os.environ["MUFUN_HOME"], ignore_errors=True)
 @pytest.fixture
 def encoder_calls(monkeypatch):
     """Counts the windows of each encoder call (any backend)."""
-    from mufun_local.encoder import EncoderBase
+    from mufun_local.encoder.base import EncoderBase
     calls = []
     real = EncoderBase.hidden_states
 
@@ -142,7 +142,7 @@ def serve(tiny_q4, tmp_path_factory):
             port = s.getsockname()[1]
         tmp = tmp_path_factory.mktemp("tmp")   # the server's temporary folder, to check for leaks
         env = dict(os.environ, MUFUN_HOME=str(tmp_path_factory.mktemp("home")), TMPDIR=str(tmp))
-        proc = subprocess.Popen([sys.executable, "-m", "mufun_local.cli", "serve", "-m", str(tiny_q4),
+        proc = subprocess.Popen([sys.executable, "-m", "mufun_local", "serve", "-m", str(tiny_q4),
                                  "--port", str(port), *args], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append(proc)

@@ -1,15 +1,13 @@
-"""Helpers the test modules share: the CLI run in-process, its one-line-error check, and a
-Pipeline built from one mixed set of keyword arguments (split into its load Options and
-the Request every ask of the test makes)."""
+"""Helpers the test modules share: the CLI run in-process, its one-line-error check, a Model
+of a test model with the caches a test gives, and a fake Model for the doors' plumbing."""
 from __future__ import annotations
 
-from dataclasses import fields
-
-from mufun_local.format.model_dir import ModelDir
 from mufun_local.cli import main
-from mufun_local.pipeline import Answer, Options, Pipeline, Request, Result
-
-REQUEST_FIELDS = {f.name for f in fields(Request)}
+from mufun_local.encoder.embedder import audio_inputs
+from mufun_local.format.model_dir import ModelDir
+from mufun_local.model import Caches, Model
+from mufun_local.options import Options, Request, request
+from mufun_local.pipeline import Answer, Result
 
 
 def run_cli(capsys, *args):
@@ -27,44 +25,29 @@ def assert_one_line_error(code, err, match):
     assert match in lines[0], lines[0]
 
 
-class Bound:
-    """A pipeline and the request this test asks with; everything else is the pipeline's."""
-
-    def __init__(self, pipe: Pipeline, req: Request):
-        self.pipe, self.req = pipe, req
-
-    def __getattr__(self, name):
-        return getattr(self.pipe, name)
-
-    def ask(self, audios, question):
-        return self.pipe.ask(audios, question, self.req)
-
-    def complete(self, prm, audios):
-        return self.pipe.complete(prm, audios, self.req)
-
-    def ask_many(self, audios, questions, parallel=None):
-        return self.pipe.ask_many(audios, questions, self.req, parallel=parallel)
+def open_model(model_dir, embeddings=None, prefixes=None, **options) -> Model:
+    """A Model of a converted test model with these caches (none unless given) and load options."""
+    return Model(ModelDir.open(model_dir), caches=Caches(embeddings, prefixes), **options)
 
 
-def bound_pipe(model_dir, cache=None, prefix_cache=None, **kw) -> Bound:
-    req = Request(**{k: v for k, v in kw.items() if k in REQUEST_FIELDS})
-    opt = Options(**{k: v for k, v in kw.items() if k not in REQUEST_FIELDS})
-    return Bound(Pipeline(ModelDir.open(model_dir), opt, cache=cache, prefix_cache=prefix_cache), req)
+class FakeModel:
+    """Stands where a mufun_local.Model does (server.create_app, a patched CLI): no encoder, no
+    llama.cpp, answers in milliseconds. It answers "a b c ..." one word per token up to the
+    request's max_tokens (stopping early at `stop_after`), reports the stages to the request's
+    progress callback as the real one does, and keeps each call (prompt, audios, request)."""
 
-
-class FakePipeline:
-    """Stands where a Pipeline does (server.create_app(pipeline=...), a patched cli): no
-    encoder, no llama.cpp, answers in milliseconds. It answers "a b c ..." one word per token
-    up to the request's max_tokens (stopping early at `stop_after`), reports the stages to
-    the request's progress callback as the real one does, and keeps each call for the test."""
-
-    def __init__(self, model, words: int = 8, stop_after: int | None = None):
-        self.model, self.stop_ids = model, {0}
+    def __init__(self, model: ModelDir, words: int = 8, stop_after: int | None = None, **options):
+        self.dir, self.path, self.id = model, model.path, str(model.manifest["source"]["id"])
+        self.options, self.stop_ids = Options(**options), {0}
         self.words, self.stop_after = words, stop_after
         self.calls: list[tuple] = []
 
-    def complete(self, prm, audios, request=None) -> Answer:
-        req = request or Request()
+    def request(self, **call) -> Request:
+        return request(self.dir, **call)
+
+    def complete(self, prm, audio, request: Request | None = None, **call) -> Answer:
+        req = request or self.request(**call)
+        audios = audio_inputs(audio) if audio else []
         self.calls.append((prm, audios, req))
         res = Result(prompt_tokens=10, audio_tokens=300 * len(audios))
 
@@ -81,10 +64,19 @@ class FakePipeline:
                 piece = ("" if i == 0 else " ") + chr(ord("a") + i % 26)
                 res.text += piece
                 yield piece
-        return Answer(pieces(), res)
+        return Answer(pieces(), res, req)
 
-    def ask(self, audios, question, request=None) -> Answer:
-        return self.complete(question, audios, request)
+    def ask(self, audio, question, segs=None, request: Request | None = None, **call) -> Answer:
+        return self.complete(question, audio_inputs(audio, segs), request, **call)
+
+    def load(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

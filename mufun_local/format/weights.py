@@ -25,7 +25,7 @@ class WeightType:
     # 49 rows/s without, 27 with; q4_0 14 without, 32 with); AMX CPUs keep them off.
     repack: bool = True
     # Quantized with an importance matrix from MuFun prompts when the conversion can make one
-    # (mufun_local.imatrix): measured more accurate at the same size and speed.
+    # (mufun_local.store.imatrix): measured more accurate at the same size and speed.
     imatrix: bool = False
 
 

@@ -146,7 +146,7 @@ def test_original_checkpoint_dir_converts_once_into_the_cache(capsys, monkeypatc
     code, out, _ = run_cli(capsys, "models")
     from mufun_local.format import weights
     assert f"-{weights.DEFAULT} " in out  # converted with the default weight type
-    from mufun_local import model_cache
+    from mufun_local.store import models as model_cache
     model_cache.resolve(str(tiny_ckpt), quant="f16")  # another type (pull --quant): converted too, said why
     err = capsys.readouterr().err  # through the CLI's stderr handler, still installed
     assert f"cached as {weights.DEFAULT}, not f16; `--model " in err and "converting" in err
@@ -160,14 +160,14 @@ def test_demo(capsys, monkeypatch, demo_home):
 
 
 def test_console_script_exit_code(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mufun_local.cli", "ask", str(tmp_path / "x.wav"), "Q?",
+    proc = subprocess.run([sys.executable, "-m", "mufun_local", "ask", str(tmp_path / "x.wav"), "Q?",
                            "-m", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1 and "error:" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_runtime_imports_no_torch():
-    code = ("import sys, mufun_local.cli, mufun_local.pipeline, mufun_local.encoder, mufun_local.connector, "
-            "mufun_local.llm, mufun_local.audio, mufun_local.features, mufun_local.model_cache, mufun_local.convert.run;"
+    code = ("import sys, mufun_local.cli.commands, mufun_local.pipeline, mufun_local.encoder.base, mufun_local.encoder.connector, "
+            "mufun_local.llm.llama, mufun_local.audio.decode, mufun_local.audio.features, mufun_local.store.models, mufun_local.convert.run;"
             "bad = [m for m in ('torch', 'transformers', 'torchaudio') if m in sys.modules];"
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -175,7 +175,8 @@ def test_runtime_imports_no_torch():
 
 
 def test_amx_guard():
-    from mufun_local.llm import cpu_has_amx, use_extra_bufts
+    from mufun_local.devices import cpu_has_amx
+    from mufun_local.llm.llama import use_extra_bufts
     amx = "processor : 0\nflags : fpu sse avx512f amx_bf16 amx_tile amx_int8\n"
     plain = "processor : 0\nflags : fpu sse avx2 avx512f avx512_vnni\n"
     assert cpu_has_amx(amx) and not cpu_has_amx(plain)
@@ -213,7 +214,7 @@ def test_cuda_requested_without_cuda(capsys, tiny_q4, audio_dir, monkeypatch):
 
 def test_auto_device_picks_cuda_when_present(monkeypatch):
     import mufun_local.devices as devices
-    from mufun_local.encoder_backends import get
+    from mufun_local.encoder.backends import get
     ct2 = get("ctranslate2")
     monkeypatch.setattr(devices, "ct2_cuda", lambda: True)
     assert ct2.device_for("auto") == "cuda" and ct2.default_compute_type("cuda") == "float16"
@@ -223,7 +224,7 @@ def test_auto_device_picks_cuda_when_present(monkeypatch):
 
 def test_mp3_named_text_is_one_clean_line(tmp_path):
     (tmp_path / "notes.mp3").write_text("hello\n")
-    proc = subprocess.run([sys.executable, "-c", "from mufun_local import audio; audio.decode('notes.mp3')"],
+    proc = subprocess.run([sys.executable, "-c", "from mufun_local.audio.decode import decode; decode('notes.mp3')"],
                           cwd=tmp_path, capture_output=True, text=True)
     assert "Note:" not in proc.stderr  # no decoder chatter before the error
     assert "not a readable audio file (Invalid data found when processing input)" in proc.stderr
@@ -232,19 +233,20 @@ def test_mp3_named_text_is_one_clean_line(tmp_path):
 def test_chat_from_a_pipe_fails_when_a_turn_fails(tmp_path, tiny_q4):
     bad = tmp_path / "bad.flac"
     bad.write_bytes(b"fLaC" + b"\0" * 500)
-    proc = subprocess.run([sys.executable, "-m", "mufun_local.cli", "chat", "-m", str(tiny_q4), str(bad)],
+    proc = subprocess.run([sys.executable, "-m", "mufun_local", "chat", "-m", str(tiny_q4), str(bad)],
                           input="Genre?\n", capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, MUFUN_HOME=str(tmp_path / "home")))
     assert proc.returncode == 1 and "bad.flac" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_ask_options_reach_the_request_without_a_model_running(capsys, tiny_q4, audio_dir, monkeypatch):
-    """The CLI's plumbing against a FakePipeline (no encoder, no llama.cpp): the request
+    """The CLI's plumbing against a FakeModel (no encoder, no llama.cpp): the request
     carries --max-tokens and the sampling flags, --json carries the result."""
-    import mufun_local.pipeline as pipeline_mod
-    from helpers import FakePipeline
+    import mufun_local.model as model_mod
+    from helpers import FakeModel
+    from mufun_local.store.models import resolve
     made = []
-    monkeypatch.setattr(pipeline_mod, "Pipeline", lambda md, opt, **kw: made.append(FakePipeline(md)) or made[-1])
+    monkeypatch.setattr(model_mod, "Model", lambda spec, **kw: made.append(FakeModel(resolve(spec))) or made[-1])
     code, out, err = run_cli(capsys, "ask", "-m", str(tiny_q4), str(audio_dir / "song22k.flac"), "Genre?",
                              "--max-tokens", "3", "--temperature", "0", "--seed", "5", "--json", "-q")
     assert code == 0, err

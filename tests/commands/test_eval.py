@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from mufun_local import evaluate
+from mufun_local.batch import evaluate
 from mufun_local.pipeline import Pipeline
 from helpers import assert_one_line_error, run_cli
 
@@ -84,7 +84,7 @@ def test_resume_answers_only_what_is_missing(capsys, mucue, tiny_q4, tmp_path):
 
 
 def test_compare_prints_both_tables_and_the_differences(capsys, mucue, tiny_q4, tiny_f32, tmp_path, monkeypatch):
-    import mufun_local.evaluate as ev
+    import mufun_local.batch.evaluate as ev
     # Random weights rarely give a letter; make the two models' letters differ on one item.
     monkeypatch.setattr(ev, "extract_letter", lambda answer, choices: "A" if len(answer) % 2 else "B")
     code, out, err = run_cli(capsys, "eval", str(mucue), "-m", str(tiny_q4), "--compare", str(tiny_f32),

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mufun_local import audio
+from mufun_local.audio import decode as audio
 from mufun_local.errors import AudioError
 
 USUAL_RATES = [8000, 11025, 16000, 22050, 44100, 48000, 96000]
@@ -163,7 +163,7 @@ def test_any_request_body_becomes_a_job_or_a_request_error(tiny_q4, body):
     """The request side alone, in process (where every refusal is decided): a body is a
     prompt, sampling and stops, or a RequestError with a 4xx status and one line."""
     from mufun_local.format.model_dir import ModelDir
-    from mufun_local.server_task import RequestError, build_prompt, parse_body, request_settings
+    from mufun_local.server.task import RequestError, build_prompt, parse_body, request_settings
     model = ModelDir.open(tiny_q4)
     try:
         parsed = parse_body(json.dumps(body).encode())
@@ -213,7 +213,7 @@ def test_full_disk_caches_are_skipped_and_a_full_journal_is_one_line(capsys, tmp
         def failing(fh):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, failing)
-    from mufun_local import export
+    from mufun_local.batch import export
     monkeypatch.setenv("MUFUN_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(lru, "write_atomic", full)  # the caches' (lru.put_or_skip)
     monkeypatch.setattr(export, "write_atomic", full)  # the table's (its own import of it)
@@ -227,7 +227,7 @@ def test_full_disk_caches_are_skipped_and_a_full_journal_is_one_line(capsys, tmp
                  "--out", str(tmp_path / "j.jsonl"), "--format", "csv"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"error: {tmp_path / 'j.csv'}: No space left on device", err
-    import mufun_local.batch as batch
+    import mufun_local.batch.local as batch
 
     def journal_full(rec):
         raise OSError(errno.ENOSPC, "No space left on device")

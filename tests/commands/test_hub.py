@@ -12,7 +12,7 @@ import pytest
 from huggingface_hub.errors import LocalEntryNotFoundError
 from packaging.requirements import Requirement
 
-from mufun_local import hub
+from mufun_local.store import hub
 from mufun_local.format.model_dir import ModelDir
 from mufun_local.convert.run import convert, default_encoder_backends
 from helpers import assert_one_line_error, run_cli

@@ -16,7 +16,7 @@ import pytest
 
 from mufun_local.offline import VARIABLES, openvino_opted_in, telemetry_off
 
-CLI = [sys.executable, "-m", "mufun_local.cli"]
+CLI = [sys.executable, "-m", "mufun_local"]
 
 
 def test_telemetry_is_off_and_a_users_own_setting_stays(tmp_path):

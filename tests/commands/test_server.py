@@ -11,8 +11,9 @@ import urllib.request
 import pytest
 
 from mufun_local.format.model_dir import ModelDir
-from mufun_local.llm import Sampling
-from mufun_local.pipeline import AudioInput, Options, Pipeline, Request
+from mufun_local.llm.llama import Sampling
+from helpers import open_model
+from mufun_local.pipeline import AudioInput, Request
 
 pytest.importorskip("starlette")
 openai = pytest.importorskip("openai")
@@ -38,11 +39,9 @@ def client(base, key=KEY):
 
 
 def ask_answer(model_dir, path, question, seed, max_tokens=16):
-    pipe = Pipeline(ModelDir.open(model_dir))
-    text = pipe.ask([AudioInput(str(path))], question,
-                    Request(max_tokens, Sampling(temperature=0.7, top_k=20, top_p=0.95, seed=seed))).finish().text
-    pipe.close()
-    return text
+    with open_model(model_dir) as model:
+        return model.ask(path, question, max_tokens=max_tokens, temperature=0.7, top_k=20, top_p=0.95,
+                         seed=seed).text()
 
 
 def post(base, body, key=KEY, raw=None):
@@ -78,7 +77,7 @@ def test_models_health_and_auth(server):
         assert json.loads(r.read())["status"] == "ok"
 
 
-def test_multi_turn_and_two_audios(server, audio_dir):
+def test_multi_turn_and_two_audios(server, tiny_q4, audio_dir):
     song, other = audio_dir / "song22k.flac", audio_dir / "song44k.wav"
     messages = [
         {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": b64(song), "format": "flac"}},
@@ -91,6 +90,14 @@ def test_multi_turn_and_two_audios(server, audio_dir):
     status, body = post(server, {"messages": messages, "max_tokens": 4, "seed": 1})
     assert status == 200, body
     assert body["usage"]["prompt_tokens"] > 600
+    from mufun_local.server.task import build_prompt
+    with open_model(tiny_q4, n_ctx=2048) as fresh:  # the same conversation, answered by a fresh model
+        prm, audios = build_prompt(messages, fresh.dir.manifest)
+        answer = fresh.complete(prm, audios, max_tokens=4, seed=1)
+        assert body["choices"][0]["message"]["content"] == answer.text()
+        usage = answer.usage()
+    assert body["usage"]["prompt_tokens"] == usage["prompt_tokens"] + usage["audio_tokens"] == \
+        usage["prompt_tokens"] + 600
 
 
 @pytest.mark.parametrize("body,raw,status,match", [
@@ -234,7 +241,7 @@ def test_a_web_page_cannot_use_the_server(server):
 
 
 def test_host_names_and_keys():
-    from mufun_local.server import allowed_hosts, host_name, key_matches
+    from mufun_local.server.http import allowed_hosts, host_name, key_matches
     assert [host_name(h) for h in ("localhost:8080", "[::1]:80", "::1", "127.0.0.1", "Example.COM")] == \
         ["localhost", "::1", "::1", "127.0.0.1", "example.com"]
     assert allowed_hosts("0.0.0.0") is None and "10.0.0.5" in allowed_hosts("10.0.0.5")
@@ -256,7 +263,7 @@ def test_stop_strings_never_leak_across_pieces(stops):
     first stop string, and nothing of the stop string itself."""
     import random
 
-    from mufun_local.server import StopFilter
+    from mufun_local.server.http import StopFilter
     text = "Jazz, calm. ST then STOP and more\n\nEND. abcaabcab tail"
     firsts = [text.find(s) for s in stops if s in text]
     expected = text[:min(firsts)] if firsts else text
@@ -285,8 +292,8 @@ class _Events(list):
 
 
 def _job(audio, question, **kw):
-    from mufun_local import prompt
-    from mufun_local.server import Job
+    from mufun_local.llm import prompt
+    from mufun_local.server.http import Job
     return Job(prompt.build(question, 1, prompt.Template()), [AudioInput(str(audio))], Sampling(), 8, [],
                _Loop(), _Events(), **kw)
 
@@ -294,13 +301,13 @@ def _job(audio, question, **kw):
 def test_a_stopped_request_frees_the_worker_and_the_next_one_is_right(tiny_q4, audio_dir):
     """Past its deadline (504) or its client gone (cancel): the worker stops at the next
     encoder window, prefill batch or token, and the next request's answer is `ask`'s."""
-    from mufun_local.server import Worker
+    from mufun_local.server.http import Worker
     song = audio_dir / "long48k.flac"
-    pipe = Pipeline(ModelDir.open(tiny_q4), Options(keep_audio_models=True))
-    worker = Worker(pipe, 4)
+    model = open_model(tiny_q4, keep_audio_models=True)
+    worker = Worker(model, 4)
     late = _job(song, "Genre?", deadline=0.0)
     worker._serve(late)
-    assert [e[:2] for e in late.events] == [("error", 504)] and pipe.session.loaded is None  # before any compute
+    assert [e[:2] for e in late.events] == [("error", 504)] and model.pipeline.session.loaded is None  # no compute
     gone = _job(song, "Genre?")
     stages = []
 
@@ -318,17 +325,16 @@ def test_a_stopped_request_frees_the_worker_and_the_next_one_is_right(tiny_q4, a
     worker._serve(ok)
     text = "".join(e[1] for e in ok.events if e[0] == "delta")
     assert ok.events[-1][0] == "done" and text == ok.events[-1][1]["text"]
-    pipe.close()
-    fresh = Pipeline(ModelDir.open(tiny_q4))
-    assert text == fresh.ask([AudioInput(str(song))], "Genre?", Request(8)).finish().text
-    fresh.close()
+    model.close()
+    with open_model(tiny_q4) as fresh:
+        assert text == fresh.ask(song, "Genre?", request=Request(8)).text()
 
 
 def test_a_full_queue_and_a_stopped_worker_answer_503_before_any_body_is_read(tiny_q4):
     from starlette.testclient import TestClient
 
-    from mufun_local.server import create_app
-    app = create_app(ModelDir.open(tiny_q4), Options(n_ctx=1024), max_queue=1, max_tokens=2)
+    from mufun_local.server.http import create_app
+    app = create_app(open_model(tiny_q4, n_ctx=1024), max_queue=1, max_tokens=2)
     worker = app.state.worker
     read = []
 
@@ -346,21 +352,20 @@ def test_a_full_queue_and_a_stopped_worker_answer_503_before_any_body_is_read(ti
         r = c.post("/v1/chat/completions", content=body(), headers={"Content-Type": "application/json"})
         assert r.status_code == 503 and r.headers["Retry-After"] == "5"
     assert not read, "a refused request's body was read"
-    app.state.pipeline.close()
+    app.state.model.close()
 
 
 # ------------------------------------------------------------------ request handling, with no model running
 
 @pytest.fixture
 def fake_app(tiny_q4):
-    """The server around a FakePipeline: the HTTP and queue logic in milliseconds."""
+    """The server around a FakeModel: the HTTP and queue logic in milliseconds."""
     from starlette.testclient import TestClient
 
-    from helpers import FakePipeline
-    from mufun_local.server import create_app
-    md = ModelDir.open(tiny_q4)
-    fake = FakePipeline(md, words=6, stop_after=None)
-    app = create_app(md, Options(n_ctx=1024), max_tokens=4, pipeline=fake, api_key=KEY)
+    from helpers import FakeModel
+    from mufun_local.server.http import create_app
+    fake = FakeModel(ModelDir.open(tiny_q4), words=6, stop_after=None, n_ctx=1024)
+    app = create_app(fake, max_tokens=4, api_key=KEY)
     with TestClient(app) as c:
         yield c, fake
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mufun_local.format.model_dir import ModelDir
-from mufun_local.llm import Sampling
-from mufun_local.pipeline import AudioInput, Pipeline, Request
+from helpers import open_model
+from mufun_local.llm.llama import Sampling
+from mufun_local.options import Request
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (Debian: apt-get install chromium)")
@@ -32,10 +32,8 @@ def page(serve):
 
 
 def greedy(model_dir, path, question, max_tokens=16):
-    pipe = Pipeline(ModelDir.open(model_dir))
-    text = pipe.ask([AudioInput(str(path))], question, Request(max_tokens, Sampling(temperature=0.0))).finish().text
-    pipe.close()
-    return text
+    with open_model(model_dir) as model:
+        return model.ask(path, question, request=Request(max_tokens, Sampling(temperature=0.0))).text()
 
 
 def ask_on_page(pg, question):

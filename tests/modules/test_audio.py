@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from audio_fixtures import have_ffmpeg_cli, music, write_audio
-from mufun_local import audio
+from mufun_local.audio import decode as audio
 from mufun_local.errors import AudioError
 
 needs_ffmpeg = pytest.mark.skipif(not have_ffmpeg_cli(), reason="the ffmpeg CLI (the original's decoder) is not installed")
@@ -259,8 +259,8 @@ def test_overlapped_decoding_equals_the_sequential_one(tmp_path):
     its errors reach the caller and leave no thread behind."""
     import threading
 
-    from mufun_local import features
-    from mufun_local.mel_windows import load_log_mels, one_blas_thread
+    from mufun_local.audio import features
+    from mufun_local.audio.windows import load_log_mels, one_blas_thread
     path = write_audio(tmp_path / "x.flac", music(75.0, 44100, 2), 44100)
     filters = features.mel_filters(128)
     mels, seconds = load_log_mels(str(path), (2.0, 70.0), filters)

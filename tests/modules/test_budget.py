@@ -1,7 +1,7 @@
 """The context budget on its own (no llama.cpp): what fits, and the error when it does not."""
 import pytest
 
-from mufun_local.budget import Budget
+from mufun_local.llm.budget import Budget
 from mufun_local.errors import MufunError
 
 B = Budget(limit=2048, tokens_per_window=300, n_ctx_train=40960)

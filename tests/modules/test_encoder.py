@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from audio_fixtures import music
-from mufun_local import features
+from mufun_local.audio import features
 from mufun_local.format.model_dir import ModelDir
-from mufun_local.connector import Connector, pool
-from mufun_local.encoder_backends import load_encoder
+from mufun_local.encoder.connector import Connector, pool
+from mufun_local.encoder.backends import load_encoder
 
 torch = pytest.importorskip("torch", reason="these tests compare with PyTorch (the test extra)")
 
@@ -113,7 +113,7 @@ def real_dims(small_encoder, mel):
     from transformers import WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    from mufun_local.convert.checkpoint import Checkpoint
+    from mufun_local.convert.read_checkpoint import Checkpoint
     ckpt, enc_dir = small_encoder
     c = Checkpoint(ckpt)
     with torch.device("meta"):  # no random init of 635M weights (~9 s): every tensor is assigned below

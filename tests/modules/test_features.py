@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from audio_fixtures import chord, clipped, drums, music, noise
-from mufun_local import features
+from mufun_local.audio import features
 
 SR = 16000
 SIGNALS = {

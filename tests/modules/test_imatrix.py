@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mufun_local import imatrix
+from mufun_local.store import imatrix
 from mufun_local.errors import ModelError
 from mufun_local.format.model_dir import ModelDir
 
 
 def _prompts(llm_file, n_rows=(40, 24), seed=0):
-    from mufun_local.llm import Vocab
+    from mufun_local.llm.llama import Vocab
     v = Vocab(llm_file)
     head = v.tokenize("A chat between a curious user and an artificial intelligence assistant. USER: ")
     tail = v.tokenize(" What genre is this? ASSISTANT:")
@@ -42,8 +42,8 @@ def test_first_block_matches_numpy(tiny_f32):
 
 def test_text_and_audio_prompts_and_the_quantizer_takes_it(tmp_path, tiny_f16):
     import filecmp
-    from mufun_local.convert.llm_gguf import quantize
-    from mufun_local.llm import LLM
+    from mufun_local.convert.write_gguf import quantize
+    from mufun_local.llm.llama import LLM
     md = ModelDir.open(tiny_f16)
     im = imatrix.collect(md.llm_file, _prompts(md.llm_file))
     imatrix.save(tmp_path / "im.npz", im)

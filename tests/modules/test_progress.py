@@ -17,7 +17,7 @@ def test_stages_in_order_with_counts(tiny_q4, audio_dir):
     events = []
     pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu", n_batch=128))
     res = pipe.ask([AudioInput(str(audio_dir / "long48k.flac"))], "Genre?",
-                   Request(3, progress=lambda *e: events.append(e))).finish()
+                   Request(3, progress=lambda *e: events.append(e))).result()
     pipe.close()
     stages = [e[0] for e in events]
     assert stages[0] == "decode" and stages[-1] == "answer"

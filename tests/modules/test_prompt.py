@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mufun_local import prompt
+from mufun_local.llm import prompt
 from mufun_local.format.model_dir import ModelDir
-from mufun_local.llm import Vocab
+from mufun_local.llm.llama import Vocab
 
 QUESTIONS = ["What genre is this?", "<audio> This is song1. <audio> This is song2. Which is faster?",
              "Unicode: café 🎵 and {braces} and 100%", "<think>hmm</think> ok"]

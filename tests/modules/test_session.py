@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mufun_local.options import Options
-from mufun_local.prefix_cache import PrefixCache
-from mufun_local.session import Session, plan
+from mufun_local.llm.prefix_cache import PrefixCache
+from mufun_local.llm.session import Segment, Session, plan
 from mufun_local.timing import Timer
 
 
@@ -61,7 +61,7 @@ EXTRA = None
 @pytest.fixture
 def ses(monkeypatch, tmp_path):
     global EXTRA
-    from mufun_local import llm
+    from mufun_local.llm import llama as llm
     EXTRA = llm.use_extra_bufts("q4_k_m")
     fake = FakeLLM()
     s = Session(FakeModel(), Options(n_batch=64), lambda: fake, PrefixCache(tmp_path / "prefixes"))
@@ -91,7 +91,7 @@ def test_second_question_keeps_what_it_shares(ses):
     _run(ses, p1)
     assert ses.n_past == 305 and [n for _, n in ses.segments] == [3, 300, 2]
     ses.fake.eval_tokens([5, 6])  # an answer: evaluated, not recorded
-    head = [seg for seg, _ in p2[:-1]]
+    head = p2[:-1]
     assert ses.shared(head) == 2 and ses.audio_positions(2) == 300
     assert ses.keep(2) == 303 and len(ses.segments) == 2  # the answer and the old question are gone
     _run(ses, p2, start=2)
@@ -102,14 +102,14 @@ def test_unrecorded_positions_in_between_trust_nothing_after(ses):
     ses.fit(512)
     _run(ses, _plan([7]))
     ses.fake.eval_tokens([1, 2])
-    ses.record(("text", (2,)), 1)  # 2 positions evaluated, 1 recorded: the records are dropped
+    ses.record(Segment(ids=(2,)), 1)  # 2 positions evaluated, 1 recorded: the records are dropped
     assert ses.segments == []
 
 
 def test_other_settings_share_nothing_and_reopen(ses):
     ses.fit(512)
     _run(ses, _plan([7]))
-    head = [seg for seg, _ in _plan([8])[:-1]]
+    head = _plan([8])[:-1]
     assert ses.shared(head) == 2
     ses = _other_options(ses, Options(n_batch=64, f32_kv=True))  # the same context, other options
     assert ses.shared(head) == 0
@@ -129,18 +129,36 @@ def test_saved_prefix_restores_and_a_refused_one_is_forgotten(ses):
     ses.fit(512)
     p = _plan([7])
     _run(ses, p, save=True)             # the head (system + audio) goes to the prefix cache
-    head = [seg for seg, _ in p[:-1]]
+    head = p[:-1]
     state = ses.stored(head)
-    assert state is not None and state.positions == 303 and state.audio_tokens == 300
+    assert state is not None and state.positions == 303 and state.lengths == [3, 300]
+    assert ses.known_audio_rows(head) == 300          # the context holds it
     ses.reset()
-    assert ses.restore(state, [(seg, n) for seg, n in zip(head, (3, 300))])
+    assert ses.known_audio_rows(head) == 300          # the stored state's header says
+    assert ses.restore(state, head)
     assert ses.n_past == 303 and ses.shared(head) == 2
     ses.fake.refuse_state = True
-    assert not ses.restore(state, [])
-    assert ses.stored(head) is None and ses.segments == []
+    assert not ses.restore(state, head)
+    assert ses.stored(head) is None and ses.segments == [] and ses.known_audio_rows(head) is None
 
 
-def test_only_one_audio_prefixes_are_stored(ses):
-    two = plan([[1], [2], [3]], ["a", "b"])
-    assert not ses.storable([seg for seg, _ in two[:-1]])
-    assert ses.storable([seg for seg, _ in _plan([7])[:-1]])
+def test_a_prefix_with_several_audios_is_stored_with_each_segments_length(ses):
+    two = plan([[1], [2, 2], [3]], ["a", "b"])
+    head = two[:-1]
+    assert ses.storable(head) and not ses.storable(plan([[1], [2]], [])[:-1])   # audio, or nothing to keep
+    ses.fit(1024)
+    ses.prefill(two, [np.zeros((300, 8), np.float32), np.zeros((600, 8), np.float32)], Timer({}), save=True)
+    ses.reset()
+    assert ses.known_audio_rows(head) == 900
+    assert ses.hold(head, 1024, 1, Timer({})) == len(head)                   # restored, segment by segment
+    assert [n for _, n in ses.segments] == [1, 300, 2, 600] and ses.n_past == 903
+
+
+def test_hold_keeps_what_the_context_holds_and_reopens_when_it_must(ses):
+    p = _plan([7])
+    ses.fit(512)
+    _run(ses, p)
+    ses.fake.eval_tokens([5, 6])                                  # an answer
+    assert ses.hold(p[:-1], 400, 1, Timer({})) == 2 and ses.n_past == 303 and ses.fake.opened == 1
+    assert ses.hold(p[:-1], 2000, 1, Timer({})) == 0 and ses.fake.opened == 2   # larger: reopened, empty
+    assert ses.n_past == 0 and ses.segments == []

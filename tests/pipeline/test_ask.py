@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 from audio_fixtures import have_ffmpeg_cli
-from mufun_local import prompt
+from mufun_local.llm import prompt
 from mufun_local.format.model_dir import ModelDir
-from mufun_local.batch import MemoryCache
+from mufun_local.encoder.embcache import MemoryCache
 from mufun_local.errors import MufunError
-from mufun_local.llm import LLM, Sampling
+from mufun_local.llm.llama import LLM, Sampling
+from mufun_local.model import Model
 from mufun_local.pipeline import AudioInput, Options, Pipeline, Request
 
 needs_ffmpeg = pytest.mark.skipif(not have_ffmpeg_cli(), reason="the reference decodes with the ffmpeg CLI, as the original does")
@@ -28,16 +29,15 @@ def rel(a, b) -> float:
 
 
 def run(model_dir, files, segs, question, max_tokens=12, sampling=None, **opts):
+    """The answer through the public API (mufun_local.Model), streamed, then its result."""
     req = Request(max_tokens, sampling or Sampling(temperature=0.0), keep_logits=True)
-    pipe = Pipeline(ModelDir.open(model_dir), Options(device="cpu", compute_type="float32", f32_kv=True, **opts))
-    try:
-        answer = pipe.ask([AudioInput(f, s) for f, s in zip(files, segs or [None] * len(files))], question, req)
+    with Model(ModelDir.open(model_dir), caches=None, device="cpu", compute_type="float32", f32_kv=True,
+               **opts) as model:
+        answer = model.ask(files, question, segs=segs, request=req)
         text = "".join(answer)
-        res = answer.result
-        assert text == res.text
+        res = answer.result()
+        assert text == res.text == answer.text()
         return res
-    finally:
-        pipe.close()
 
 
 @needs_ffmpeg
@@ -106,7 +106,7 @@ def test_overflow_is_refused_before_compute(tiny_f32, audio_dir):
 
 def test_context_sized_to_request(tiny_q4, audio_dir):
     pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu"))
-    res = pipe.ask([AudioInput(str(audio_dir / "long48k.flac"))], "What genre?", Request(20)).finish()
+    res = pipe.ask([AudioInput(str(audio_dir / "long48k.flac"))], "What genre?", Request(20)).result()
     assert res.audio_tokens == 600
     need = res.prompt_tokens + res.audio_tokens + 20
     assert need <= pipe.llm.n_ctx < need + 256
@@ -128,7 +128,7 @@ def test_repeated_asks_reset_the_cache(tiny_f32, audio_dir):
     pipe = Pipeline(md, Options(device="cpu", compute_type="float32", f32_kv=True, n_ctx=1024))
     item = [AudioInput(str(audio_dir / "song22k.flac"))]
     req = Request(8, keep_logits=True)
-    first, second = (pipe.ask(item, "Genre?", req).finish() for _ in range(2))
+    first, second = (pipe.ask(item, "Genre?", req).result() for _ in range(2))
     first, second = (first.text, first.first_logits), (second.text, second.first_logits)
     assert first[0] == second[0]
     np.testing.assert_array_equal(first[1], second[1])
@@ -156,7 +156,7 @@ def test_default_attention_and_kv_keep_a_long_prefix_exact(tiny_f16, reference, 
     for flash in (False, True):
         pipe = Pipeline(ModelDir.open(tiny_f16), Options(device="cpu", compute_type="float32", flash_attn=flash),
                         cache=embeddings)
-        res = pipe.ask([AudioInput(str(song))], question, Request(1, keep_logits=True)).finish()
+        res = pipe.ask([AudioInput(str(song))], question, Request(1, keep_logits=True)).result()
         assert res.audio_tokens == 1200
         errors[flash] = rel(res.first_logits, theirs.first_logits)
         pipe.close()
@@ -168,7 +168,7 @@ def test_default_attention_and_kv_keep_a_long_prefix_exact(tiny_f16, reference, 
 def test_llm_weights_load_after_the_encoder_is_gone(tiny_q4, audio_dir, monkeypatch):
     """llama.cpp maps the whole GGUF in at load; a one-shot ask must not hold it and the
     encoder at once (tokenizing and sizing use the vocabulary alone)."""
-    import mufun_local.llm as llm_mod
+    import mufun_local.llm.llama as llm_mod
     seen = []
 
     class Spy(llm_mod.LLM):
@@ -179,7 +179,7 @@ def test_llm_weights_load_after_the_encoder_is_gone(tiny_q4, audio_dir, monkeypa
     pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu"))
     answer = pipe.ask([AudioInput(str(audio_dir / "song22k.flac"))], "Genre?", Request(3))
     text = "".join(answer)
-    assert seen == [True] and answer.result.text == text and pipe._vocab is None
+    assert seen == [True] and answer.result().text == text and pipe._vocab is None
     pipe.close()
 
 
@@ -187,7 +187,7 @@ def test_llm_weights_load_after_the_encoder_is_gone(tiny_q4, audio_dir, monkeypa
 def test_encoder_is_gone_before_the_connector_runs(tiny_q4, audio_dir, monkeypatch, keep):
     """At real size the encoder holds ~5 GB: the connector of the last audio runs without it
     (batch jobs keep it for the next file). The embeddings are the same either way."""
-    from mufun_local.connector import Connector
+    from mufun_local.encoder.connector import Connector
     seen, real = [], Connector.__call__
     monkeypatch.setattr(Connector, "__call__",
                         lambda self, hs: seen.append(pipe.audio._encoder is None) or real(self, hs))
@@ -195,11 +195,11 @@ def test_encoder_is_gone_before_the_connector_runs(tiny_q4, audio_dir, monkeypat
     pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu", keep_audio_models=keep))
     audios = [AudioInput(str(audio_dir / "song22k.flac")), AudioInput(str(audio_dir / "song22k.flac"), segs=(0.0, 2.0))]
     prm = prompt.build("Genre?", 2, pipe.template)
-    logits = pipe.complete(prm, audios, req).finish().first_logits
+    logits = pipe.complete(prm, audios, req).result().first_logits
     assert seen == [False, not keep]
     pipe.close()
     other = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu", keep_audio_models=not keep))
-    np.testing.assert_array_equal(other.complete(prm, audios, req).finish().first_logits, logits)
+    np.testing.assert_array_equal(other.complete(prm, audios, req).result().first_logits, logits)
     other.close()
 
 
@@ -219,7 +219,7 @@ def test_default_encoder_is_no_less_accurate_than_the_originals_bf16(tiny_all, t
     errors = {}
     for label, opts in (("default", {}), ("int8", dict(encoder_backend="onnxruntime", compute_type="int8"))):
         pipe = Pipeline(ModelDir.open(tiny_all), Options(device="cpu", **opts))
-        errors[label] = rel(pipe.ask([AudioInput(song)], question, Request(1, keep_logits=True)).finish().first_logits,
+        errors[label] = rel(pipe.ask([AudioInput(song)], question, Request(1, keep_logits=True)).result().first_logits,
                             exact)
         errors[label + " engine"] = f"{pipe.audio.choice.backend} {pipe.audio.choice.compute_type}"
         pipe.close()
@@ -247,7 +247,7 @@ def test_weight_types_rank_by_precision_and_the_default_is_4_bit(tiny_ckpt, refe
                       quiet=True, **({} if quant == "default" else {"quant": quant}))
         pipe = Pipeline(ModelDir.open(out), Options(device="cpu", encoder_backend="ctranslate2",
                                                     compute_type="float32", f32_kv=True), cache=embeddings)
-        logits = pipe.ask([AudioInput(song)], question, Request(1, keep_logits=True)).finish().first_logits
+        logits = pipe.ask([AudioInput(song)], question, Request(1, keep_logits=True)).result().first_logits
         errors[quant] = rel(logits, exact)
         pipe.close()
     print(f"relative logit error: original bf16 {bound:.2e}, ours {errors}")

@@ -11,21 +11,20 @@ import time
 import numpy as np
 import pytest
 
-from mufun_local.chat import ChatSession
-from mufun_local.embcache import EmbeddingCache
-from mufun_local.llm import Sampling
-from mufun_local.pipeline import AudioInput
-from helpers import bound_pipe
+from mufun_local.encoder.embcache import EmbeddingCache
+from mufun_local.llm.llama import Sampling
+from mufun_local.options import Request
+from helpers import open_model
+
+GREEDY = Request(8, Sampling(temperature=0.0))
 
 
 def _pipe(model_dir, cache=None, **opts):
-    opts.setdefault("max_tokens", 8)
-    opts.setdefault("sampling", Sampling(temperature=0.0))
-    return bound_pipe(model_dir, cache, device="cpu", **opts)
+    return open_model(model_dir, cache, device="cpu", **opts)
 
 
-def _ask(pipe, path, question="What genre?", segs=None):
-    res = pipe.ask([AudioInput(str(path), segs)], question).finish()
+def _ask(model, path, question="What genre?", segs=None):
+    res = model.ask(path, question, segs=segs, request=GREEDY).result()
     return res.text, res
 
 
@@ -41,7 +40,7 @@ def test_cache_hit_skips_the_encoder(tmp_path, tiny_q4, audio_dir, encoder_calls
     assert encoder_calls == [2], "the second ask must not run the encoder"
     assert "encoder" not in second.timings and "decode" not in second.timings
     assert second_text == first_text and second.tokens == first.tokens
-    fresh = _pipe(tiny_q4).embed(AudioInput(str(song)))
+    fresh = _pipe(tiny_q4).embed(song)
     np.testing.assert_array_equal(np.load(files[0]), fresh.embeddings)
     pipe.close()
 
@@ -95,37 +94,38 @@ def test_chat_turn1_equals_ask_and_turn2_reuses_the_cache(tiny_q4, audio_dir):
     song = audio_dir / "song22k.flac"
     ask_text, ask_res = _ask(_pipe(tiny_q4), song, "What genre is this?")
 
-    pipe = _pipe(tiny_q4)
-    chat = ChatSession(pipe.pipe, pipe.req, n_ctx=2048)
-    chat.add_audio(AudioInput(str(song)))
-    turn1 = "".join(chat.send("What genre is this?"))
-    assert turn1 == ask_text and chat.result.tokens == ask_res.tokens
+    model = _pipe(tiny_q4)
+    chat = model.chat(2048, request=GREEDY)
+    chat.add_audio(song)
+    answer = chat.send("What genre is this?")
+    turn1 = "".join(answer)
+    assert turn1 == ask_text and answer.result().tokens == ask_res.tokens
 
-    llm = pipe.llm
+    llm = model.pipeline.llm
     before_decoded, before_past = llm.n_decoded, llm.n_past
-    "".join(chat.send("And the mood?"))
-    r2 = chat.result
+    answer = chat.send("And the mood?")
+    "".join(answer)
+    r2 = answer.result()
     fed_back = len(r2.tokens) - (1 if r2.stopped == "stop" else 0)
     assert llm.n_decoded - before_decoded == r2.prompt_tokens + fed_back, "only the new turn is evaluated"
     assert llm.n_past == before_past + r2.prompt_tokens + fed_back
     turn2_text = llm.tokenize("<|endoftext|>USER: And the mood? ASSISTANT:")
     assert r2.prompt_tokens == len(turn2_text)
-    pipe.close()
+    model.close()
 
 
 def test_chat_audio_in_a_later_turn(tiny_q4, audio_dir):
-    pipe = _pipe(tiny_q4)
-    chat = ChatSession(pipe.pipe, pipe.req, n_ctx=2048)
-    chat.add_audio(AudioInput(str(audio_dir / "song22k.flac")))
+    model = _pipe(tiny_q4)
+    chat = model.chat(2048, request=GREEDY)
+    chat.add_audio(audio_dir / "song22k.flac")
     "".join(chat.send("What genre?"))
-    chat.add_audio(AudioInput(str(audio_dir / "song44k.wav")))
-    "".join(chat.send("How does this one compare?"))
-    assert chat.result.audio_tokens == 300
+    chat.add_audio(audio_dir / "song44k.wav")
+    assert chat.send("How does this one compare?").usage()["audio_tokens"] == 300
     saved = chat.to_json()
     assert "How does this one compare?" in saved and "song44k.wav" in saved
     chat.reset()
-    assert pipe.llm.n_past == 0
-    pipe.close()
+    assert model.pipeline.llm.n_past == 0
+    model.close()
 
 
 def _read_until(fd, needle: bytes, timeout: float = 60.0) -> bytes:
@@ -148,7 +148,7 @@ def test_chat_in_a_terminal_answers_like_ask(tiny_q4, audio_dir, tmp_path):
     expected, _ = _ask(_pipe(tiny_q4), song, "What genre is this?")
     master, slave = pty.openpty()
     env = dict(os.environ, MUFUN_HOME=str(tmp_path / "home"))
-    proc = subprocess.Popen([sys.executable, "-m", "mufun_local.cli", "chat", "-m", str(tiny_q4), str(song),
+    proc = subprocess.Popen([sys.executable, "-m", "mufun_local", "chat", "-m", str(tiny_q4), str(song),
                              "--temperature", "0", "--max-tokens", "8"],
                             stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
     os.close(slave)
@@ -167,7 +167,7 @@ def test_chat_in_a_terminal_answers_like_ask(tiny_q4, audio_dir, tmp_path):
 
 def test_chat_from_a_pipe(tiny_q4, audio_dir, tmp_path):
     env = dict(os.environ, MUFUN_HOME=str(tmp_path / "home"))
-    proc = subprocess.run([sys.executable, "-m", "mufun_local.cli", "chat", "-m", str(tiny_q4),
+    proc = subprocess.run([sys.executable, "-m", "mufun_local", "chat", "-m", str(tiny_q4),
                            str(audio_dir / "song22k.flac"), "--max-tokens", "4", "--seed", "1"],
                           input="What genre?\nAnd the tempo?\n", capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr

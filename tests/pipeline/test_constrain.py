@@ -97,7 +97,7 @@ def test_a_bad_grammar_is_one_line_from_a_real_process(tmp_path, tiny_q4, audio_
     import sys
     g = tmp_path / "bad.gbnf"
     g.write_text("not a grammar\n")
-    proc = subprocess.run([sys.executable, "-m", "mufun_local.cli", "ask", "-m", str(tiny_q4),
+    proc = subprocess.run([sys.executable, "-m", "mufun_local", "ask", "-m", str(tiny_q4),
                            str(audio_dir / "song22k.flac"), "Q?", "--grammar", str(g), "--no-cache"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [

@@ -10,13 +10,13 @@ import pytest
 
 from mufun_local.format.model_dir import ModelDir
 from mufun_local.cli import main
-from mufun_local.convert.checkpoint import Checkpoint
+from mufun_local.convert.read_checkpoint import Checkpoint
 from mufun_local.convert.run import convert
 from mufun_local.format.checkpoint import gguf_map
-from mufun_local.hub import fetch_checkpoint
+from mufun_local.store.hub import fetch_checkpoint
 from mufun_local.errors import ModelError
 from mufun_local.format import weights
-from mufun_local.llm import LLM
+from mufun_local.llm.llama import LLM
 
 
 def _reader(model_dir):
@@ -403,14 +403,14 @@ def test_control_looking_tokens_are_control_and_loading_is_quiet(tiny_q4, audio_
 
     from gguf import GGUFReader
 
-    from mufun_local.convert.llm_gguf import looks_special
+    from mufun_local.convert.write_gguf import looks_special
     assert looks_special("<|fim_prefix|>") and looks_special("<\uff5cbegin\uff5c>") and not looks_special("<think>")
     r = GGUFReader(str(ModelDir.open(tiny_q4).llm_file))
     toks, types = r.fields["tokenizer.ggml.tokens"], r.fields["tokenizer.ggml.token_type"]
     typed = {bytes(toks.parts[i]).decode(): int(types.parts[j][0]) for i, j in zip(toks.data, types.data)}
     assert all(typed[t] == 3 for t in ("<|fim_prefix|>", "<|file_sep|>", "<|endoftext|>"))  # CONTROL
     assert typed["<think>"] == 4  # USER_DEFINED: matched in text, as transformers does
-    cmd = [sys.executable, "-m", "mufun_local.cli", "ask", "-m", str(tiny_q4), str(audio_dir / "song22k.flac"),
+    cmd = [sys.executable, "-m", "mufun_local", "ask", "-m", str(tiny_q4), str(audio_dir / "song22k.flac"),
            "Genre?", "--max-tokens", "2", "--no-cache"]
     quiet = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
@@ -421,8 +421,8 @@ def test_control_looking_tokens_are_control_and_loading_is_quiet(tiny_q4, audio_
 def test_an_instruct_release_converts_with_its_template_and_chat_follows_it(tmp_path, tiny_ckpt, audio_dir):
     """A checkpoint folder named like the release (or --template) gets qwen2_instruct in its
     manifest; chat's later turns end the answer with <|im_end|>; ask is unchanged."""
-    from mufun_local.chat import ChatSession
-    from mufun_local.pipeline import AudioInput, Pipeline, Request
+    from mufun_local.model import Model
+    from mufun_local.options import Request
     src = shutil.copytree(tiny_ckpt, tmp_path / "MuFun-Instruct")
     out = convert(str(src), tmp_path / "instruct", quant="f16", quiet=True)
     md = ModelDir.open(out)
@@ -432,17 +432,15 @@ def test_an_instruct_release_converts_with_its_template_and_chat_follows_it(tmp_
     song = str(audio_dir / "song22k.flac")
     answers = []
     for model in (out, base):
-        pipe = Pipeline(ModelDir.open(model))
-        answers.append(pipe.ask([AudioInput(song)], "Genre?", Request(4)).finish().text)
-        pipe.close()
+        with Model(ModelDir.open(model), caches=None) as m:
+            answers.append(m.ask(song, "Genre?", request=Request(4)).text())
     assert answers[0] == answers[1]  # one question: the chat() wrapper, the same for every release
-    pipe = Pipeline(md)
-    chat = ChatSession(pipe, Request(3), n_ctx=2048)
-    chat.add_audio(AudioInput(song))
-    "".join(chat.send("Genre?"))
-    "".join(chat.send("Mood?"))
-    assert chat.result.prompt_tokens == len(pipe.llm.tokenize("<|im_end|>USER: Mood? ASSISTANT:"))
-    pipe.close()
+    with Model(md, caches=None) as m:
+        chat = m.chat(2048, request=Request(3))
+        chat.add_audio(song)
+        chat.send("Genre?").text()
+        prompt_tokens = chat.send("Mood?").usage()["prompt_tokens"]
+        assert prompt_tokens == len(m.pipeline.llm.tokenize("<|im_end|>USER: Mood? ASSISTANT:"))
 
 
 def test_quant_mixes_keep_output_and_embeddings(tmp_path, tiny_ckpt, tiny_q4, capsys):
@@ -540,7 +538,7 @@ def test_a_real_full_file_system_is_one_line_and_leaves_nothing(tmp_path, tiny_c
 def test_the_quantizer_says_why_it_failed(tmp_path, tiny_f16):
     """llama.cpp's own reason, not its return code; on a full disk, that the disk is full."""
     import subprocess
-    from mufun_local.convert.llm_gguf import quantize
+    from mufun_local.convert.write_gguf import quantize
     f16 = ModelDir.open(tiny_f16).llm_file
     with pytest.raises(ModelError, match=r"llama.cpp failed to quantize to q4_k_m: (?!code)"):
         quantize(f16, tmp_path / "no-such-dir" / "x.gguf", "q4_k_m")

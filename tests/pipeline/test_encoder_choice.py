@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from mufun_local import encoder_choice
+from mufun_local.encoder import choice as encoder_choice
 from mufun_local.format.model_dir import ModelDir
 from mufun_local.errors import ModelError
 from mufun_local.pipeline import AudioInput, Options, Pipeline, Request
@@ -61,7 +61,7 @@ def test_answers_match_across_float32_backends(tiny_all, audio_dir):
         pipe = Pipeline(ModelDir.open(tiny_all), Options(device="cpu", encoder_backend=backend, compute_type="float32",
                                                          f32_kv=True))
         logits[backend] = pipe.ask([AudioInput(str(audio_dir / "song44k.wav"))], "What genre is this?",
-                                   Request(4, keep_logits=True)).finish().first_logits
+                                   Request(4, keep_logits=True)).result().first_logits
         pipe.close()
     base = logits.pop("ctranslate2")
     for backend, x in logits.items():
@@ -89,7 +89,7 @@ def test_compute_type_the_backend_lacks_is_one_line(capsys, tiny_all, audio_dir)
 def test_missing_engine_says_how_to_install(tiny_all, monkeypatch):
     import sys
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
-    from mufun_local.encoder_backends import load_encoder
+    from mufun_local.encoder.backends import load_encoder
     with pytest.raises(ModelError, match=r"onnxruntime is not installed .*`pip install onnxruntime`"):
         load_encoder(ModelDir.open(tiny_all).encoder_dir, "onnxruntime")
     assert ("onnxruntime", "int8") not in encoder_choice.candidates(ModelDir.open(tiny_all).encoder_dir, None)
@@ -100,7 +100,7 @@ def test_damaged_onnx_file_is_one_line(tiny_all, tmp_path):
     copy = tmp_path / "model"
     shutil.copytree(tiny_all, copy)
     (copy / "encoder" / "onnx" / "encoder.int8.onnx").write_bytes(b"\x08\x07garbage")
-    from mufun_local.encoder_backends import load_encoder
+    from mufun_local.encoder.backends import load_encoder
     with pytest.raises(ModelError, match="encoder.int8.onnx: cannot load") as exc:
         load_encoder(copy / "encoder", "onnxruntime", "cpu", "int8")
     assert "\n" not in str(exc.value)
@@ -121,7 +121,7 @@ def test_openvino_bf16_reads_its_16_bit_file_and_older_models_the_onnx_one(tiny_
     and the two give the same hidden states up to bfloat16 rounding."""
     import shutil
 
-    from mufun_local.encoder_backends import load_encoder
+    from mufun_local.encoder.backends import load_encoder
     ov = pytest.importorskip("openvino")
     md = ModelDir.open(tiny_all)
     assert {"encoder/onnx/encoder.openvino.xml", "encoder/onnx/encoder.openvino.bin"} <= set(md.manifest["files"])
@@ -149,7 +149,7 @@ def test_openvino_bf16_reads_its_16_bit_file_and_older_models_the_onnx_one(tiny_
 def test_damaged_openvino_file_is_one_line(tiny_all, tmp_path):
     import shutil
 
-    from mufun_local.encoder_backends import load_encoder
+    from mufun_local.encoder.backends import load_encoder
     pytest.importorskip("openvino")
     copy = tmp_path / "encoder"
     shutil.copytree(ModelDir.open(tiny_all).encoder_dir, copy)
@@ -164,7 +164,7 @@ def test_onnx_weights_are_stored_exactly(tiny_all, tiny_ckpt):
     import onnx
     from onnx import numpy_helper
 
-    from mufun_local.convert.checkpoint import Checkpoint
+    from mufun_local.convert.read_checkpoint import Checkpoint
     m = onnx.load(str(ModelDir.open(tiny_all).encoder_dir / "onnx" / "encoder.onnx"))
     inits = {t.name: t for t in m.graph.initializer}
     stored = numpy_helper.to_array(inits["vision_tower._vision_tower.layers.3.fc1.weight.bf16"])
