@@ -37,9 +37,9 @@ class ChatSession:
     """One conversation in one open context; `request` (sampling, answer length, progress)
     holds for every turn."""
 
-    def __init__(self, pipe: Pipeline, request: Request | None = None, n_ctx: int | None = None):
+    def __init__(self, pipe: Pipeline, request: Request, n_ctx: int | None = None):
         self.pipe = pipe
-        self.request = request or Request()
+        self.request = request
         self.n_ctx = n_ctx or min(pipe.n_ctx_train, DEFAULT_CHAT_CTX)
         pipe.session.open(self.n_ctx)
         self.template = pipe.template

@@ -1,12 +1,14 @@
 """audio -> embeddings -> prompt -> llama.cpp -> text: the short orchestrator of one model.
 
-The stages live elsewhere: the audio half in embedder.py, the context arithmetic in
-budget.py, the prompt in prompt.py, what the llama.cpp context holds in session.py (which
-alone opens and fills it), llama.cpp in llm.py. Load-time choices are `Options`
-(fixed for a Pipeline's life); what one question wants is a `Request`, passed to each call
-and never stored (faster-whisper's constructor arguments vs TranscriptionOptions); both are
-made complete and checked in options.py. Calls return an `Answer`: iterate it for the text,
-then read its `result` (llm's Response).
+The stages live elsewhere: the audio half in encoder/embedder.py, the context arithmetic in
+llm/budget.py, the prompt in llm/prompt.py, what the llama.cpp context holds in
+llm/session.py (which alone opens and fills it, and decides what of a prompt it keeps),
+llama.cpp in llm/llama.py. Load-time choices are `Options` (fixed for a Pipeline's life);
+what one question wants is a `Request`, passed to each call and never stored
+(faster-whisper's constructor arguments vs TranscriptionOptions). model.Model builds the
+Pipeline and completes each Request from the model's defaults, so this module has none of its
+own. Calls return an `Answer`: iterate it for the text; result()/text()/usage() finish it
+(llm's Response).
 
 A one-shot `ask` runs the audio half first, so the LLM context can be sized to exactly
 prompt + audio + answer, and the encoder is released before the LLM's weights are paged in.
@@ -49,7 +51,7 @@ class Answer:
     `result()`, `text()`, `usage()` and `json()` run it to the end first, so a half-made
     answer is never read as a whole one. Nothing runs until it is first read."""
 
-    def __init__(self, pieces: Iterator[str], result: Result, request: Request | None = None):
+    def __init__(self, pieces: Iterator[str], result: Result, request: Request):
         self._pieces = pieces
         self._result = result
         self._request = request
@@ -87,8 +89,7 @@ class Answer:
         """The answer parsed as JSON; with a schema in the request, checked against it too. A
         MufunError (one line) when it is cut off or breaks the schema."""
         from .llm.grammar import finished_json
-        req = self._request or Request()
-        return finished_json(self.text(), req.max_tokens, req.schema)
+        return finished_json(self.text(), self._request.max_tokens, self._request.schema)
 
 
 class Pipeline:
@@ -142,12 +143,12 @@ class Pipeline:
         limit = self.session.n_ctx if used else (self.opt.n_ctx or self.n_ctx_train)
         return Budget(limit, self.tokens_per_window, self.n_ctx_train)
 
-    def ask(self, audios: list[AudioInput], question: str, request: Request | None = None) -> Answer:
+    def ask(self, audios: list[AudioInput], question: str, request: Request) -> Answer:
         """The answer to `question` about `audios` (the original's one-question template).
         Bad input and requests that cannot fit raise on the first piece, before any compute."""
         return self.complete(prompt_mod.build(question, len(audios), self.template), audios, request)
 
-    def complete(self, prm: prompt_mod.Prompt, audios: list[AudioInput], request: Request | None = None) -> Answer:
+    def complete(self, prm: prompt_mod.Prompt, audios: list[AudioInput], request: Request) -> Answer:
         """The continuation of a full prompt whose pieces surround the audios.
 
         What the context already holds of this prompt's leading segments is kept (a second
@@ -155,8 +156,8 @@ class Pipeline:
         (everything before the last segment) comes from the prefix cache or is computed,
         and saved there. The prefix is always evaluated as its own batches, so all three
         ways give the same logits."""
-        req, res = request or Request(), Result()
-        return Answer(self._complete(prm, audios, req, res), res, req)
+        res = Result()
+        return Answer(self._complete(prm, audios, request, res), res, request)
 
     def _complete(self, prm, audios, req: Request, res: Result) -> Iterator[str]:
         llm = self._read_prompt(prm, audios, req, res)
@@ -186,11 +187,11 @@ class Pipeline:
             out.append(llm.logits())
         return np.stack(out)
 
-    def extend(self, prm: prompt_mod.Prompt, audios: list[AudioInput], request: Request | None = None) -> Answer:
+    def extend(self, prm: prompt_mod.Prompt, audios: list[AudioInput], request: Request) -> Answer:
         """A later turn of the conversation the open context holds (chat): only `prm` and its
         audios are evaluated, after what is there. The audio is embedded now (bad audio or a
         turn that cannot fit raises here); the prompt is read when the answer is iterated."""
-        req, res = request or Request(), Result()
+        req, res = request, Result()
         llm = self.llm
         timer = Timer(res.timings, res.peaks)
         plan = self._plan(prm, audios, res)
@@ -234,14 +235,14 @@ class Pipeline:
             embeddings = self.audio_embeddings(audios, timer, res.prompt_tokens, req, plan=plan)
         return llm, embeddings, held
 
-    def ask_many(self, audios: list[AudioInput], questions: list[str], request: Request | None = None,
+    def ask_many(self, audios: list[AudioInput], questions: list[str], request: Request,
                  parallel: int | None = None) -> list[Result]:
         """Results (text included) for several questions about the same audios. The shared
         prefix (system, audio) is evaluated once; then up to `parallel` (default
         opt.parallel) answers are generated side by side (LLM.answer_many): 5 questions take
         little more than one. The answers are the ones `ask` gives, token for token: each
         question and each token is computed in a sequence laid out as a lone request's."""
-        req = request or Request()
+        req = request
         prms = [prompt_mod.build(q, len(audios), self.template) for q in questions]
         step = max(1, parallel or self.opt.parallel)
         results: list[Result] = []

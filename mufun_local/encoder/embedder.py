@@ -101,6 +101,10 @@ class AudioEmbedder:
         return self._connector
 
     @property
+    def encoder_loaded(self) -> bool:
+        return self._encoder is not None
+
+    @property
     def loaded(self) -> bool:
         return self._encoder is not None or self._connector is not None
 

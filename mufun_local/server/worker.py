@@ -48,7 +48,7 @@ class Worker(threading.Thread):
                 return
             self.busy = True
             try:
-                self._serve(job)
+                self.serve(job)
             except BaseException as exc:  # the thread must outlive any one request
                 self._emit(job, "error", 500, f"internal error: {type(exc).__name__}")
             finally:
@@ -62,7 +62,8 @@ class Worker(threading.Thread):
     def _emit(self, job: Job, *event) -> None:
         job.loop.call_soon_threadsafe(job.events.put_nowait, event)
 
-    def _serve(self, job: Job) -> None:
+    def serve(self, job: Job) -> None:
+        """Answer one job in this thread (the worker's loop calls it for each queued job)."""
         if job.cancel.is_set():
             return
 

@@ -306,7 +306,7 @@ def test_a_stopped_request_frees_the_worker_and_the_next_one_is_right(tiny_q4, a
     model = open_model(tiny_q4, keep_audio_models=True)
     worker = Worker(model, 4)
     late = _job(song, "Genre?", deadline=0.0)
-    worker._serve(late)
+    worker.serve(late)
     assert [e[:2] for e in late.events] == [("error", 504)] and model.pipeline.session.loaded is None  # no compute
     gone = _job(song, "Genre?")
     stages = []
@@ -318,11 +318,11 @@ def test_a_stopped_request_frees_the_worker_and_the_next_one_is_right(tiny_q4, a
             if ev[1] == "prefill":
                 gone.cancel.set()
     gone.events.put_nowait = cancel_in_prefill
-    worker._serve(gone)
+    worker.serve(gone)
     assert gone.events[-1][:2] == ("error", 499) and "prefill" in stages
     assert not any(e[0] == "delta" for e in gone.events)
     ok = _job(song, "Genre?")
-    worker._serve(ok)
+    worker.serve(ok)
     text = "".join(e[1] for e in ok.events if e[0] == "delta")
     assert ok.events[-1][0] == "done" and text == ok.events[-1][1]["text"]
     model.close()

@@ -71,7 +71,8 @@ def ses(monkeypatch, tmp_path):
 
 def _other_options(ses, options):
     other = Session(ses.model, options, lambda: ses.fake, ses.prefix_cache)
-    other.fake, other._llm, other.segments, other.settings = ses.fake, ses.fake, ses.segments, ses.settings
+    other.fake, other.segments, other.settings = ses.fake, ses.segments, ses.settings
+    assert other.llm is ses.fake  # the same context, loaded through the public property
     return other
 
 

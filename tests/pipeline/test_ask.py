@@ -138,7 +138,7 @@ def test_repeated_asks_reset_the_cache(tiny_f32, audio_dir):
 def test_marker_count_must_match(tiny_q4, audio_dir):
     pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu"))
     with pytest.raises(MufunError, match="marker"):
-        list(pipe.ask([AudioInput(str(audio_dir / "song22k.flac"))], "<audio> and <audio>?"))
+        list(pipe.ask([AudioInput(str(audio_dir / "song22k.flac"))], "<audio> and <audio>?", Request(4)))
     pipe.close()
 
 
@@ -190,7 +190,7 @@ def test_encoder_is_gone_before_the_connector_runs(tiny_q4, audio_dir, monkeypat
     from mufun_local.encoder.connector import Connector
     seen, real = [], Connector.__call__
     monkeypatch.setattr(Connector, "__call__",
-                        lambda self, hs: seen.append(pipe.audio._encoder is None) or real(self, hs))
+                        lambda self, hs: seen.append(not pipe.audio.encoder_loaded) or real(self, hs))
     req = Request(3, keep_logits=True)
     pipe = Pipeline(ModelDir.open(tiny_q4), Options(device="cpu", keep_audio_models=keep))
     audios = [AudioInput(str(audio_dir / "song22k.flac")), AudioInput(str(audio_dir / "song22k.flac"), segs=(0.0, 2.0))]
