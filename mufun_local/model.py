@@ -155,6 +155,25 @@ class Model:
         return self._pipe.forced_logits(prompt_mod.build(question, len(items), self._pipe.template), items,
                                         list(tokens))
 
+    def rank(self, audio: Audio | list[Audio], question: str, terms: list[str], *, segs=None,
+             request: Request | None = None) -> list[tuple[str, float]]:
+        """`terms` ranked by how likely each is as the whole answer to `question` (its tokens and
+        the turn's end, teacher-forced after the prompt: exact, not sampled), as probabilities
+        normalised over the terms, most likely first. The prompt is read once; the terms are
+        scored side by side as one token trie."""
+        terms = list(dict.fromkeys(t.strip() for t in terms if t.strip()))
+        if not terms:
+            raise MufunError("no terms to rank")
+        items = audio_inputs(audio, segs)
+        pipe = self._pipe
+        ids = [prompt_mod.answer_ids(t, pipe.template, pipe.tokenizer.tokenize) for t in terms]
+        logp = pipe.score(prompt_mod.build(question, len(items), pipe.template), items, ids,
+                          request or self.request(max_tokens=1, temperature=0.0))
+        p = np.exp(logp - logp.max())
+        p /= p.sum()
+        order = np.argsort(-p, kind="stable")
+        return [(terms[i], float(p[i])) for i in order]
+
     def tags(self, audio: Audio, *, segs=None, max_tokens: int = 512) -> dict:
         """The tag schema's fields (tags.FIELDS: genre, mood, instruments, ...) for one song,
         answered greedily under the schema; a MufunError (one line) when the audio cannot be

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import codecs
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -187,6 +187,24 @@ class Pipeline:
             out.append(llm.logits())
         return np.stack(out)
 
+    def score(self, prm: prompt_mod.Prompt, audios: list[AudioInput], continuations: list[list[int]],
+              request: Request, per_round: int = 32) -> np.ndarray:
+        """The log-probability of each continuation (token ids, teacher-forced) of the prompt:
+        the prompt is read once (kept, restored or computed like any question's), then the
+        continuations are scored side by side as one token trie, up to `per_round` at a time
+        (LLM.score_continuations), in a context whose KV cells all sequences share."""
+        if not continuations:
+            return np.zeros(0)
+        res = Result()
+        timer = Timer(res.timings, res.peaks)
+        plan = self._plan(prm, audios, res)
+        k = max(1, min(per_round, len(continuations)))
+        cells = sum(sorted(map(len, continuations))[-k:])  # a round's trie holds at most this many
+        llm, embeddings, held = self._hold_head(plan, audios, replace(request, max_tokens=cells), res, timer,
+                                                n_seq=k + 1, unified=True)
+        self.session.prefill(plan, embeddings, timer, request.progress, start=held, save=held < len(plan) - 1)
+        return llm.score_continuations(continuations)
+
     def extend(self, prm: prompt_mod.Prompt, audios: list[AudioInput], request: Request) -> Answer:
         """A later turn of the conversation the open context holds (chat): only `prm` and its
         audios are evaluated, after what is there. The audio is embedded now (bad audio or a
@@ -214,7 +232,8 @@ class Pipeline:
         keys = keys if keys is not None else [self.audio.cache_key(a) for a in audios]
         return plan_segments(chunks, keys)
 
-    def _hold_head(self, plan: list[Segment], audios, req: Request, res: Result, timer: Timer, n_seq: int = 1):
+    def _hold_head(self, plan: list[Segment], audios, req: Request, res: Result, timer: Timer, n_seq: int = 1,
+                   unified: bool = False):
         """Ask the session to hold the plan's head (all but its last segment) in a context that
         fits res.prompt_tokens + audio + answer for each of n_seq sequences; embed the audio
         when its rows are not known otherwise or the head must be computed. Returns the LLM,
@@ -230,7 +249,7 @@ class Pipeline:
         need = self.budget().need(res.prompt_tokens, rows // self.tokens_per_window, req.max_tokens)
         with timer("load"):  # the weights load after the audio half, when they are not loaded yet
             llm = ses.llm
-        held = ses.hold(head, need, n_seq, timer)
+        held = ses.hold(head, need, n_seq, timer, unified)
         if held < len(head) and embeddings is None:
             embeddings = self.audio_embeddings(audios, timer, res.prompt_tokens, req, plan=plan)
         return llm, embeddings, held

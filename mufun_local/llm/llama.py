@@ -51,10 +51,12 @@ def gpu_offload_supported() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
-def context_settings(n_batch: int, kv_type: str, flash_attn: bool, extra_bufts: bool) -> dict:
+def context_settings(n_batch: int, kv_type: str, flash_attn: bool, extra_bufts: bool, unified: bool = False) -> dict:
     """What a context's KV bytes depend on besides the model and the input (the prefix
-    cache's key): recorded by open_context, predicted by the pipeline before opening one."""
-    return {"kv": kv_type, "flash_attn": bool(flash_attn), "n_batch": n_batch, "extra_bufts": extra_bufts}
+    cache's key): recorded by open_context, predicted by the pipeline before opening one.
+    `unified`: one KV pool shared by every sequence (LLM.score_continuations needs it)."""
+    return {"kv": kv_type, "flash_attn": bool(flash_attn), "n_batch": n_batch, "extra_bufts": extra_bufts,
+            **({"unified": True} if unified else {})}
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ class LLM(Vocab):
 
     def open_context(self, n_ctx: int, n_batch: int = 512, f32_kv: bool = False,
                      flash_attn: bool = False, kv_type: str | None = None, n_seq: int = 1,
-                     eval_callback=None) -> None:
+                     eval_callback=None, unified: bool = False) -> None:
         """(Re)create the context: n_ctx positions for each of n_seq sequences, batches split
         to n_batch rows. Each sequence has its own KV stream (llama.cpp's non-unified cache),
         laid out as if it were alone, so sequence 0 computes what a one-sequence context does.
@@ -179,14 +181,17 @@ class LLM(Vocab):
         F16 and, on a prefix of ~1,200 audio rows, moved the first-step logits by 0.35 (the
         first greedy token changed) for no speed (docs/accuracy.md). f32_kv is the parity setting;
         kv_type ("f16", "f32", "q8_0", ...) names any of llama.cpp's cache types.
-        eval_callback: a ggml_backend_sched_eval_callback that sees every graph node (imatrix)."""
+        eval_callback: a ggml_backend_sched_eval_callback that sees every graph node (imatrix).
+        `unified`: one pool of n_ctx cells for all sequences instead, where a cell can belong to
+        several (llama_memory_seq_cp then tags cells instead of copying them): what scoring
+        many continuations of one prefix needs."""
         L = self._L
         self._free_context()
         cp = L.llama_context_default_params()
-        cp.n_ctx = n_ctx * n_seq
+        cp.n_ctx = n_ctx if unified else n_ctx * n_seq
         cp.n_batch = cp.n_ubatch = self.n_batch = max(1, min(n_batch, n_ctx))
         cp.n_seq_max = self.n_seq = n_seq
-        cp.kv_unified = False
+        cp.kv_unified = unified
         cp.n_threads = cp.n_threads_batch = self.threads
         cp.no_perf = True
         cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -201,7 +206,7 @@ class LLM(Vocab):
         self._tok_batch = L.llama_batch_init(self.n_batch, 0, 1)
         self._emb_batch = L.llama_batch_init(self.n_batch, self.n_embd, 1)
         self.n_past = 0
-        self.settings = context_settings(self.n_batch, kv_type, flash_attn, self.extra_bufts)
+        self.settings = context_settings(self.n_batch, kv_type, flash_attn, self.extra_bufts, unified)
 
     # -- evaluation
     def reset(self) -> None:
@@ -336,6 +341,88 @@ class LLM(Vocab):
                 L.llama_memory_seq_rm(mem, s, -1, -1)
             L.llama_memory_seq_rm(mem, 0, base, -1)
 
+    def score_continuations(self, continuations: list[list[int]], on_batch=None) -> np.ndarray:
+        """The log-probability of each continuation (a token list) of what sequence 0 holds,
+        teacher-forced: the sum over its tokens of log p(token | prefix, the tokens before it).
+        Needs a unified context (open_context(unified=True)) whose sequence 0 ends with the
+        prefix's logits (evaluated with logits_at_end).
+
+        The continuations are scored as one token trie: a token shared by several of them
+        (their common start) is evaluated once, in a cell that belongs to each of their
+        sequences, after sequence 0's prefix cells were tagged with them (seq_cp shares cells in
+        a unified cache: the prefix is never copied). A round holds up to n_seq - 1 of them;
+        its cells are freed after it; `on_batch(continuations done)` after each round.
+        Sequence 0 is left as it was."""
+        if not self.settings.get("unified") or self.n_seq < 2:
+            raise MufunError("scoring continuations needs a unified context of at least 2 sequences")
+        first = _log_softmax(self.logits())
+        out: list[float] = []
+        for r in range(0, len(continuations), self.n_seq - 1):
+            out += self._score_round(continuations[r:r + self.n_seq - 1], first)
+            if on_batch is not None:
+                on_batch(len(out))
+        return np.array(out)
+
+    def _score_round(self, group: list[list[int]], first: np.ndarray) -> list[float]:
+        """score_continuations for at most n_seq - 1 continuations, continuation c in sequence c + 1."""
+        L = self._L
+        mem = L.llama_get_memory(self.ctx)
+        base = self.n_past
+        # the trie: node i is (token, depth, parent node or -1), in the sequences seqs[i]
+        nodes: list[tuple[int, int, int]] = []
+        seqs: list[list[int]] = []
+        index: dict[tuple[int, int], int] = {}
+        paths: list[list[int]] = []
+        for c, toks in enumerate(group):
+            if not toks:
+                raise MufunError("an empty continuation cannot be scored")
+            parent, path = -1, []
+            for d, t in enumerate(toks):
+                if not 0 <= t < self.n_vocab:
+                    raise MufunError(f"token id {t} is outside the vocabulary")
+                if (parent, t) not in index:
+                    index[(parent, t)] = len(nodes)
+                    nodes.append((t, d, parent))
+                    seqs.append([])
+                parent = index[(parent, t)]
+                seqs[parent].append(c + 1)
+                path.append(parent)
+            paths.append(path)
+        if base + len(nodes) > self.n_ctx:
+            raise ContextOverflow(f"the context holds {self.n_ctx} tokens; {base + len(nodes)} would be needed")
+        children: dict[int, list[int]] = {}
+        for i, (_, _, p) in enumerate(nodes):
+            children.setdefault(p, []).append(i)
+        logp = {i: float(first[nodes[i][0]]) for i in children[-1]}  # node -> log p(its token | before)
+        order = sorted(range(len(nodes)), key=lambda i: nodes[i][1])  # parents in earlier batches
+        batch = L.llama_batch_init(self.n_batch, 0, len(group) + 1)
+        try:
+            for s in range(1, len(group) + 1):
+                L.llama_memory_seq_rm(mem, s, -1, -1)
+                L.llama_memory_seq_cp(mem, 0, s, -1, -1)
+            for b0 in range(0, len(order), self.n_batch):
+                part = order[b0:b0 + self.n_batch]
+                for j, i in enumerate(part):
+                    batch.token[j], batch.pos[j], batch.n_seq_id[j] = nodes[i][0], base + nodes[i][1], len(seqs[i])
+                    for m, sq in enumerate(seqs[i]):
+                        batch.seq_id[j][m] = sq
+                    batch.logits[j] = int(i in children)
+                batch.n_tokens = len(part)
+                rc = L.llama_decode(self.ctx, batch)
+                if rc != 0:
+                    raise MufunError(f"llama_decode failed (code {rc}) scoring continuations at position {base}")
+                self.n_decoded += len(part)
+                for j, i in enumerate(part):
+                    if i in children:
+                        row = _log_softmax(np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, j),
+                                                                 shape=(self.n_vocab,)))
+                        logp.update((ch, float(row[nodes[ch][0]])) for ch in children[i])
+        finally:
+            L.llama_batch_free(batch)
+            for s in range(1, len(group) + 1):
+                L.llama_memory_seq_rm(mem, s, -1, -1)
+        return [sum(logp[n] for n in path) for path in paths]
+
     def eval_tokens(self, tokens: list[int], logits_at_end: bool = True, on_batch=None) -> None:
         """Evaluate tokens at the next positions of sequence 0; `on_batch(rows done)` after each batch."""
         self._check_room(len(tokens))
@@ -449,3 +536,9 @@ def load_llm(model, threads: int = 0, n_gpu_layers: int = -1, n_ctx: int | None 
     from ..logs import log
     log.info("llm: llama.cpp, %d layer(s) on the GPU: %s", off.n_gpu_layers, off.reason)
     return LLM(model.llm_file, threads, off.n_gpu_layers, verbose=verbose, quant=model.manifest["llm"]["quant"])
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    m = x.max()
+    return x - (m + np.log(np.exp(x - m).sum()))

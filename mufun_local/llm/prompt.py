@@ -108,6 +108,13 @@ def tokenize(prompt: Prompt, tokenize_text: Callable[..., list[int]]) -> list[li
     return out
 
 
+def answer_ids(text: str, template: Template, tokenize_text: Callable[..., list[int]]) -> list[int]:
+    """An assistant's whole answer `text` as the model would write it after ``ASSISTANT:``:
+    a space, the text, and the turn's end (the token that closes it: so "Rock" and "Rock and
+    Roll" are different answers, not one the prefix of the other)."""
+    return tokenize(Prompt(((" " + text.strip(), Special(template.turn_end)),)), tokenize_text)[0]
+
+
 def parsed_answer(text: str) -> dict | list | None:
     """An answer that is a JSON object or array (MuFun-ACEStep answers so), parsed; else None."""
     import json

@@ -68,6 +68,7 @@ class Session:
         self._llm: LLM | None = None
         self.prefix_cache = prefix_cache
         self.segments: list[tuple[Segment, int]] = []  # (segment, positions) from position 0
+        self.unified = False  # whether the current call wants one KV pool for all sequences (scoring)
         self.settings: dict = {}                      # what the open context was opened with
 
     # -- the context
@@ -104,20 +105,26 @@ class Session:
     def n_seq(self) -> int:
         return self._llm.n_seq if self.is_open else 0
 
-    @cached_property
+    @property
     def wanted(self) -> dict:
-        """The settings a context opened for these options has (an automatic context is
-        never smaller than n_batch; a given one clips it). Options are frozen: worked out
-        once (it reads /proc/cpuinfo for the AMX guard)."""
+        """The settings a context opened for these options (and the current call's `unified`)
+        has: an automatic context is never smaller than n_batch; a given one clips it."""
+        return {**self._wanted, **({"unified": True} if self.unified else {})}
+
+    @cached_property
+    def _wanted(self) -> dict:
+        """Options are frozen: worked out once (it reads /proc/cpuinfo for the AMX guard)."""
         from .llama import context_settings, use_extra_bufts
         n_batch = min(self.opt.n_batch, self.opt.n_ctx) if self.opt.n_ctx else self.opt.n_batch
         return context_settings(max(1, n_batch), "f32" if self.opt.f32_kv else "f16", self.opt.flash_attn,
                                 use_extra_bufts(self.model.manifest["llm"]["quant"]))
 
     def open(self, n_ctx: int, n_seq: int = 1) -> None:
-        """A new, empty context of n_ctx positions for each of n_seq sequences."""
+        """A new, empty context of n_ctx positions for each of n_seq sequences (with `unified`,
+        n_ctx cells shared by all of them)."""
         llm = self.llm
-        llm.open_context(n_ctx, self.opt.n_batch, self.opt.f32_kv, self.opt.flash_attn, n_seq=n_seq)
+        llm.open_context(n_ctx, self.opt.n_batch, self.opt.f32_kv, self.opt.flash_attn, n_seq=n_seq,
+                         unified=self.unified)
         self.segments = []
         self.settings = llm.settings
 
@@ -196,11 +203,13 @@ class Session:
                 return sum(n for seg, n in zip(head, lengths) if seg.is_audio)
         return None
 
-    def hold(self, head: list[Segment], need: int, n_seq: int, timer: Timer) -> int:
-        """Make the context fit `need` positions in each of n_seq sequences, holding as much of
-        `head` as it can without computing: what it holds already (unless it must reopen,
-        larger or with other settings), else the prefix cache's state. Every position after the
-        held segments is forgotten. Returns how many leading segments of `head` are held."""
+    def hold(self, head: list[Segment], need: int, n_seq: int, timer: Timer, unified: bool = False) -> int:
+        """Make the context fit `need` positions in each of n_seq sequences (`unified`: `need`
+        cells in one pool for all), holding as much of `head` as it can without computing: what
+        it holds already (unless it must reopen, larger or with other settings), else the prefix
+        cache's state. Every position after the held segments is forgotten. Returns how many
+        leading segments of `head` are held."""
+        self.unified = unified
         held = 0 if self.fit(need, n_seq) else self.shared(head)
         if held < len(head) and (state := self.stored(head)) is not None:
             with timer("prefix_load"):

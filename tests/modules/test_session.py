@@ -18,10 +18,10 @@ class FakeLLM:
         self.ctx, self.n_ctx, self.n_seq, self.n_past, self.settings = None, 0, 1, 0, {}
         self.opened, self.refuse_state = 0, False
 
-    def open_context(self, n_ctx, n_batch, f32_kv, flash_attn, n_seq=1):
+    def open_context(self, n_ctx, n_batch, f32_kv, flash_attn, n_seq=1, unified=False):
         self.ctx, self.n_ctx, self.n_seq, self.n_past = object(), n_ctx, n_seq, 0
         self.settings = {"kv": "f32" if f32_kv else "f16", "flash_attn": flash_attn, "n_batch": min(n_batch, n_ctx),
-                         "extra_bufts": EXTRA}
+                         "extra_bufts": EXTRA, **({"unified": True} if unified else {})}
         self.opened += 1
 
     def reset(self):
@@ -163,3 +163,16 @@ def test_hold_keeps_what_the_context_holds_and_reopens_when_it_must(ses):
     assert ses.hold(p[:-1], 400, 1, Timer({})) == 2 and ses.n_past == 303 and ses.fake.opened == 1
     assert ses.hold(p[:-1], 2000, 1, Timer({})) == 0 and ses.fake.opened == 2   # larger: reopened, empty
     assert ses.n_past == 0 and ses.segments == []
+
+
+def test_a_unified_context_is_its_own_setting(ses):
+    """Scoring wants one KV pool for all sequences: another context, and another prefix key."""
+    p = _plan([7])
+    ses.fit(512)
+    _run(ses, p, save=True)
+    plain_key = ses._prefix_key(p[:-1])
+    assert ses.hold(p[:-1], 400, 4, Timer({}), unified=True) == 0     # reopened; the plain state is not its own
+    assert ses.fake.opened == 2 and ses.settings.get("unified") and ses._prefix_key(p[:-1]) != plain_key
+    _run(ses, p)
+    assert ses.hold(p[:-1], 400, 4, Timer({}), unified=True) == 2 and ses.fake.opened == 2   # kept as it is
+    assert ses.hold(p[:-1], 400, 1, Timer({})) == 2 and ses.fake.opened == 3 and not ses.settings.get("unified")

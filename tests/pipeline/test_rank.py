@@ -1,0 +1,75 @@
+"""Ranking a vocabulary (Model.rank): each term's probability as the whole answer, scored as
+one token trie side by side, against the oracle: term by term, from the full-vocabulary logits
+of fresh teacher-forced runs (Model.forced_logits)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import open_model
+from mufun_local.errors import MufunError
+from mufun_local.llm import prompt as prompt_mod
+
+QUESTION = "What is the genre of this music?"
+# shared starts ("Rock", "Rock and Roll"; "Pop", "Pop Rock"), one term the prefix of another
+TERMS = ["Rock", "Rock and Roll", "Jazz", "Hip Hop", "Classical", "Electronic", "Pop", "Pop Rock", "Folk, World, & Country"]
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))
+
+
+def oracle(model, song, terms) -> np.ndarray:
+    """Each term's log-probability from fresh runs, one term at a time."""
+    pipe = model.pipeline
+    out = []
+    for t in terms:
+        ids = prompt_mod.answer_ids(t, pipe.template, pipe.tokenizer.tokenize)
+        ls = log_softmax(model.forced_logits(song, QUESTION, ids))
+        out.append(sum(ls[i, tok] for i, tok in enumerate(ids)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("per_round", [32, 3], ids=["one round", "rounds of 3"])
+def test_ranks_equal_the_term_by_term_oracle(tiny_f32, audio_dir, per_round, monkeypatch):
+    song = audio_dir / "song22k.flac"
+    from mufun_local import pipeline
+    real = pipeline.Pipeline.score
+    monkeypatch.setattr(pipeline.Pipeline, "score", lambda self, *a, **kw: real(self, *a, per_round=per_round))
+    with open_model(tiny_f32, device="cpu", compute_type="float32", f32_kv=True) as model:
+        ranked = model.rank(song, QUESTION, TERMS)
+        expected = oracle(model, song, TERMS)
+    p = np.exp(expected - expected.max())
+    p /= p.sum()
+    want = dict(zip(TERMS, p))
+    assert [t for t, _ in ranked] == sorted(TERMS, key=lambda t: -want[t])
+    assert abs(sum(v for _, v in ranked) - 1) < 1e-9
+    for term, prob in ranked:
+        assert abs(prob - want[term]) <= 1e-6 + 1e-4 * want[term], term
+
+
+def test_quantized_model_and_the_context_kept_for_the_next_question(tiny_q4, audio_dir):
+    """On the default 4-bit model too; the audio prefix stays for a later question."""
+    song = audio_dir / "song22k.flac"
+    with open_model(tiny_q4, device="cpu") as model:
+        ranked = dict(model.rank(song, QUESTION, TERMS))
+        before = model.pipeline.llm.n_decoded
+        again = dict(model.rank(song, QUESTION, TERMS[:3]))
+        assert model.pipeline.llm.n_decoded - before < 300, "the 300 audio rows are not read again"
+        expected = oracle(model, song, TERMS)
+    p = np.exp(expected - expected.max())
+    p /= p.sum()
+    for term, prob in zip(TERMS, p):
+        assert abs(ranked[term] - prob) <= 1e-5 + 1e-3 * prob, term
+    sub = p[:3] / p[:3].sum()
+    assert all(abs(again[t] - q) <= 1e-5 + 1e-3 * q for t, q in zip(TERMS[:3], sub))
+
+
+def test_bad_vocabularies_are_one_line_errors(tiny_q4, audio_dir):
+    with open_model(tiny_q4, device="cpu") as model:
+        with pytest.raises(MufunError, match="no terms"):
+            model.rank(audio_dir / "song22k.flac", QUESTION, ["", "  "])
+        ranked = model.rank(audio_dir / "song22k.flac", QUESTION, ["Jazz", "Jazz ", "Rock"])
+    assert sorted(t for t, _ in ranked) == ["Jazz", "Rock"]   # the same term once
