@@ -27,7 +27,7 @@ from .format.model_dir import ModelDir
 from .llm import prompt as prompt_mod
 from .options import Options, Request, request as make_request
 from .pipeline import Answer, Pipeline, Result
-from .tags import TAGS_QUESTION, TAGS_SCHEMA
+from .tags import FIELDS, TAGS_QUESTION, TAGS_SCHEMA
 
 _OPTION_NAMES = {f.name for f in fields(Options)}
 
@@ -174,15 +174,47 @@ class Model:
         order = np.argsort(-p, kind="stable")
         return [(terms[i], float(p[i])) for i in order]
 
-    def tags(self, audio: Audio, *, segs=None, max_tokens: int = 512) -> dict:
-        """The tag schema's fields (tags.FIELDS: genre, mood, instruments, ...) for one song,
-        answered greedily under the schema; a MufunError (one line) when the audio cannot be
-        read or the answer is cut off or breaks the schema."""
-        return self.ask(audio, TAGS_QUESTION, segs=segs, request=self.tags_request(max_tokens)).json()
+    def tags(self, audio: Audio, *, segs=None, vocabulary: dict[str, list[str]] | None = None, top: int = 5,
+             max_tokens: int = 512) -> dict:
+        """The tag schema's fields (tags.FIELDS: genre, mood, instruments, ...) for one song.
 
-    def tags_request(self, max_tokens: int = 512) -> Request:
-        """The request `tags` asks with (greedy, the tag schema), for doors that journal it."""
-        return self.request(max_tokens=max_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=0, schema=TAGS_SCHEMA)
+        Without a vocabulary, one greedy answer under the schema. With one (field -> terms; a
+        file's or tags.builtin_vocabulary()), each of its fields is answered by ranking its terms
+        (rank): `field` is the most likely term, `field_score` its probability, `field_top` and
+        `field_top_scores` the first `top`; the fields it lacks are asked as JSON as before.
+        All of it reads the song once. A MufunError (one line) when the audio cannot be read or
+        a JSON answer is cut off or breaks the schema."""
+        if not vocabulary:
+            return self.ask(audio, TAGS_QUESTION, segs=segs, request=self.tags_request(max_tokens)).json()
+        from .pipeline import score_layout
+        from .tags import field_question, free_question, free_schema
+        pipe, items = self._pipe, audio_inputs(audio, segs)
+        free = [f for f in FIELDS if f not in vocabulary]
+        vocab = {f: list(dict.fromkeys(t.strip() for t in terms if t.strip())) for f, terms in vocabulary.items()}
+        ids = {f: [prompt_mod.answer_ids(t, pipe.template, pipe.tokenizer.tokenize) for t in terms]
+               for f, terms in vocab.items()}
+        request = self.tags_request(max_tokens, free_schema(free) if free else TAGS_SCHEMA)
+        layout = score_layout(list(ids.values()), room=max_tokens if free else 0)  # one context for all
+        out: dict = {}
+        for field, terms in vocab.items():
+            logp = pipe.score(prompt_mod.build(field_question(field), len(items), pipe.template), items, ids[field],
+                              request, layout=layout)
+            p = np.exp(logp - logp.max())
+            p /= p.sum()
+            order = np.argsort(-p, kind="stable")[:max(1, top)]
+            out[field], out[f"{field}_score"] = terms[order[0]], round(float(p[order[0]]), 4)
+            out[f"{field}_top"] = [terms[i] for i in order]
+            out[f"{field}_top_scores"] = [round(float(p[i]), 4) for i in order]
+        if free:
+            prm = prompt_mod.build(free_question(free), len(items), pipe.template)
+            out.update(pipe.complete(prm, items, request, layout).json())
+        return out
+
+    def tags_request(self, max_tokens: int = 512, schema: dict | None = None) -> Request:
+        """The request `tags` asks its JSON question with (greedy, the tag schema or the part of
+        it no vocabulary answers), for doors that journal it."""
+        return self.request(max_tokens=max_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=0,
+                            schema=schema or TAGS_SCHEMA)
 
     def embed(self, audio: Audio, *, segs=None, layers: bool = False,
               timings: dict[str, float] | None = None) -> Embedded:

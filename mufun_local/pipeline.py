@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import codecs
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
@@ -44,6 +44,18 @@ class Result:
     stopped: str = ""
     first_logits: np.ndarray | None = None
     peaks: dict[str, float] = field(default_factory=dict)   # MB, see timing.Timer
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The context a call needs besides its prompt and audio: `n_seq` sequences side by side,
+    in one KV pool (`unified`: what scoring a vocabulary needs), with `room` positions after the
+    prompt (None: the request's max_tokens). Calls that give the same layout share one context,
+    so a song's audio prefix is read once for all of them (Model.tags)."""
+
+    n_seq: int = 1
+    unified: bool = False
+    room: int | None = None
 
 
 class Answer:
@@ -90,6 +102,14 @@ class Answer:
         MufunError (one line) when it is cut off or breaks the schema."""
         from .llm.grammar import finished_json
         return finished_json(self.text(), self._request.max_tokens, self._request.schema)
+
+
+def score_layout(vocabularies: list[list[list[int]]], per_round: int = 32, room: int = 0) -> Layout:
+    """One layout that scores each of these token vocabularies (up to `per_round` terms a
+    round; a round's trie holds at most its longest terms' tokens) and keeps `room` positions."""
+    k = max(1, min(per_round, max(map(len, vocabularies))))
+    cells = max(sum(sorted(map(len, v))[-k:]) for v in vocabularies)
+    return Layout(n_seq=k + 1, unified=True, room=max(cells, room))
 
 
 class Pipeline:
@@ -148,7 +168,8 @@ class Pipeline:
         Bad input and requests that cannot fit raise on the first piece, before any compute."""
         return self.complete(prompt_mod.build(question, len(audios), self.template), audios, request)
 
-    def complete(self, prm: prompt_mod.Prompt, audios: list[AudioInput], request: Request) -> Answer:
+    def complete(self, prm: prompt_mod.Prompt, audios: list[AudioInput], request: Request,
+                 layout: Layout = Layout()) -> Answer:
         """The continuation of a full prompt whose pieces surround the audios.
 
         What the context already holds of this prompt's leading segments is kept (a second
@@ -157,20 +178,20 @@ class Pipeline:
         and saved there. The prefix is always evaluated as its own batches, so all three
         ways give the same logits."""
         res = Result()
-        return Answer(self._complete(prm, audios, request, res), res, request)
+        return Answer(self._complete(prm, audios, request, res, layout), res, request)
 
-    def _complete(self, prm, audios, req: Request, res: Result) -> Iterator[str]:
-        llm = self._read_prompt(prm, audios, req, res)
+    def _complete(self, prm, audios, req: Request, res: Result, layout: Layout) -> Iterator[str]:
+        llm = self._read_prompt(prm, audios, req, res, layout)
         if req.keep_logits:
             res.first_logits = llm.logits()
         yield from self._generate(llm, req, res)
 
-    def _read_prompt(self, prm, audios, req: Request, res: Result) -> LLM:
+    def _read_prompt(self, prm, audios, req: Request, res: Result, layout: Layout = Layout()) -> LLM:
         """Evaluate the whole prompt (what the context holds of it kept, the prefix restored or
         computed and saved), logits at its end; the LLM."""
         timer = Timer(res.timings, res.peaks)
         plan = self._plan(prm, audios, res)
-        llm, embeddings, held = self._hold_head(plan, audios, req, res, timer)
+        llm, embeddings, held = self._hold_head(plan, audios, req, res, timer, layout)
         self.session.prefill(plan, embeddings, timer, req.progress, start=held, save=held < len(plan) - 1)
         return llm
 
@@ -188,21 +209,16 @@ class Pipeline:
         return np.stack(out)
 
     def score(self, prm: prompt_mod.Prompt, audios: list[AudioInput], continuations: list[list[int]],
-              request: Request, per_round: int = 32) -> np.ndarray:
+              request: Request, per_round: int = 32, layout: Layout | None = None) -> np.ndarray:
         """The log-probability of each continuation (token ids, teacher-forced) of the prompt:
-        the prompt is read once (kept, restored or computed like any question's), then the
+        the prompt is read like any question's (kept, restored or computed), then the
         continuations are scored side by side as one token trie, up to `per_round` at a time
-        (LLM.score_continuations), in a context whose KV cells all sequences share."""
+        (LLM.score_continuations), in a context whose KV cells all sequences share (`layout`,
+        default: score_layout's)."""
         if not continuations:
             return np.zeros(0)
-        res = Result()
-        timer = Timer(res.timings, res.peaks)
-        plan = self._plan(prm, audios, res)
-        k = max(1, min(per_round, len(continuations)))
-        cells = sum(sorted(map(len, continuations))[-k:])  # a round's trie holds at most this many
-        llm, embeddings, held = self._hold_head(plan, audios, replace(request, max_tokens=cells), res, timer,
-                                                n_seq=k + 1, unified=True)
-        self.session.prefill(plan, embeddings, timer, request.progress, start=held, save=held < len(plan) - 1)
+        layout = layout or score_layout([continuations], per_round)
+        llm = self._read_prompt(prm, audios, request, Result(), layout)
         return llm.score_continuations(continuations)
 
     def extend(self, prm: prompt_mod.Prompt, audios: list[AudioInput], request: Request) -> Answer:
@@ -232,10 +248,10 @@ class Pipeline:
         keys = keys if keys is not None else [self.audio.cache_key(a) for a in audios]
         return plan_segments(chunks, keys)
 
-    def _hold_head(self, plan: list[Segment], audios, req: Request, res: Result, timer: Timer, n_seq: int = 1,
-                   unified: bool = False):
+    def _hold_head(self, plan: list[Segment], audios, req: Request, res: Result, timer: Timer,
+                   layout: Layout = Layout()):
         """Ask the session to hold the plan's head (all but its last segment) in a context that
-        fits res.prompt_tokens + audio + answer for each of n_seq sequences; embed the audio
+        fits res.prompt_tokens + audio + answer (or layout.room) in its layout; embed the audio
         when its rows are not known otherwise or the head must be computed. Returns the LLM,
         the embeddings (None when not needed) and how many leading segments are held. A
         request that cannot fit fails before the encoder runs and before the weights load."""
@@ -246,10 +262,11 @@ class Pipeline:
             embeddings = self.audio_embeddings(audios, timer, res.prompt_tokens, req, plan=plan)
             rows = sum(len(e) for e in embeddings)
         res.audio_tokens = rows
-        need = self.budget().need(res.prompt_tokens, rows // self.tokens_per_window, req.max_tokens)
+        room = req.max_tokens if layout.room is None else layout.room
+        need = self.budget().need(res.prompt_tokens, rows // self.tokens_per_window, room)
         with timer("load"):  # the weights load after the audio half, when they are not loaded yet
             llm = ses.llm
-        held = ses.hold(head, need, n_seq, timer, unified)
+        held = ses.hold(head, need, layout.n_seq, timer, layout.unified)
         if held < len(head) and embeddings is None:
             embeddings = self.audio_embeddings(audios, timer, res.prompt_tokens, req, plan=plan)
         return llm, embeddings, held
@@ -283,7 +300,7 @@ class Pipeline:
             return [self.complete(p, audios, req).result() for p in prms]  # no common head
         shared.prompt_tokens = max(counts)
         longest = plans[counts.index(shared.prompt_tokens)]
-        llm, embeddings, held = self._hold_head(longest, audios, req, shared, timer, n_seq=len(prms))
+        llm, embeddings, held = self._hold_head(longest, audios, req, shared, timer, Layout(n_seq=len(prms)))
         self.session.prefill(longest, embeddings, timer, req.progress, start=held, save=held < len(longest) - 1,
                              head_only=True)
         t0 = time.perf_counter()

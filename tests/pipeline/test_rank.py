@@ -73,3 +73,30 @@ def test_bad_vocabularies_are_one_line_errors(tiny_q4, audio_dir):
             model.rank(audio_dir / "song22k.flac", QUESTION, ["", "  "])
         ranked = model.rank(audio_dir / "song22k.flac", QUESTION, ["Jazz", "Jazz ", "Rock"])
     assert sorted(t for t, _ in ranked) == ["Jazz", "Rock"]   # the same term once
+
+
+def test_tags_with_a_vocabulary_read_the_song_once(tiny_q4, audio_dir, tmp_path):
+    """Model.tags with a vocabulary: each of its fields is the ranking Model.rank gives for that
+    field's question, the rest a JSON answer under the schema's remaining fields; the song's
+    audio rows are evaluated once for all of it."""
+    import jsonschema
+
+    from mufun_local.tags import TAGS_SCHEMA, builtin_vocabulary, field_question, free_schema
+    song = audio_dir / "song22k.flac"
+    vocab = {**builtin_vocabulary(), "vocals": ["none", "male", "female", "mixed", "choir"]}
+    with open_model(tiny_q4, device="cpu") as model:
+        rows, real = [], model.pipeline.llm.eval_embeddings
+
+        def counting(emb, *a, **kw):
+            rows.append(len(emb))
+            return real(emb, *a, **kw)
+        model.pipeline.llm.eval_embeddings = counting
+        tags = model.tags(song, vocabulary=vocab, top=3)
+        assert rows == [300], "the audio is read once for every field"
+        for field, terms in vocab.items():
+            ranked = model.rank(song, field_question(field), list(terms))[:3]
+            assert tags[field] == ranked[0][0] and tags[f"{field}_top"] == [t for t, _ in ranked], field
+            assert tags[f"{field}_top_scores"] == [round(p, 4) for _, p in ranked] and \
+                tags[f"{field}_score"] == tags[f"{field}_top_scores"][0]
+    free = [f for f in TAGS_SCHEMA["properties"] if f not in vocab]
+    jsonschema.validate({f: tags[f] for f in free}, free_schema(free))
