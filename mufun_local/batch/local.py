@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Iterator
 from ..errors import MufunError
 from ..encoder.embedder import AudioInput
 from ..options import Request
+from ..tags import TAGS_QUESTION
 from ..llm.grammar import finished_json
 from ..llm.prompt import parsed_answer
 
@@ -174,26 +175,29 @@ def file_stat(path: str) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def settings_key(model, req) -> str:
+def settings_key(model, req, vocabulary: dict | None = None) -> str:
     """What else changes an answer: the model's weights and every option that reaches the
     numbers (engines, compute type, context settings; the request's sampling, answer length
-    and schema)."""
+    and schema; the vocabulary tags are ranked in)."""
     import hashlib
     from dataclasses import asdict, replace
     both = {**asdict(model.options), **asdict(replace(req, progress=None))}
     fields = {k: v for k, v in both.items() if k not in ("verbose", "quiet", "keep_audio_models",
                                                          "keep_logits", "threads", "parallel", "progress")}
+    if vocabulary:
+        fields["vocabulary"] = {f: list(terms) for f, terms in vocabulary.items()}
     blob = json.dumps({"llm": model.dir.llm_sha256, "audio": model.dir.audio_hash, **fields}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def answer_file(model, req: Request, path: str, questions: list[str], prepared: dict,
-                file: str | None = None, settings: str = "") -> Iterator[dict]:
+                file: str | None = None, settings: str = "", vocabulary: dict | None = None) -> Iterator[dict]:
     """One record per question about one prepared file: the audio is encoded once and its
     prefix evaluated once, and up to `model.options.parallel` answers are generated side by side
-    (their records carry the wall time of the group). Records carry `path` as the user gave it;
-    `file` is where to read it (default: `path`); `settings` and the file's stat are what a
-    resumed run compares (see pending)."""
+    (their records carry the wall time of the group). With a `vocabulary`, the tag question is
+    Model.tags with it (its fields ranked, the rest as JSON; `parsed` holds them all). Records
+    carry `path` as the user gave it; `file` is where to read it (default: `path`); `settings`
+    and the file's stat are what a resumed run compares (see pending)."""
     base = {"path": path, "sha256": prepared["sha256"], "segs": None, "model": model.id, "settings": settings,
             "stat": prepared.get("stat")}
     if prepared["error"] is not None:
@@ -201,9 +205,11 @@ def answer_file(model, req: Request, path: str, questions: list[str], prepared: 
             yield {**base, "question": q, "answer": None, "error": prepared["error"]}
         return
     audio = AudioInput(file or path, mels=prepared["mels"], seconds=prepared["seconds"], sha256=prepared["sha256"])
+    ranked = bool(vocabulary) and TAGS_QUESTION in questions
+    asked = [q for q in questions if not (ranked and q == TAGS_QUESTION)]
     step = max(1, model.options.parallel)
-    for g in range(0, len(questions), step):
-        group = questions[g:g + step]
+    for g in range(0, len(asked), step):
+        group = asked[g:g + step]
         t0 = time.perf_counter()
         try:
             results = model.ask_many(audio, group, request=req, parallel=step)
@@ -225,6 +231,16 @@ def answer_file(model, req: Request, path: str, questions: list[str], prepared: 
                    "prompt_tokens": r.prompt_tokens,
                    "audio_tokens": r.audio_tokens, "completion_tokens": len(r.tokens),
                    "timings": {k: round(v, 4) for k, v in timings.items()}, "seconds": seconds, "error": error}
+    if ranked:
+        t0 = time.perf_counter()
+        try:
+            tags = model.tags(audio, vocabulary=vocabulary, max_tokens=req.max_tokens)
+        except MufunError as exc:
+            yield {**base, "question": TAGS_QUESTION, "answer": None,
+                   "error": str(exc).replace(file, path) if file else str(exc)}
+            return
+        yield {**base, "question": TAGS_QUESTION, "answer": json.dumps(tags, ensure_ascii=False), "parsed": tags,
+               "seconds": round(time.perf_counter() - t0, 3), "error": None}
 
 
 def pending(files: list[str], questions: list[str], out: Path,
@@ -248,14 +264,16 @@ def count(summary: Summary, rec: dict) -> None:
 
 
 def run_batch(model, req: Request, files: list[str], questions: list[str], out: Path,
-              progress: Callable[[int], object] | None = None, prefetch: int = 2) -> Summary:
-    """Every (file, question) not yet in `out` answered by `model` (a mufun_local.Model)."""
+              progress: Callable[[int], object] | None = None, prefetch: int = 2,
+              vocabulary: dict | None = None) -> Summary:
+    """Every (file, question) not yet in `out` answered by `model` (a mufun_local.Model); the
+    tag question ranked in `vocabulary`, when given (answer_file)."""
     with journal_lock(out):
-        return _run_batch(model, req, files, questions, out, progress, prefetch)
+        return _run_batch(model, req, files, questions, out, progress, prefetch, vocabulary)
 
 
-def _run_batch(model, req, files, questions, out, progress, prefetch) -> Summary:
-    settings = settings_key(model, req)
+def _run_batch(model, req, files, questions, out, progress, prefetch, vocabulary) -> Summary:
+    settings = settings_key(model, req, vocabulary)
     todo, skipped = pending(files, questions, out, settings)
     summary = Summary(skipped=skipped)
     pool = ThreadPoolExecutor(max_workers=max(1, prefetch))
@@ -270,7 +288,8 @@ def _run_batch(model, req, files, questions, out, progress, prefetch) -> Summary
         with open(out, "a", encoding="utf-8") as fh:
             for i, (path, qs) in enumerate(todo):
                 schedule(i)
-                for rec in answer_file(model, req, path, qs, futures.pop(path).result(), settings=settings):
+                for rec in answer_file(model, req, path, qs, futures.pop(path).result(), settings=settings,
+                                       vocabulary=vocabulary):
                     write_record(fh, rec)
                     count(summary, rec)
                     progress and progress(1)

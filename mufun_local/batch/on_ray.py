@@ -95,33 +95,34 @@ def _prepare_row(row: dict, filters) -> dict:
 class _Answer:
     """Actor: one Model answering every question about each prepared file."""
 
-    def __init__(self, model_dir: str, options, request, settings: str):
+    def __init__(self, model_dir: str, options, request, settings: str, vocabulary: dict | None = None):
         from dataclasses import asdict
 
         from ..format.model_dir import ModelDir
         from ..model import Caches, Model
         self.model = Model(ModelDir.open(model_dir), caches=Caches.for_batch(), **asdict(options))
-        self.req, self.settings = request, settings
+        self.req, self.settings, self.vocabulary = request, settings, vocabulary
 
     def __call__(self, batch: dict) -> dict:
         lines = []
         for path, file, qs, blob in zip(batch["path"], batch["file"], batch["questions"], batch["prepared"]):
             recs = answer_file(self.model, self.req, str(path), [str(q) for q in qs], pickle.loads(blob), str(file),
-                               self.settings)
+                               self.settings, self.vocabulary)
             lines.append("".join(map(record_line, recs)))
         return {"lines": lines}
 
 
 def run_batch_ray(address: str, model, request, files: list[str], questions: list[str], out: Path,
-                  progress: Callable[[int], object] | None = None, actors: int = 1) -> Summary:
+                  progress: Callable[[int], object] | None = None, actors: int = 1,
+                  vocabulary: dict | None = None) -> Summary:
     """run_batch on a Ray cluster: each actor builds the same Model from `model`'s folder and options."""
     with journal_lock(out):
-        return _run(address, model, request, files, questions, out, progress, actors)
+        return _run(address, model, request, files, questions, out, progress, actors, vocabulary)
 
 
-def _run(address, model, request, files, questions, out, progress, actors) -> Summary:
+def _run(address, model, request, files, questions, out, progress, actors, vocabulary) -> Summary:
     options = model.options
-    settings = settings_key(model, request)
+    settings = settings_key(model, request, vocabulary)
     todo, skipped = pending(files, questions, out, settings)
     summary = Summary(skipped=skipped)
     if not todo:
@@ -142,7 +143,7 @@ def _run(address, model, request, files, questions, out, progress, actors) -> Su
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map(_prepare_row, fn_kwargs={"filters": filters}, num_cpus=1, runtime_env=env)
     request = replace(request, progress=None)  # a callback of this process does not travel to the actors
-    ds = ds.map_batches(_Answer, fn_constructor_args=(str(model_dir), options, request, settings),
+    ds = ds.map_batches(_Answer, fn_constructor_args=(str(model_dir), options, request, settings, vocabulary),
                         batch_size=1,
                         concurrency=actors, num_gpus=gpus, num_cpus=0 if gpus else 1, runtime_env=env)
     with open(out, "a", encoding="utf-8") as fh:

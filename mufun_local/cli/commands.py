@@ -282,6 +282,11 @@ def serve(model, host, port, api_key, allow_hosts, ctx, max_tokens, max_queue, r
 @click.option("--tags", is_flag=True,
               help="Ask one question per file for tags as JSON (genre, subgenre, mood, instruments, tempo feel, "
                    "vocals, language, description; docs/cli.md, Tag your library), constrained to that schema.")
+@click.option("--vocabulary", default=None, metavar="FILE|builtin",
+              help="With --tags: rank these terms for their fields instead of free text, each with its "
+                   "probability (genre, genre_score, genre_top, ...): a file of one genre a line, a JSON/YAML map "
+                   "of field -> terms, or `builtin` (Discogs' 15 genres, MTG-Jamendo's moods and instruments). "
+                   "The fields it lacks are asked as JSON.")
 @click.option("--schema", type=click.Path(dir_okay=False), default=None,
               help="Constrain every answer to this JSON Schema (as ask --schema).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="JSONL results (appended; resumable).")
@@ -305,8 +310,8 @@ def serve(model, host, port, api_key, allow_hosts, ctx, max_tokens, max_queue, r
               help="With --ray: answering actors, each holding the encoder and the LLM (one GPU each when there are GPUs).")
 @encoder_options
 @verbosity
-def batch(inputs, model, questions, tags, schema, out, fmt, temperature, seed, max_tokens, ctx, parallel, ray_address,
-          ray_actors, encoder, quiet, verbose):
+def batch(inputs, model, questions, tags, vocabulary, schema, out, fmt, temperature, seed, max_tokens, ctx, parallel,
+          ray_address, ray_actors, encoder, quiet, verbose):
     """Ask the same questions about many files; one JSON line per (file, question).
 
     INPUTS are files, folders (searched recursively), globs, or .txt/.csv lists of paths.
@@ -314,14 +319,18 @@ def batch(inputs, model, questions, tags, schema, out, fmt, temperature, seed, m
 
     \b
     mufun-local batch ~/Music --question "What genre is this?" --question "Describe the mood." --out tags.jsonl
+    mufun-local batch ~/Music --tags --vocabulary genres.txt --out tags.jsonl --format csv
     mufun-local batch songs.csv --question "What genre is this?" --out tags.jsonl --ray        # on a Ray cluster
     """
     from ..batch.local import expand_inputs, run_batch
     from ..model import Caches, Model
     from ..progress import bar as progress_bar
-    from ..tags import TAGS_QUESTION, TAGS_SCHEMA
+    from ..tags import TAGS_QUESTION, TAGS_SCHEMA, load_vocabulary
 
     setup_logging(quiet, verbose)
+    if vocabulary and not tags:
+        raise MufunError("--vocabulary ranks the fields of --tags: give --tags too")
+    vocab = load_vocabulary(vocabulary) if vocabulary else None
     files = expand_inputs(inputs)
     if not files:
         raise MufunError("no audio files found in the given inputs")
@@ -352,9 +361,9 @@ def batch(inputs, model, questions, tags, schema, out, fmt, temperature, seed, m
     try:
         if ray_address:
             summary = run_batch_ray(ray_address, m, req, files, list(questions), Path(out), progress=bar.update,
-                                    actors=ray_actors)
+                                    actors=ray_actors, vocabulary=vocab)
         else:
-            summary = run_batch(m, req, files, list(questions), Path(out), progress=bar.update)
+            summary = run_batch(m, req, files, list(questions), Path(out), progress=bar.update, vocabulary=vocab)
     except KeyboardInterrupt:
         bar.close()
         stderr(f"interrupted; everything answered so far is in {out} (run again to resume)")

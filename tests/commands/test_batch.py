@@ -312,3 +312,39 @@ def test_a_table_may_not_replace_the_journal(capsys, tmp_path, tiny_q4, library)
     code = main(["batch", str(library), "-m", str(tiny_q4), "--question", "Q?", "--out", str(tmp_path / "t.csv"),
                  "--format", "csv"])
     assert code != 0 and "give it a .jsonl name" in capsys.readouterr().err
+
+
+def test_tags_with_a_vocabulary_rank_its_terms_and_resume(capsys, tmp_path, tiny_q4, library):
+    """batch --tags --vocabulary: each readable song's genre is a term of the file, with its
+    probability and the runners-up, equal to Model.tags in this process; the table carries
+    them; a resume asks nothing again, and another vocabulary is another setting."""
+    import csv
+
+    from mufun_local.tags import load_vocabulary
+    genres = tmp_path / "genres.txt"
+    genres.write_text("Synthpop\nShoegaze\nDream Pop\nJazz\n")
+    out = tmp_path / "tags.jsonl"
+    args = ["batch", str(library), "-m", str(tiny_q4), "--tags", "--vocabulary", str(genres), "--out", str(out), "-q"]
+    assert main(args + ["--format", "csv"]) == 0
+    recs = {os.path.basename(r["path"]): r for r in lines(out) if r["error"] is None}
+    assert sorted(recs) == ["a.wav", "b.flac", "c.mp3"]
+    vocab = load_vocabulary(str(genres))
+    with open_model(tiny_q4, keep_audio_models=True) as model:
+        for r in recs.values():
+            p = r["parsed"]
+            assert p["genre"] in vocab["genre"] and p["genre_top"][0] == p["genre"] and 0 < p["genre_score"] <= 1
+            assert p == model.tags(r["path"], vocabulary=vocab)
+    with open(out.with_suffix(".csv"), newline="", encoding="utf-8") as fh:
+        rows = {os.path.basename(row["path"]): row for row in csv.DictReader(fh)}
+    assert rows["a.wav"]["genre"] == recs["a.wav"]["parsed"]["genre"]
+    assert float(rows["a.wav"]["genre_score"]) == recs["a.wav"]["parsed"]["genre_score"]
+    def answered():
+        return len([r for r in lines(out) if r["error"] is None])
+    n = answered()
+    main(args)                                               # the two unreadable files are tried again
+    assert answered() == n                                   # resumed: nothing answered is asked again
+    genres.write_text("Synthpop\nJazz\n")
+    assert main(args) == 0 and answered() == 2 * n           # another vocabulary: asked again
+    capsys.readouterr()
+    assert main(["batch", str(library), "-m", str(tiny_q4), "--vocabulary", str(genres), "--out", str(out)]) != 0
+    assert "give --tags too" in capsys.readouterr().err
