@@ -134,3 +134,25 @@ def load_vocabulary(path: str) -> dict[str, tuple[str, ...]]:
             raise MufunError(f"{path}: {field}: at most {MAX_TERMS} terms of at most {MAX_TERM_CHARS} characters")
         out[field] = kept
     return out
+
+
+# ------------------------------------------------------------------ where tags land
+POLICIES = ("fill-empty", "merge", "overwrite")
+
+
+def landed(current, value, policy: str):
+    """What a library's field becomes when a tag `value` lands on it under `policy`, or None to
+    leave it as it is. fill-empty writes only into an empty field; merge adds what the field
+    lacks (to a list, its missing items; to text, '; ' and the value, unless it holds it);
+    overwrite replaces it."""
+    empty = current in (None, "", [], ())
+    if policy == "overwrite" or empty:
+        return None if value == current else value
+    if policy == "fill-empty":
+        return None
+    if isinstance(current, (list, tuple)):
+        new = [v for v in (value if isinstance(value, list) else [value]) if v not in current]
+        return list(current) + new if new else None
+    parts = [p.strip() for p in str(current).split(";")]
+    adding = [v for v in (value if isinstance(value, list) else [value]) if str(v).strip() not in parts]
+    return "; ".join([str(current)] + [str(v).strip() for v in adding]) if adding else None

@@ -126,3 +126,65 @@ def test_auto_tags_during_import_and_a_bad_model_is_one_line(tmp_path, tagging_m
     env = _configure(tmp_path, tmp_path / "no-such-model")
     p = _beet(env, "mufun", "-f", check=False)
     assert p.returncode != 0 and "mufun:" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_vocabulary_scores_thresholds_and_policies(tmp_path, tagging_model, audio_dir):
+    """With a vocabulary: mufun_genre is one of its terms with its score and runners-up; a
+    mapped field is written only at or above its threshold, and under fill-empty never over
+    what the owner set; merge adds to it, overwrite replaces it; --pretend stores nothing."""
+    genres = tmp_path / "genres.txt"
+    genres.write_text("Synthpop\nShoegaze\nDream Pop\nJazz\n")
+    env = _configure(tmp_path, tagging_model, vocabulary=str(genres))
+    incoming = _songs(tmp_path, audio_dir, {"song22k.flac": "mine.flac", "song44k.wav": "new.wav"})
+    _beet(env, "import", "-A", str(incoming))
+    mine, new = "path:" + str(incoming / "mine.flac"), "path:" + str(incoming / "new.wav")
+    _beet(env, "modify", "-y", mine, "genres=Owner Genre")
+    from mufun_local.tags import load_vocabulary
+    expected = {n: t for n, t in _expected_tags_with(tagging_model, [incoming / "mine.flac", incoming / "new.wav"],
+                                                       load_vocabulary(str(genres))).items()}
+    top, score = expected["new.wav"]["genre"], expected["new.wav"]["genre_score"]
+
+    def genres_of(q):
+        return _beet(env, "ls", "-f", "$genres", q).stdout.strip()
+
+    # --pretend: says what would change, stores nothing
+    env = _configure(tmp_path, tagging_model, vocabulary=str(genres), fields={"genre": {"field": "genres"}})
+    out = _beet(env, "mufun", "--pretend").stdout
+    assert "would tag 2" in out and f"genres: [] -> ['{top}']" in out and "mine.flac" not in out
+    assert genres_of(new) == "" and _beet(env, "ls", "-f", "$mufun_genre", new).stdout.strip() == "$mufun_genre"
+
+    # above its score nothing is written, at or below it is; fill-empty leaves the owner's genre
+    if score < 1.0:
+        env = _configure(tmp_path, tagging_model, vocabulary=str(genres),
+                         fields={"genre": {"field": "genres", "threshold": min(1.0, score + 0.001)}})
+        _beet(env, "mufun", "-f")
+        assert genres_of(new) == "" and genres_of(mine) == "Owner Genre"
+    env = _configure(tmp_path, tagging_model, vocabulary=str(genres),
+                     fields={"genre": {"field": "genres", "threshold": score, "policy": "fill-empty"}})
+    _beet(env, "mufun", "-f")
+    assert genres_of(new) == top and genres_of(mine) == "Owner Genre"
+    row = _beet(env, "ls", "-f", "$mufun_genre|$mufun_genre_score|$mufun_genre_top", new).stdout.strip().split("|")
+    assert row[0] == top and abs(float(row[1]) - score) < 1e-9 and row[2].split("; ")[0] == top
+
+    mine_top = expected["mine.flac"]["genre"]
+    env = _configure(tmp_path, tagging_model, vocabulary=str(genres),
+                     fields={"genre": {"field": "genres", "policy": "merge"}})
+    _beet(env, "mufun", "-f", mine)
+    assert genres_of(mine) == f"Owner Genre; {mine_top}"
+    env = _configure(tmp_path, tagging_model, vocabulary=str(genres),
+                     fields={"genre": {"field": "genres", "policy": "overwrite"}})
+    _beet(env, "mufun", "-f", mine)
+    assert genres_of(mine) == mine_top
+
+    for fields, match in (({"genre": {"field": "genres", "policy": "replace"}}, "not one of"),
+                          ({"genre": {"field": "genres", "threshold": 2}}, "between 0 and 1"),
+                          ({"mood": {"field": "mood", "threshold": 0.5}}, "only a vocabulary field")):
+        env = _configure(tmp_path, tagging_model, vocabulary=str(genres), fields=fields)
+        bad = _beet(env, "mufun", check=False)
+        assert bad.returncode != 0 and match in bad.stderr + bad.stdout and "Traceback" not in bad.stderr
+
+
+def _expected_tags_with(model_dir, paths, vocabulary) -> dict[str, dict]:
+    from mufun_local.model import Model
+    with Model(model_dir, caches=None, keep_audio_models=True) as model:
+        return {Path(p).name: model.tags(p, vocabulary=vocabulary) for p in paths}

@@ -49,3 +49,20 @@ def test_bad_files_are_one_line_errors(tmp_path, name, content, match):
     with pytest.raises(MufunError, match=match) as exc:
         load_vocabulary(str(f))
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("current,value,policy,result", [
+    ([], ["Rock"], "fill-empty", ["Rock"]),
+    (["Owner"], ["Rock"], "fill-empty", None),                  # never over what the owner set
+    (["Owner"], ["Rock"], "merge", ["Owner", "Rock"]),
+    (["Owner", "Rock"], ["Rock"], "merge", None),               # nothing to add
+    (["Owner"], ["Rock"], "overwrite", ["Rock"]),
+    (["Rock"], ["Rock"], "overwrite", None),
+    ("", "calm", "merge", "calm"),
+    ("dark; sad", "calm", "merge", "dark; sad; calm"),
+    ("dark; calm", "calm", "merge", None),
+    (None, "calm", "fill-empty", "calm"),
+])
+def test_where_a_tag_lands(current, value, policy, result):
+    from mufun_local.tags import landed
+    assert landed(current, value, policy) == result
