@@ -46,12 +46,16 @@ def cli():
                    "that --max-tokens cuts off is an error.")
 @click.option("--grammar", type=click.Path(dir_okay=False), default=None,
               help="Answer in the language of this GBNF grammar file (root rule: root).")
+@click.option("--vocabulary", default=None, metavar="FILE|builtin",
+              help="Rank this vocabulary's terms as answers, with their probabilities, instead of generating "
+                   "one: a file of one term a line, or a JSON/YAML map with one field (`builtin`: its genres).")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="With --vocabulary: terms shown.")
 @click.option("--no-cache", is_flag=True, help="Do not use or fill the audio-embedding and prefix caches.")
 @flash_attn_option
 @encoder_options
 @verbosity
 def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, max_tokens,
-        n_gpu_layers, ctx, as_json, schema, grammar, no_cache, flash_attn, encoder, quiet, verbose):
+        n_gpu_layers, ctx, as_json, schema, grammar, vocabulary, top, no_cache, flash_attn, encoder, quiet, verbose):
     """Answer QUESTION about one or more AUDIO files.
 
     \b
@@ -59,6 +63,7 @@ def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, ma
     mufun-local ask a.mp3 b.mp3 "<audio> is song 1. <audio> is song 2. Which is faster?"
     mufun-local ask --segs 60:90 song.flac "Describe the instruments." --temperature 0
     mufun-local ask song.flac "Tag this song." --schema tags.schema.json --json
+    mufun-local ask song.flac "What is the genre of this music?" --vocabulary genres.txt
     """
     from ..llm import grammar as constrain
     from ..model import Model
@@ -70,6 +75,12 @@ def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, ma
         raise MufunError("give --schema or --grammar, not both")
     *files, question = inputs
     seg_list = segs_list(segs, len(files))
+    if vocabulary:
+        if schema or grammar:
+            raise MufunError("--vocabulary ranks terms; it takes no --schema or --grammar")
+        return _rank(files, question, seg_list, vocabulary, top, as_json, quiet,
+                     dict(caches=None if no_cache else "disk", n_gpu_layers=n_gpu_layers, n_ctx=ctx, verbose=verbose,
+                          flash_attn=flash_attn, **encoder), model)
     schema_doc = constrain.load_schema(schema) if schema else None
     gbnf = constrain.read_file(grammar, "grammar") if grammar else None
     status = StatusLine(enabled=None if not quiet else False)
@@ -104,6 +115,29 @@ def ask(inputs, model, segs, temperature, top_p, top_k, repeat_penalty, seed, ma
         click.echo()
     if verbose:
         stderr("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in res.timings.items()))
+
+
+def _rank(files, question, seg_list, vocabulary, top, as_json, quiet, load: dict, model) -> None:
+    """ask --vocabulary: the terms ranked as answers to the question."""
+    from ..model import Model
+    from ..tags import load_vocabulary
+    fields = load_vocabulary(vocabulary)
+    if len(fields) != 1 and vocabulary != "builtin":
+        raise MufunError(f"{vocabulary}: ask ranks one list of terms; this map has {len(fields)} fields "
+                         f"({', '.join(fields)}): `batch --tags --vocabulary` answers each")
+    terms = list(fields.get("genre") or next(iter(fields.values())))
+    status = StatusLine(enabled=None if not quiet else False)
+    with Model(model, **load) as m:
+        try:
+            ranked = m.rank(files, question, terms, segs=seg_list, request=m.request(max_tokens=1, progress=status))
+        finally:
+            status.clear()
+    if as_json:
+        click.echo(json.dumps({"ranking": [[t, round(p, 6)] for t, p in ranked[:top]]}, ensure_ascii=False))
+    else:
+        width = max(len(t) for t, _ in ranked[:top])
+        for t, p in ranked[:top]:
+            click.echo(f"{t:<{width}}  {p:.4f}")
 
 
 # ------------------------------------------------------------------ chat

@@ -255,3 +255,18 @@ def test_ask_options_reach_the_request_without_a_model_running(capsys, tiny_q4, 
     audios, req = made[0].calls[0][1], made[0].calls[0][2]
     assert audios[0].source.endswith("song22k.flac")
     assert (req.max_tokens, req.sampling.temperature, req.sampling.seed) == (3, 0.0, 5)
+
+
+def test_ask_vocabulary_prints_the_ranking_model_rank_gives(capsys, tiny_q4, audio_dir, tmp_path):
+    from helpers import open_model
+    terms = tmp_path / "genres.txt"
+    terms.write_text("Jazz\nRock\nPop\n")
+    song = str(audio_dir / "song22k.flac")
+    code, out, err = run_cli(capsys, "ask", "-m", str(tiny_q4), song, "What is the genre of this music?",
+                             "--vocabulary", str(terms), "--json", "--top", "2", "-q", "--no-cache")
+    assert code == 0, err
+    with open_model(tiny_q4) as model:
+        want = model.rank(song, "What is the genre of this music?", ["Jazz", "Rock", "Pop"])[:2]
+    assert json.loads(out)["ranking"] == [[t, round(p, 6)] for t, p in want]
+    code, _, err = run_cli(capsys, "ask", "-m", str(tiny_q4), song, "Genre?", "--vocabulary", str(tmp_path / "no.txt"))
+    assert_one_line_error(code, err, "cannot read the vocabulary")
