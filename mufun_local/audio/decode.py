@@ -231,6 +231,20 @@ def open_audio(source: Source, name: str | None = None) -> Stream:
     return st
 
 
+def middle(source: Source, seconds: float, name: str | None = None) -> tuple[float, float] | None:
+    """segs for the middle `seconds` of a source, from the length its container declares (an
+    estimate for compressed files); None when it is no longer than that, or declares nothing:
+    then the whole of it."""
+    st = open_audio(source, name)
+    close = getattr(st.blocks, "close", None)
+    if close is not None:
+        close()
+    if st.seconds is None or st.seconds <= seconds:
+        return None
+    start = (st.seconds - seconds) / 2
+    return (round(start, 3), round(start + seconds, 3))
+
+
 def decode(source: Source, name: str | None = None) -> Decoded:
     """The whole source as float32 mono at its native rate."""
     st = open_audio(source, name)

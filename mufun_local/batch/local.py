@@ -145,10 +145,12 @@ class Summary:
     failed: int = 0
 
 
-def prepare(path: str, mel_filters, file: str | None = None) -> dict:
+def prepare(path: str, mel_filters, file: str | None = None, excerpt: float | None = None) -> dict:
     """One file's log-mel windows (the work that overlaps with the LLM), or its error.
-    `file`: where to read `path` (an absolute path for Ray workers); errors name `path`."""
+    `file`: where to read `path` (an absolute path for Ray workers); errors name `path`;
+    `excerpt`: only the middle seconds (`segs` says which)."""
     from ..encoder.embcache import file_hash
+    from ..audio.decode import middle
     from ..audio.windows import load_log_mels
     from ..timing import Timer
 
@@ -156,9 +158,10 @@ def prepare(path: str, mel_filters, file: str | None = None) -> dict:
     file = file or path
     stat = file_stat(file)  # before reading: a file changed meanwhile is answered again next time
     try:
-        mels, seconds = load_log_mels(file, None, mel_filters, timer=Timer(timings))
+        segs = middle(file, excerpt) if excerpt else None
+        mels, seconds = load_log_mels(file, segs, mel_filters, timer=Timer(timings))
         return {"mels": mels, "seconds": seconds, "timings": timings, "sha256": file_hash(file), "stat": stat,
-                "error": None}
+                "segs": segs, "error": None}
     except MufunError as exc:
         return {"timings": timings, "sha256": None, "stat": stat, "error": str(exc).replace(file, path)}
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop (or re-stop, on resume) the run
@@ -175,36 +178,50 @@ def file_stat(path: str) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def settings_key(model, req, vocabulary: dict | None = None) -> str:
+@dataclass(frozen=True)
+class Reading:
+    """What a batch does with each file besides the request: the `vocabulary` its tag question
+    ranks in (Model.tags), and the `excerpt` it reads (the middle seconds; None: all)."""
+
+    vocabulary: dict | None = None
+    excerpt: float | None = None
+
+
+def settings_key(model, req, reading: Reading = Reading()) -> str:
     """What else changes an answer: the model's weights and every option that reaches the
     numbers (engines, compute type, context settings; the request's sampling, answer length
-    and schema; the vocabulary tags are ranked in)."""
+    and schema; the vocabulary tags are ranked in and the excerpt read)."""
     import hashlib
     from dataclasses import asdict, replace
     both = {**asdict(model.options), **asdict(replace(req, progress=None))}
     fields = {k: v for k, v in both.items() if k not in ("verbose", "quiet", "keep_audio_models",
                                                          "keep_logits", "threads", "parallel", "progress")}
-    if vocabulary:
-        fields["vocabulary"] = {f: list(terms) for f, terms in vocabulary.items()}
+    if reading.vocabulary:
+        fields["vocabulary"] = {f: list(terms) for f, terms in reading.vocabulary.items()}
+    if reading.excerpt:
+        fields["excerpt"] = reading.excerpt
     blob = json.dumps({"llm": model.dir.llm_sha256, "audio": model.dir.audio_hash, **fields}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def answer_file(model, req: Request, path: str, questions: list[str], prepared: dict,
-                file: str | None = None, settings: str = "", vocabulary: dict | None = None) -> Iterator[dict]:
+                file: str | None = None, settings: str = "", reading: Reading = Reading()) -> Iterator[dict]:
     """One record per question about one prepared file: the audio is encoded once and its
     prefix evaluated once, and up to `model.options.parallel` answers are generated side by side
-    (their records carry the wall time of the group). With a `vocabulary`, the tag question is
-    Model.tags with it (its fields ranked, the rest as JSON; `parsed` holds them all). Records
+    (their records carry the wall time of the group). With a vocabulary (`reading`), the tag
+    question is Model.tags with it (its fields ranked, the rest as JSON; `parsed` holds them all). Records
     carry `path` as the user gave it; `file` is where to read it (default: `path`); `settings`
     and the file's stat are what a resumed run compares (see pending)."""
-    base = {"path": path, "sha256": prepared["sha256"], "segs": None, "model": model.id, "settings": settings,
+    base = {"path": path, "sha256": prepared["sha256"], "segs": prepared.get("segs"), "model": model.id,
+            "settings": settings,
             "stat": prepared.get("stat")}
     if prepared["error"] is not None:
         for q in questions:
             yield {**base, "question": q, "answer": None, "error": prepared["error"]}
         return
-    audio = AudioInput(file or path, mels=prepared["mels"], seconds=prepared["seconds"], sha256=prepared["sha256"])
+    audio = AudioInput(file or path, prepared.get("segs"), mels=prepared["mels"], seconds=prepared["seconds"],
+                       sha256=prepared["sha256"])
+    vocabulary = reading.vocabulary
     ranked = bool(vocabulary) and TAGS_QUESTION in questions
     asked = [q for q in questions if not (ranked and q == TAGS_QUESTION)]
     step = max(1, model.options.parallel)
@@ -240,6 +257,7 @@ def answer_file(model, req: Request, path: str, questions: list[str], prepared: 
                    "error": str(exc).replace(file, path) if file else str(exc)}
             return
         yield {**base, "question": TAGS_QUESTION, "answer": json.dumps(tags, ensure_ascii=False), "parsed": tags,
+               "timings": {k: round(v, 4) for k, v in prepared["timings"].items()},
                "seconds": round(time.perf_counter() - t0, 3), "error": None}
 
 
@@ -265,15 +283,15 @@ def count(summary: Summary, rec: dict) -> None:
 
 def run_batch(model, req: Request, files: list[str], questions: list[str], out: Path,
               progress: Callable[[int], object] | None = None, prefetch: int = 2,
-              vocabulary: dict | None = None) -> Summary:
-    """Every (file, question) not yet in `out` answered by `model` (a mufun_local.Model); the
-    tag question ranked in `vocabulary`, when given (answer_file)."""
+              reading: Reading = Reading()) -> Summary:
+    """Every (file, question) not yet in `out` answered by `model` (a mufun_local.Model), each
+    file read as `reading` says."""
     with journal_lock(out):
-        return _run_batch(model, req, files, questions, out, progress, prefetch, vocabulary)
+        return _run_batch(model, req, files, questions, out, progress, prefetch, reading)
 
 
-def _run_batch(model, req, files, questions, out, progress, prefetch, vocabulary) -> Summary:
-    settings = settings_key(model, req, vocabulary)
+def _run_batch(model, req, files, questions, out, progress, prefetch, reading) -> Summary:
+    settings = settings_key(model, req, reading)
     todo, skipped = pending(files, questions, out, settings)
     summary = Summary(skipped=skipped)
     pool = ThreadPoolExecutor(max_workers=max(1, prefetch))
@@ -282,14 +300,14 @@ def _run_batch(model, req, files, questions, out, progress, prefetch, vocabulary
     def schedule(i: int) -> None:
         for f, _ in todo[i:i + prefetch + 1]:
             if f not in futures:
-                futures[f] = pool.submit(prepare, f, model.mel_filters)
+                futures[f] = pool.submit(prepare, f, model.mel_filters, None, reading.excerpt)
 
     try:
         with open(out, "a", encoding="utf-8") as fh:
             for i, (path, qs) in enumerate(todo):
                 schedule(i)
                 for rec in answer_file(model, req, path, qs, futures.pop(path).result(), settings=settings,
-                                       vocabulary=vocabulary):
+                                       reading=reading):
                     write_record(fh, rec)
                     count(summary, rec)
                     progress and progress(1)

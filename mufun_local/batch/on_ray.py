@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 
-from .local import Summary, answer_file, count, journal_lock, pending, prepare, record_line, settings_key
+from .local import Reading, Summary, answer_file, count, journal_lock, pending, prepare, record_line, settings_key
 from ..errors import MufunError, first_line
 from ..logs import log
 
@@ -87,42 +87,42 @@ def connect(address: str):
     return ray
 
 
-def _prepare_row(row: dict, filters) -> dict:
+def _prepare_row(row: dict, filters, excerpt) -> dict:
     """CPU task: file -> the pickled prepare() result, windows as log-mels."""
-    return {**row, "prepared": pickle.dumps(prepare(row["path"], filters, row["file"]), protocol=5)}
+    return {**row, "prepared": pickle.dumps(prepare(row["path"], filters, row["file"], excerpt), protocol=5)}
 
 
 class _Answer:
     """Actor: one Model answering every question about each prepared file."""
 
-    def __init__(self, model_dir: str, options, request, settings: str, vocabulary: dict | None = None):
+    def __init__(self, model_dir: str, options, request, settings: str, reading: Reading):
         from dataclasses import asdict
 
         from ..format.model_dir import ModelDir
         from ..model import Caches, Model
         self.model = Model(ModelDir.open(model_dir), caches=Caches.for_batch(), **asdict(options))
-        self.req, self.settings, self.vocabulary = request, settings, vocabulary
+        self.req, self.settings, self.reading = request, settings, reading
 
     def __call__(self, batch: dict) -> dict:
         lines = []
         for path, file, qs, blob in zip(batch["path"], batch["file"], batch["questions"], batch["prepared"]):
             recs = answer_file(self.model, self.req, str(path), [str(q) for q in qs], pickle.loads(blob), str(file),
-                               self.settings, self.vocabulary)
+                               self.settings, self.reading)
             lines.append("".join(map(record_line, recs)))
         return {"lines": lines}
 
 
 def run_batch_ray(address: str, model, request, files: list[str], questions: list[str], out: Path,
                   progress: Callable[[int], object] | None = None, actors: int = 1,
-                  vocabulary: dict | None = None) -> Summary:
+                  reading: Reading = Reading()) -> Summary:
     """run_batch on a Ray cluster: each actor builds the same Model from `model`'s folder and options."""
     with journal_lock(out):
-        return _run(address, model, request, files, questions, out, progress, actors, vocabulary)
+        return _run(address, model, request, files, questions, out, progress, actors, reading)
 
 
-def _run(address, model, request, files, questions, out, progress, actors, vocabulary) -> Summary:
+def _run(address, model, request, files, questions, out, progress, actors, reading) -> Summary:
     options = model.options
-    settings = settings_key(model, request, vocabulary)
+    settings = settings_key(model, request, reading)
     todo, skipped = pending(files, questions, out, settings)
     summary = Summary(skipped=skipped)
     if not todo:
@@ -141,9 +141,10 @@ def _run(address, model, request, files, questions, out, progress, actors, vocab
     ctx.enable_progress_bars = False
     items = [{"path": f, "file": os.path.abspath(f), "questions": qs} for f, qs in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map(_prepare_row, fn_kwargs={"filters": filters}, num_cpus=1, runtime_env=env)
+    ds = ds.map(_prepare_row, fn_kwargs={"filters": filters, "excerpt": reading.excerpt}, num_cpus=1,
+                runtime_env=env)
     request = replace(request, progress=None)  # a callback of this process does not travel to the actors
-    ds = ds.map_batches(_Answer, fn_constructor_args=(str(model_dir), options, request, settings, vocabulary),
+    ds = ds.map_batches(_Answer, fn_constructor_args=(str(model_dir), options, request, settings, reading),
                         batch_size=1,
                         concurrency=actors, num_gpus=gpus, num_cpus=0 if gpus else 1, runtime_env=env)
     with open(out, "a", encoding="utf-8") as fh:

@@ -13,15 +13,15 @@ class Tagger:
     def __init__(self, model: str | None = None, threads: int = 0, max_tokens: int = 512, quiet: bool = True,
                  vocabulary: dict | None = None):
         from ..model import Caches, Model
-        from .local import settings_key
+        from .local import Reading, settings_key
 
         # a library is tagged once per song: its embeddings are kept on disk, no prefix states
         self.model = Model(model, caches=Caches.on_disk(prefixes=False), threads=threads, keep_audio_models=True,
                            quiet=quiet)
         self.request = self.model.tags_request(max_tokens)
-        self.vocabulary = vocabulary  # field -> terms ranked instead of asked (Model.tags)
         self.model_id = self.model.id
-        self.settings = settings_key(self.model, self.request, vocabulary)
+        self.reading = Reading(vocabulary)
+        self.settings = settings_key(self.model, self.request, self.reading)
 
     def tag(self, path: str) -> dict:
         """The schema's fields for the file at `path`; a MufunError (one line) if it cannot
@@ -29,7 +29,7 @@ class Tagger:
         from .local import answer_file, prepare
         prepared = prepare(path, self.model.mel_filters)
         rec = next(answer_file(self.model, self.request, path, [TAGS_QUESTION], prepared, settings=self.settings,
-                               vocabulary=self.vocabulary))
+                               reading=self.reading))
         if rec["error"]:
             raise MufunError(rec["error"])
         return rec["parsed"]

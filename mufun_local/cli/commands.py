@@ -321,6 +321,9 @@ def serve(model, host, port, api_key, allow_hosts, ctx, max_tokens, max_queue, r
                    "probability (genre, genre_score, genre_top, ...): a file of one genre a line, a JSON/YAML map "
                    "of field -> terms, or `builtin` (Discogs' 15 genres, MTG-Jamendo's moods and instruments). "
                    "The fields it lacks are asked as JSON.")
+@click.option("--excerpt", type=FiniteRange(min=1), default=None, metavar="SECONDS",
+              help="Read only the middle SECONDS of each file (its declared length; shorter files whole): "
+                   "much faster on long songs; what it costs in accuracy is not measured yet (docs/performance.md).")
 @click.option("--schema", type=click.Path(dir_okay=False), default=None,
               help="Constrain every answer to this JSON Schema (as ask --schema).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="JSONL results (appended; resumable).")
@@ -344,7 +347,7 @@ def serve(model, host, port, api_key, allow_hosts, ctx, max_tokens, max_queue, r
               help="With --ray: answering actors, each holding the encoder and the LLM (one GPU each when there are GPUs).")
 @encoder_options
 @verbosity
-def batch(inputs, model, questions, tags, vocabulary, schema, out, fmt, temperature, seed, max_tokens, ctx, parallel,
+def batch(inputs, model, questions, tags, vocabulary, excerpt, schema, out, fmt, temperature, seed, max_tokens, ctx, parallel,
           ray_address, ray_actors, encoder, quiet, verbose):
     """Ask the same questions about many files; one JSON line per (file, question).
 
@@ -356,7 +359,7 @@ def batch(inputs, model, questions, tags, vocabulary, schema, out, fmt, temperat
     mufun-local batch ~/Music --tags --vocabulary genres.txt --out tags.jsonl --format csv
     mufun-local batch songs.csv --question "What genre is this?" --out tags.jsonl --ray        # on a Ray cluster
     """
-    from ..batch.local import expand_inputs, run_batch
+    from ..batch.local import Reading, expand_inputs, run_batch
     from ..model import Caches, Model
     from ..progress import bar as progress_bar
     from ..tags import TAGS_QUESTION, TAGS_SCHEMA, load_vocabulary
@@ -364,7 +367,7 @@ def batch(inputs, model, questions, tags, vocabulary, schema, out, fmt, temperat
     setup_logging(quiet, verbose)
     if vocabulary and not tags:
         raise MufunError("--vocabulary ranks the fields of --tags: give --tags too")
-    vocab = load_vocabulary(vocabulary) if vocabulary else None
+    reading = Reading(load_vocabulary(vocabulary) if vocabulary else None, excerpt)
     files = expand_inputs(inputs)
     if not files:
         raise MufunError("no audio files found in the given inputs")
@@ -395,9 +398,9 @@ def batch(inputs, model, questions, tags, vocabulary, schema, out, fmt, temperat
     try:
         if ray_address:
             summary = run_batch_ray(ray_address, m, req, files, list(questions), Path(out), progress=bar.update,
-                                    actors=ray_actors, vocabulary=vocab)
+                                    actors=ray_actors, reading=reading)
         else:
-            summary = run_batch(m, req, files, list(questions), Path(out), progress=bar.update, vocabulary=vocab)
+            summary = run_batch(m, req, files, list(questions), Path(out), progress=bar.update, reading=reading)
     except KeyboardInterrupt:
         bar.close()
         stderr(f"interrupted; everything answered so far is in {out} (run again to resume)")

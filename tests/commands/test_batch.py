@@ -164,15 +164,15 @@ def test_any_failure_of_one_file_is_its_error_and_the_run_goes_on(tmp_path, tiny
     write_audio(lib / "weird.wav", music(3.0, 16000, 1, seed=5), 16000)
     real = batch_mod.prepare
 
-    def prepare(path, filters, file=None):
+    def prepare(path, filters, file=None, excerpt=None):
         if path.endswith("weird.wav"):
             raise_in = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("decoder fell over"))  # noqa: E731
             monkeypatch.setattr("mufun_local.audio.windows.load_log_mels", raise_in)
             try:
-                return real(path, filters, file)
+                return real(path, filters, file, excerpt)
             finally:
                 monkeypatch.undo()
-        return real(path, filters, file)
+        return real(path, filters, file, excerpt)
     monkeypatch.setattr(batch_mod, "prepare", prepare)
     files = sorted(str(p) for p in lib.iterdir())
     model = open_model(tiny_q4)
@@ -348,3 +348,30 @@ def test_tags_with_a_vocabulary_rank_its_terms_and_resume(capsys, tmp_path, tiny
     capsys.readouterr()
     assert main(["batch", str(library), "-m", str(tiny_q4), "--vocabulary", str(genres), "--out", str(out)]) != 0
     assert "give --tags too" in capsys.readouterr().err
+
+
+def test_excerpt_reads_the_middle_of_each_song(capsys, tmp_path, tiny_q4, audio_dir):
+    """--excerpt S: the middle S seconds by the declared length (the record's segs), answered as
+    `ask --segs` answers that part; a shorter file whole; the excerpt is part of the settings."""
+    import soundfile as sf
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("long48k.flac", "song22k.flac"):
+        (lib / name).write_bytes((audio_dir / name).read_bytes())
+    length = sf.info(str(lib / "long48k.flac")).duration
+    out = tmp_path / "o.jsonl"
+    assert main(["batch", str(lib), "-m", str(tiny_q4), "--question", "Genre?", "--excerpt", "10", "--temperature", "0",
+                 "--max-tokens", "6", "--out", str(out), "-q"]) == 0
+    recs = {os.path.basename(r["path"]): r for r in lines(out)}
+    start = round((length - 10) / 2, 3)
+    assert recs["long48k.flac"]["segs"] == [start, round(start + 10, 3)] and recs["long48k.flac"]["audio_tokens"] == 300
+    short = sf.info(str(lib / "song22k.flac")).duration
+    assert short > 10 or recs["song22k.flac"]["segs"] is None
+    with open_model(tiny_q4) as model:
+        want = model.ask(lib / "long48k.flac", "Genre?", segs=tuple(recs["long48k.flac"]["segs"]),
+                         request=Request(6, Sampling(temperature=0.0, top_p=1.0, top_k=0, seed=0))).text()
+    assert recs["long48k.flac"]["answer"] == want
+    plain = tmp_path / "plain.jsonl"
+    main(["batch", str(lib), "-m", str(tiny_q4), "--question", "Genre?", "--temperature", "0", "--max-tokens", "6",
+          "--out", str(plain), "-q"])
+    assert lines(plain)[0]["settings"] != lines(out)[0]["settings"]
