@@ -53,3 +53,16 @@ def test_the_serve_load_and_soak_scripts_run_as_documented(tmp_path, demo_home):
     assert soak.returncode == 0, soak.stdout[-2000:] + soak.stderr[-2000:]
     assert "5xx: 0; temporary files left: 0" in soak.stdout
     assert [p.name for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("ray")] == []  # nothing left behind
+
+
+def test_bench_library_tiny(tmp_path):
+    out = tmp_path / "lib.json"
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_library.py"), "--preset", "tiny", "--songs", "2",
+                           "--lengths", "20,40", "--work", str(tmp_path / "work"), "--json", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert len(r["runs"]) == 3 and all(run["songs_per_hour"] > 0 for run in r["runs"].values())
+    assert "| today: --tags (free-text JSON) |" in proc.stdout and "30,000 songs" in proc.stdout
+    tags = [json.loads(line) for line in (tmp_path / "work" / "run-1.jsonl").read_text().splitlines()]
+    assert len(tags) == 2 and all(t["error"] is None and "genre_score" in t["parsed"] for t in tags)
