@@ -74,6 +74,8 @@ class Model:
             raise MufunError(f"unknown load option(s) {', '.join(unknown)} (choose from "
                              f"{', '.join(sorted(_OPTION_NAMES - {'quiet'}))})")
         self.options = Options(quiet=quiet, **options)  # checked before anything is resolved or converted
+        if isinstance(caches, str) and caches != "disk":
+            raise MufunError(f"caches={caches!r}: give \"disk\", a Caches, or None")
         if isinstance(model, ModelDir):
             self.dir = model
         else:

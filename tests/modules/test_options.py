@@ -77,3 +77,13 @@ def test_options_are_checked_and_frozen():
     for bad in ({"n_ctx": 10}, {"threads": -1}, {"parallel": 0}, {"n_batch": 0}, {"encoder_batch": 0}):
         with pytest.raises(MufunError):
             Options(**bad)
+
+
+def test_model_refuses_unknown_load_options_and_caches_before_any_work(tmp_path):
+    from mufun_local.model import Model
+    with pytest.raises(MufunError, match="unknown load option.*thread"):
+        Model(tmp_path / "nothing", thread=4)
+    with pytest.raises(MufunError, match="caches='memory'"):
+        Model(tmp_path / "nothing", caches="memory")
+    with pytest.raises(MufunError, match="threads must be"):
+        Model(tmp_path / "nothing", threads=-1)
