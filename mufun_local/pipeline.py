@@ -257,7 +257,7 @@ class Pipeline:
         request that cannot fit fails before the encoder runs and before the weights load."""
         head, ses = plan[:-1], self.session
         embeddings = None
-        rows = ses.known_audio_rows(head)
+        rows = ses.known_audio_rows(head, layout.unified)
         if rows is None:
             embeddings = self.audio_embeddings(audios, timer, res.prompt_tokens, req, plan=plan)
             rows = sum(len(e) for e in embeddings)

@@ -192,9 +192,11 @@ class Session:
         self.segments = kept
 
     # -- holding a prompt's head
-    def known_audio_rows(self, head: list[Segment]) -> int | None:
+    def known_audio_rows(self, head: list[Segment], unified: bool = False) -> int | None:
         """The audio rows of `head` when they are known without the audio half: the context
-        holds all of it, or the prefix cache has its state (its header says). None: embed."""
+        holds all of it, or the prefix cache has its state (its header says). None: embed.
+        `unified`: the KV layout the call will `hold` with (its states are its own)."""
+        self.unified = unified
         if head and self.shared(head) == len(head):
             return self.audio_positions(len(head))
         if self.storable(head):
