@@ -70,6 +70,9 @@ BUILTIN = {
                     "electric guitar", "electric piano", "flute", "guitar", "harmonica", "harp", "horn", "keyboard",
                     "oboe", "orchestra", "organ", "pad", "percussion", "piano", "pipe organ", "rhodes", "sampler",
                     "saxophone", "strings", "synthesizer", "trombone", "trumpet", "viola", "violin", "voice"),
+    # the tag schema's own closed sets: ranked, they get a score too
+    "tempo_feel": tuple(TAGS_SCHEMA["properties"]["tempo_feel"]["enum"]),
+    "vocals": tuple(TAGS_SCHEMA["properties"]["vocals"]["enum"]),
 }
 MAX_TERMS = 5000          # per field
 MAX_TERM_CHARS = 100

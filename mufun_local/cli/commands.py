@@ -319,7 +319,8 @@ def serve(model, host, port, api_key, allow_hosts, ctx, max_tokens, max_queue, r
 @click.option("--vocabulary", default=None, metavar="FILE|builtin",
               help="With --tags: rank these terms for their fields instead of free text, each with its "
                    "probability (genre, genre_score, genre_top, ...): a file of one genre a line, a JSON/YAML map "
-                   "of field -> terms, or `builtin` (Discogs' 15 genres, MTG-Jamendo's moods and instruments). "
+                   "of field -> terms, or `builtin` (Discogs' 15 genres, MTG-Jamendo's moods and instruments, the "
+                   "schema's tempo feels and vocals). "
                    "The fields it lacks are asked as JSON.")
 @click.option("--excerpt", type=FiniteRange(min=1), default=None, metavar="SECONDS",
               help="Read only the middle SECONDS of each file (its declared length; shorter files whole): "
