@@ -163,18 +163,24 @@ class Model:
         the turn's end, teacher-forced after the prompt: exact, not sampled), as probabilities
         normalised over the terms, most likely first. The prompt is read once; the terms are
         scored side by side as one token trie."""
-        terms = list(dict.fromkeys(t.strip() for t in terms if t.strip()))
+        terms = _distinct(terms)
         if not terms:
             raise MufunError("no terms to rank")
-        items = audio_inputs(audio, segs)
+        return self._ranked(audio_inputs(audio, segs), question, terms, self._answer_ids(terms),
+                            request or self.request(max_tokens=1, temperature=0.0))
+
+    def _answer_ids(self, terms: list[str]) -> list[list[int]]:
         pipe = self._pipe
-        ids = [prompt_mod.answer_ids(t, pipe.template, pipe.tokenizer.tokenize) for t in terms]
-        logp = pipe.score(prompt_mod.build(question, len(items), pipe.template), items, ids,
-                          request or self.request(max_tokens=1, temperature=0.0))
+        return [prompt_mod.answer_ids(t, pipe.template, pipe.tokenizer.tokenize) for t in terms]
+
+    def _ranked(self, items, question: str, terms: list[str], ids: list[list[int]], request: Request,
+                layout=None) -> list[tuple[str, float]]:
+        """`terms` (tokenized as `ids`) with their probabilities, most likely first."""
+        pipe = self._pipe
+        logp = pipe.score(prompt_mod.build(question, len(items), pipe.template), items, ids, request, layout=layout)
         p = np.exp(logp - logp.max())
         p /= p.sum()
-        order = np.argsort(-p, kind="stable")
-        return [(terms[i], float(p[i])) for i in order]
+        return [(terms[i], float(p[i])) for i in np.argsort(-p, kind="stable")]
 
     def tags(self, audio: Audio, *, segs=None, vocabulary: dict[str, list[str]] | None = None, top: int = 5,
              max_tokens: int = 512) -> dict:
@@ -192,21 +198,18 @@ class Model:
         from .tags import field_question, free_question, free_schema
         pipe, items = self._pipe, audio_inputs(audio, segs)
         free = [f for f in FIELDS if f not in vocabulary]
-        vocab = {f: list(dict.fromkeys(t.strip() for t in terms if t.strip())) for f, terms in vocabulary.items()}
-        ids = {f: [prompt_mod.answer_ids(t, pipe.template, pipe.tokenizer.tokenize) for t in terms]
-               for f, terms in vocab.items()}
+        vocab = {f: _distinct(terms) for f, terms in vocabulary.items()}
+        if not all(vocab.values()):
+            raise MufunError(f"no terms for {', '.join(f for f, t in vocab.items() if not t)}")
+        ids = {f: self._answer_ids(terms) for f, terms in vocab.items()}
         request = self.tags_request(max_tokens, free_schema(free) if free else TAGS_SCHEMA)
         layout = score_layout(list(ids.values()), room=max_tokens if free else 0)  # one context for all
         out: dict = {}
         for field, terms in vocab.items():
-            logp = pipe.score(prompt_mod.build(field_question(field), len(items), pipe.template), items, ids[field],
-                              request, layout=layout)
-            p = np.exp(logp - logp.max())
-            p /= p.sum()
-            order = np.argsort(-p, kind="stable")[:max(1, top)]
-            out[field], out[f"{field}_score"] = terms[order[0]], round(float(p[order[0]]), 4)
-            out[f"{field}_top"] = [terms[i] for i in order]
-            out[f"{field}_top_scores"] = [round(float(p[i]), 4) for i in order]
+            ranked = self._ranked(items, field_question(field), terms, ids[field], request, layout)[:max(1, top)]
+            out[field], out[f"{field}_score"] = ranked[0][0], round(ranked[0][1], 4)
+            out[f"{field}_top"] = [t for t, _ in ranked]
+            out[f"{field}_top_scores"] = [round(p, 4) for _, p in ranked]
         if free:
             prm = prompt_mod.build(free_question(free), len(items), pipe.template)
             out.update(pipe.complete(prm, items, request, layout).json())
@@ -250,3 +253,8 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({str(self.path)!r})"
+
+
+def _distinct(terms) -> list[str]:
+    """Terms trimmed, the empty ones left out, each once, in order."""
+    return list(dict.fromkeys(str(t).strip() for t in terms if str(t).strip()))
