@@ -106,10 +106,11 @@ class Answer:
 
 def score_layout(vocabularies: list[list[list[int]]], per_round: int = 32, room: int = 0) -> Layout:
     """One layout that scores each of these token vocabularies (up to `per_round` terms a
-    round; a round's trie holds at most its longest terms' tokens) and keeps `room` positions."""
-    k = max(1, min(per_round, max(map(len, vocabularies))))
-    cells = max(sum(sorted(map(len, v))[-k:]) for v in vocabularies)
-    return Layout(n_seq=k + 1, unified=True, room=max(cells, room))
+    round; a round's trie holds at most its longest terms' tokens) and keeps `room` positions.
+    It always has per_round + 1 sequences (free in a unified cache), so rankings of vocabularies
+    of other sizes find the context they need open and keep the song's prefix."""
+    cells = max(sum(sorted(map(len, v))[-per_round:]) for v in vocabularies)
+    return Layout(n_seq=max(1, per_round) + 1, unified=True, room=max(cells, room))
 
 
 class Pipeline:

@@ -100,3 +100,12 @@ def test_tags_with_a_vocabulary_read_the_song_once(tiny_q4, audio_dir, tmp_path)
                 tags[f"{field}_score"] == tags[f"{field}_top_scores"][0]
     free = [f for f in TAGS_SCHEMA["properties"] if f not in vocab]
     jsonschema.validate({f: tags[f] for f in free}, free_schema(free))
+
+
+def test_rankings_of_vocabularies_of_other_sizes_keep_the_prefix(tiny_q4, audio_dir):
+    song = audio_dir / "song22k.flac"
+    with open_model(tiny_q4, device="cpu") as model:
+        model.rank(song, QUESTION, TERMS[:2])
+        before = model.pipeline.llm.n_decoded
+        model.rank(song, QUESTION, TERMS)           # more terms: the same context, the audio kept
+        assert model.pipeline.llm.n_decoded - before < 300
