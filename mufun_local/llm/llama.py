@@ -351,8 +351,9 @@ class LLM(Vocab):
         (their common start) is evaluated once, in a cell that belongs to each of their
         sequences, after sequence 0's prefix cells were tagged with them (seq_cp shares cells in
         a unified cache: the prefix is never copied). A round holds up to n_seq - 1 of them;
-        its cells are freed after it; `on_batch(continuations done)` after each round.
-        Sequence 0 is left as it was."""
+        its cells are freed after it; `on_batch(continuations done)` after each round. Only
+        tokens that others follow are evaluated: a continuation's last token is scored by the
+        logits before it and never fed in. Sequence 0 is left as it was."""
         if not self.settings.get("unified") or self.n_seq < 2:
             raise MufunError("scoring continuations needs a unified context of at least 2 sequences")
         first = _log_softmax(self.logits())
@@ -388,13 +389,15 @@ class LLM(Vocab):
                 seqs[parent].append(c + 1)
                 path.append(parent)
             paths.append(path)
-        if base + len(nodes) > self.n_ctx:
-            raise ContextOverflow(f"the context holds {self.n_ctx} tokens; {base + len(nodes)} would be needed")
         children: dict[int, list[int]] = {}
         for i, (_, _, p) in enumerate(nodes):
             children.setdefault(p, []).append(i)
         logp = {i: float(first[nodes[i][0]]) for i in children[-1]}  # node -> log p(its token | before)
-        order = sorted(range(len(nodes)), key=lambda i: nodes[i][1])  # parents in earlier batches
+        # what is fed in: the nodes with children (a leaf's token only needs its parent's logits),
+        # parents before children (a batch may hold both: positions order them)
+        order = sorted((i for i in range(len(nodes)) if i in children), key=lambda i: nodes[i][1])
+        if base + len(order) > self.n_ctx:
+            raise ContextOverflow(f"the context holds {self.n_ctx} tokens; {base + len(order)} would be needed")
         batch = L.llama_batch_init(self.n_batch, 0, len(group) + 1)
         try:
             for s in range(1, len(group) + 1):
@@ -406,17 +409,16 @@ class LLM(Vocab):
                     batch.token[j], batch.pos[j], batch.n_seq_id[j] = nodes[i][0], base + nodes[i][1], len(seqs[i])
                     for m, sq in enumerate(seqs[i]):
                         batch.seq_id[j][m] = sq
-                    batch.logits[j] = int(i in children)
+                    batch.logits[j] = 1
                 batch.n_tokens = len(part)
                 rc = L.llama_decode(self.ctx, batch)
                 if rc != 0:
                     raise MufunError(f"llama_decode failed (code {rc}) scoring continuations at position {base}")
                 self.n_decoded += len(part)
                 for j, i in enumerate(part):
-                    if i in children:
-                        row = _log_softmax(np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, j),
-                                                                 shape=(self.n_vocab,)))
-                        logp.update((ch, float(row[nodes[ch][0]])) for ch in children[i])
+                    row = _log_softmax(np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, j),
+                                                             shape=(self.n_vocab,)))
+                    logp.update((ch, float(row[nodes[ch][0]])) for ch in children[i])
         finally:
             L.llama_batch_free(batch)
             for s in range(1, len(group) + 1):
