@@ -157,12 +157,13 @@ class Model:
         return self._pipe.forced_logits(prompt_mod.build(question, len(items), self._pipe.template), items,
                                         list(tokens))
 
-    def rank(self, audio: Audio | list[Audio], question: str, terms: list[str], *, segs=None,
+    def rank(self, audio: Audio | list[Audio], question: str | prompt_mod.Prompt, terms: list[str], *, segs=None,
              request: Request | None = None) -> list[tuple[str, float]]:
         """`terms` ranked by how likely each is as the whole answer to `question` (its tokens and
         the turn's end, teacher-forced after the prompt: exact, not sampled), as probabilities
         normalised over the terms, most likely first. The prompt is read once; the terms are
-        scored side by side as one token trie."""
+        scored side by side as one token trie. `question` may be a full prompt (a conversation,
+        as `complete` takes: what the server ranks after)."""
         terms = _distinct(terms)
         if not terms:
             raise MufunError("no terms to rank")
@@ -173,11 +174,13 @@ class Model:
         pipe = self._pipe
         return [prompt_mod.answer_ids(t, pipe.template, pipe.tokenizer.tokenize) for t in terms]
 
-    def _ranked(self, items, question: str, terms: list[str], ids: list[list[int]], request: Request,
-                layout=None) -> list[tuple[str, float]]:
+    def _ranked(self, items, question: str | prompt_mod.Prompt, terms: list[str], ids: list[list[int]],
+                request: Request, layout=None) -> list[tuple[str, float]]:
         """`terms` (tokenized as `ids`) with their probabilities, most likely first."""
         pipe = self._pipe
-        logp = pipe.score(prompt_mod.build(question, len(items), pipe.template), items, ids, request, layout=layout)
+        prm = question if isinstance(question, prompt_mod.Prompt) else prompt_mod.build(question, len(items),
+                                                                                        pipe.template)
+        logp = pipe.score(prm, items, ids, request, layout=layout)
         p = np.exp(logp - logp.max())
         p /= p.sum()
         return [(terms[i], float(p[i])) for i in np.argsort(-p, kind="stable")]

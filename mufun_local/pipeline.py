@@ -215,12 +215,13 @@ class Pipeline:
         the prompt is read like any question's (kept, restored or computed), then the
         continuations are scored side by side as one token trie, up to `per_round` at a time
         (LLM.score_continuations), in a context whose KV cells all sequences share (`layout`,
-        default: score_layout's)."""
+        default: score_layout's). request.progress hears ("rank", terms done, terms) after each round."""
         if not continuations:
             return np.zeros(0)
         layout = layout or score_layout([continuations], per_round)
         llm = self._read_prompt(prm, audios, request, Result(), layout)
-        return llm.score_continuations(continuations)
+        return llm.score_continuations(continuations, on_batch=lambda done: request.show("rank", done,
+                                                                                      len(continuations)))
 
     def extend(self, prm: prompt_mod.Prompt, audios: list[AudioInput], request: Request) -> Answer:
         """A later turn of the conversation the open context holds (chat): only `prm` and its

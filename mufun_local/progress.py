@@ -1,5 +1,5 @@
 """One status line on a terminal's stderr while a request works: decoding, encoder windows,
-prefill positions; cleared when the answer starts. At the real size a 3-minute song is
+prefill positions, terms ranked; cleared when the answer starts. At the real size a 3-minute song is
 minutes of work before the first word, and silence there looks like a hang."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ LABELS = {
     "decode": lambda d, t: f"decoding audio {d + 1}/{t}",
     "encoder": lambda d, t: f"encoder: {d}/{t} windows of 30 s",
     "prefill": lambda d, t: f"reading the prompt: {d}/{t} positions",
+    "rank": lambda d, t: f"ranking: {d}/{t} terms",
 }
 
 

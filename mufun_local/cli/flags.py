@@ -142,9 +142,10 @@ def verbosity(f):
 
 def bar_stage(bar):
     """A Request.progress callback that shows the current file's stage after the bar."""
-    names = {"decode": "decoding", "encoder": "encoder", "prefill": "reading", "answer": "answering"}
+    names = {"decode": "decoding", "encoder": "encoder", "prefill": "reading", "answer": "answering",
+             "rank": "ranking"}
 
     def show(stage: str, done: int, total: int) -> None:
-        bar.set_postfix_str(names.get(stage, stage) + (f" {done}/{total}" if stage in ("encoder", "prefill") else ""),
+        bar.set_postfix_str(names.get(stage, stage) + (f" {done}/{total}" if stage in ("encoder", "prefill", "rank") else ""),
                             refresh=True)
     return show

@@ -10,8 +10,12 @@ disk). Bad requests get a 4xx JSON error in OpenAI's shape and the server keeps 
 client that disconnects mid-stream cancels its generation.
 
 System messages are accepted and ignored: MuFun was trained with one fixed system prompt.
-One extension: an `input_audio` part may carry `"segs": [start, end]` (seconds) to use only
-that part of the file, as `ask --segs` does.
+Two extensions: an `input_audio` part may carry `"segs": [start, end]` (seconds) to use only
+that part of the file, as `ask --segs` does; and a body may carry `"rank"`: a list of terms (or
+a built-in vocabulary's name, e.g. "genre"), answered by ranking them (`Model.rank`): the
+message is the most likely term and the choice carries `"ranking"`, every term with its
+probability, most likely first (and no usage: nothing is generated). GET /v1/vocabularies
+lists the built-in ones with the question each answers.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from ..format.model_dir import ModelDir
 from ..options import Options
 from .worker import Stopped, Worker, check_job  # noqa: F401  (the server's API)
 from .task import (AUDIO_FORMATS, Job, RequestError, StopFilter, build_prompt, error_body,  # noqa: F401
-                          parse_body, request_settings, response_grammar)
+                   parse_body, rank_terms, request_settings, response_grammar)
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -76,6 +80,7 @@ def create_app(model, api_key: str | None = None, max_queue: int = 32, max_body_
     routes = [
         Route("/health", api.health),
         Route("/v1/models", api.models),
+        Route("/v1/vocabularies", api.vocabularies),
         Route("/v1/chat/completions", api.completions, methods=["POST"]),
     ]
     app = Starlette(routes=routes + _static_routes())
@@ -95,9 +100,19 @@ def _err(status: int, message: str, param=None, code=None, headers=None):
     return JSONResponse(error_body(message, etype, param, code), status_code=status, headers=headers)
 
 
+def _ranking(d: dict) -> dict:
+    """A ranked answer's terms and probabilities, for its choice (nothing for generated text)."""
+    if d.get("ranking") is None:
+        return {}
+    return {"ranking": [{"term": t, "probability": round(p, 6)} for t, p in d["ranking"]]}
+
+
 def _usage(d: dict) -> dict:
-    return {"prompt_tokens": d["prompt_tokens"], "completion_tokens": d["completion_tokens"],
-            "total_tokens": d["prompt_tokens"] + d["completion_tokens"]}
+    """{"usage": ...} for generated text; nothing for a ranked answer (no token was generated)."""
+    if "prompt_tokens" not in d:
+        return {}
+    return {"usage": {"prompt_tokens": d["prompt_tokens"], "completion_tokens": d["completion_tokens"],
+                      "total_tokens": d["prompt_tokens"] + d["completion_tokens"]}}
 
 
 class _Api:
@@ -129,6 +144,17 @@ class _Api:
         return JSONResponse({"object": "list", "data": [
             {"id": self.mid, "object": "model", "created": self.created, "owned_by": "mufun-local"}]})
 
+    async def vocabularies(self, request):
+        """The built-in vocabularies a `rank` may name, each with the question it answers."""
+        from starlette.responses import JSONResponse
+
+        from ..tags import builtin_vocabulary, field_question
+        if not self.authorized(request):
+            return _err(401, "missing or wrong API key (Authorization: Bearer ...)")
+        return JSONResponse({"object": "list", "data": [
+            {"id": name, "object": "vocabulary", "question": field_question(name), "terms": list(terms)}
+            for name, terms in builtin_vocabulary().items()]})
+
     def parse_request(self, raw: bytes | bytearray):
         body = parse_body(raw)
         prm, audios = build_prompt(body.get("messages"), self.model.manifest)
@@ -136,7 +162,7 @@ class _Api:
         stream_options = body.get("stream_options") or {}
         if not isinstance(stream_options, dict):
             raise RequestError(400, "stream_options must be an object", "stream_options")
-        return body, prm, audios, sampling, max_tokens, stop, stream_options
+        return body, prm, audios, sampling, max_tokens, stop, stream_options, rank_terms(body)
 
     @staticmethod
     async def next_event(job: Job, request):
@@ -183,9 +209,9 @@ class _Api:
         parsed = await self.read_request(request)
         if not isinstance(parsed, tuple):
             return parsed
-        body, prm, audios, sampling, max_tokens, stop, stream_options = parsed
+        body, prm, audios, sampling, max_tokens, stop, stream_options, rank = parsed
         job = Job(prm, audios, sampling, max_tokens, stop, asyncio.get_running_loop(), asyncio.Queue(),
-                  deadline=arrived + self.request_timeout)
+                  deadline=arrived + self.request_timeout, rank=rank)
         try:
             self.worker.submit(job)
         except queue.Full:
@@ -216,8 +242,8 @@ class _Api:
                 break
         d = ev[1]
         return JSONResponse({**base, "object": "chat.completion", "choices": [{
-            "index": 0, "message": {"role": "assistant", "content": d["text"]}, "finish_reason": d["finish"]}],
-            "usage": _usage(d)})
+            "index": 0, "message": {"role": "assistant", "content": d["text"]}, "finish_reason": d["finish"],
+            **_ranking(d)}], **_usage(d)})
 
     @staticmethod
     def answer_stream(job: Job, base: dict, include_usage: bool):
@@ -240,9 +266,10 @@ class _Api:
                         break
                     elif ev[0] == "done":
                         d = ev[1]
-                        yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": d["finish"]}]})
-                        if include_usage:
-                            yield _sse({**chunk, "choices": [], "usage": _usage(d)})
+                        yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": d["finish"],
+                                                          **_ranking(d)}]})
+                        if include_usage and _usage(d):
+                            yield _sse({**chunk, "choices": [], **_usage(d)})
                         break
                 yield "data: [DONE]\n\n"
             finally:

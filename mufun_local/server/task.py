@@ -41,6 +41,7 @@ class Job:
     events: asyncio.Queue
     deadline: float = math.inf       # time.monotonic() after which the job is stopped (504)
     cancel: threading.Event = field(default_factory=threading.Event)
+    rank: tuple[str, ...] | None = None  # terms to rank as the answer instead of generating one
 
 
 class StopFilter:
@@ -178,6 +179,32 @@ def request_settings(body: dict, model, max_tokens: int, n_ctx: int | None) -> t
         raise RequestError(400, "stop must be a string or a list of up to 4 strings", "stop")
     return chosen, answer_tokens, stop
 
+
+
+def rank_terms(body: dict) -> tuple[str, ...] | None:
+    """The `rank` extension: the answer is these terms ranked by their probability as the whole
+    answer (`Model.rank`), not generated text. A list of terms, or the name of a built-in
+    vocabulary (genre, mood, instruments, tempo_feel, vocals). None when the body has none."""
+    from ..tags import MAX_TERM_CHARS, MAX_TERMS, builtin_vocabulary
+    value = body.get("rank")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        vocab = builtin_vocabulary()
+        if value not in vocab:
+            raise RequestError(400, f"rank: no built-in vocabulary {value[:40]!r}; give a list of terms or one of "
+                               f"{', '.join(vocab)}", "rank")
+        return tuple(vocab[value])
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise RequestError(400, "rank must be a list of terms (strings) or a built-in vocabulary's name", "rank")
+    terms = tuple(dict.fromkeys(t.strip() for t in value if t.strip()))
+    if not terms:
+        raise RequestError(400, "rank: no terms", "rank")
+    if len(terms) > MAX_TERMS or max(map(len, terms)) > MAX_TERM_CHARS:
+        raise RequestError(400, f"rank: at most {MAX_TERMS} terms of at most {MAX_TERM_CHARS} characters", "rank")
+    if body.get("response_format") is not None:
+        raise RequestError(400, "rank answers with one of its terms; it takes no response_format", "rank")
+    return terms
 
 
 def response_grammar(fmt) -> str | None:

@@ -68,11 +68,26 @@ class Worker(threading.Thread):
             return
 
         def progress(stage: str, done: int, total: int) -> None:
-            check_job(job)  # stops the work between encoder windows, prefill batches and tokens
-            if stage in ("encoder", "prefill"):  # the long stages, as SSE comments
+            check_job(job)  # stops the work between encoder windows, prefill batches, rounds and tokens
+            if stage in ("encoder", "prefill", "rank"):  # the long stages, as SSE comments
                 self._emit(job, "progress", stage, done, total)
-        stream = self.model.complete(job.prompt, job.audios,
-                                     request=Request(job.max_tokens, job.sampling, progress=progress))
+        request = Request(job.max_tokens, job.sampling, progress=progress)
+        try:
+            done = self._rank(job, request) if job.rank is not None else self._generate(job, request)
+        except Stopped as exc:
+            self._emit(job, "error", exc.status, exc.message)
+            return
+        except MufunError as exc:
+            self._emit(job, "error", 400, self._public(job, str(exc)))
+            return
+        except Exception as exc:  # never let one request take the worker down
+            self._emit(job, "error", 500, self._public(job, f"internal error: {type(exc).__name__}: {exc}"))
+            return
+        self._emit(job, "done", done)
+
+    def _generate(self, job: Job, request: Request) -> dict:
+        """Stream the generated answer as delta events, up to a stop string; what "done" says."""
+        stream = self.model.complete(job.prompt, job.audios, request=request)
         out, finish = StopFilter(job.stop), "length"
         try:
             first = True
@@ -94,18 +109,15 @@ class Worker(threading.Thread):
             tail = out.flush()
             if tail:
                 self._emit(job, "delta", tail)
-        except Stopped as exc:
-            self._emit(job, "error", exc.status, exc.message)
-            return
-        except MufunError as exc:
-            self._emit(job, "error", 400, self._public(job, str(exc)))
-            return
-        except Exception as exc:  # never let one request take the worker down
-            self._emit(job, "error", 500, self._public(job, f"internal error: {type(exc).__name__}: {exc}"))
-            return
         finally:
             stream.close()
         usage = stream.usage()  # closed: what was made, up to a stop string
-        self._emit(job, "done", {"text": out.text, "finish": finish,
-                                 "prompt_tokens": usage["prompt_tokens"] + usage["audio_tokens"],
-                                 "completion_tokens": usage["completion_tokens"]})
+        return {"text": out.text, "finish": finish, "prompt_tokens": usage["prompt_tokens"] + usage["audio_tokens"],
+                "completion_tokens": usage["completion_tokens"]}
+
+    def _rank(self, job: Job, request: Request) -> dict:
+        """The `rank` extension: the most likely term as the answer, every term's probability."""
+        ranked = self.model.rank(job.audios, job.prompt, list(job.rank), request=request)
+        self._emit(job, "start")
+        self._emit(job, "delta", ranked[0][0])
+        return {"text": ranked[0][0], "finish": "stop", "ranking": ranked}

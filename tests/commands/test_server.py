@@ -100,6 +100,51 @@ def test_multi_turn_and_two_audios(server, tiny_q4, audio_dir):
         usage["prompt_tokens"] + 600
 
 
+def test_rank_extension_equals_model_rank(server, tiny_q4, audio_dir):
+    """`rank` answers with the terms ranked as Model.rank ranks them after the same conversation
+    (itself checked against term-by-term logits in tests/pipeline); streamed, the ranking
+    comes in the last chunk, after the ranking's progress."""
+    song = audio_dir / "song22k.flac"
+    terms = ["Rock", "Rock and Roll", "Jazz", "Hip Hop", "Classical"]
+    messages = audio_message(song, "flac", "What is the genre of this music?")
+    status, body = post(server, {"messages": messages, "rank": terms + ["  Jazz "]})
+    assert status == 200, body
+    choice = body["choices"][0]
+    with open_model(tiny_q4, n_ctx=2048) as fresh:
+        expected = fresh.rank(song, "What is the genre of this music?", terms)
+    assert [r["term"] for r in choice["ranking"]] == [t for t, _ in expected]
+    for got, (_, p) in zip(choice["ranking"], expected):
+        assert got["probability"] == pytest.approx(p, abs=2e-6)
+    assert choice["message"]["content"] == expected[0][0] and choice["finish_reason"] == "stop"
+    assert "usage" not in body  # nothing was generated
+
+    req = urllib.request.Request(server + "/v1/chat/completions", method="POST",
+                                 data=json.dumps({"messages": messages, "rank": "genre", "stream": True}).encode(),
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        lines = [line.decode().strip() for line in r if line.strip()]
+    events = [json.loads(line[5:]) for line in lines if line.startswith("data: {")]
+    ranking = events[-1]["choices"][0]["ranking"]
+    from mufun_local.tags import BUILTIN
+    assert sorted(r["term"] for r in ranking) == sorted(BUILTIN["genre"])
+    assert sum(r["probability"] for r in ranking) == pytest.approx(1.0, abs=1e-4)
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events) == ranking[0]["term"]
+    assert any(line.startswith(": progress rank") for line in lines)
+
+
+def test_vocabularies_lists_the_builtin_ones(server):
+    from mufun_local.tags import BUILTIN, field_question
+    req = urllib.request.Request(server + "/v1/vocabularies", headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        data = json.loads(r.read())["data"]
+    assert {v["id"]: tuple(v["terms"]) for v in data} == BUILTIN
+    assert all(v["question"] == field_question(v["id"]) for v in data)
+    req = urllib.request.Request(server + "/v1/vocabularies")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    assert err.value.code == 401
+
+
 @pytest.mark.parametrize("body,raw,status,match", [
     ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "!!notbase64", "format": "wav"}}]}]}, None, 400, "base64"),
     ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "xyz"}}]}]}, None, 400, "unsupported audio format"),
@@ -123,6 +168,12 @@ def test_multi_turn_and_two_audios(server, tiny_q4, audio_dir):
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, "not a part"]}]}, None, 400,
      "content part"),
     (None, b'{"messages": ' + b"[" * 100000 + b"]" * 100000 + b"}", 400, "JSON"),
+    ({"messages": [{"role": "user", "content": "hi"}], "rank": "colour"}, None, 400, "no built-in vocabulary"),
+    ({"messages": [{"role": "user", "content": "hi"}], "rank": [" ", ""]}, None, 400, "no terms"),
+    ({"messages": [{"role": "user", "content": "hi"}], "rank": [1, 2]}, None, 400, "list of terms"),
+    ({"messages": [{"role": "user", "content": "hi"}], "rank": ["x" * 101]}, None, 400, "at most"),
+    ({"messages": [{"role": "user", "content": "hi"}], "rank": ["a"], "response_format": {"type": "json_object"}},
+     None, 400, "no response_format"),
 ])
 def test_bad_requests_get_4xx_and_server_keeps_serving(serve, server, audio_dir, body, raw, status, match):
     code, err = post(server, body, raw=raw)

@@ -80,6 +80,39 @@ def test_upload_ask_follow_up_and_errors(page, tiny_q4, audio_dir, tmp_path):
     assert "audio" in err.text_content().lower()
 
 
+def test_a_ranked_answer_shows_each_term_with_its_probability(page, tiny_q4, audio_dir):
+    """The Answer menu lists the server's built-in vocabularies; choosing one fills in its
+    question, and the answer shows the terms as Model.rank ranks them, with their percentages."""
+    from mufun_local.tags import BUILTIN, field_question
+    pg = page
+    pg.click("#reset")
+    song = audio_dir / "song22k.flac"
+    pg.set_input_files("#picker", str(song))
+    pg.wait_for_function("document.querySelector('.file .meta').textContent !== 'reading…'", timeout=20000)
+    pg.wait_for_function("document.querySelectorAll('#mode option').length > 2", timeout=20000)
+    pg.select_option("#mode", "mood")
+    assert pg.input_value("#question") == field_question("mood")
+    n = pg.locator(".msg.assistant, .msg.error").count()
+    pg.click("#send")
+    pg.wait_for_function(f"document.querySelectorAll('.msg.assistant, .msg.error').length > {n} && "
+                         "!document.getElementById('send').disabled", timeout=60000)
+    answer = pg.locator(".msg.assistant, .msg.error").nth(n)
+    assert "assistant" in answer.get_attribute("class")
+    with open_model(tiny_q4, n_ctx=2048) as model:
+        expected = model.rank(song, field_question("mood"), list(BUILTIN["mood"]))
+    shown = answer.locator("ol.ranking li .term").all_text_contents()
+    assert shown == [t for t, _ in expected] and len(shown) == len(BUILTIN["mood"])
+    assert answer.locator("ol.ranking li .p").first.text_content() == f"{100 * expected[0][1]:.1f} %"
+    assert answer.locator("details summary").text_content() == f"{len(expected) - 10} more"
+
+    pg.select_option("#mode", "custom")
+    assert pg.is_visible("#terms")
+    pg.fill("#terms", "Rock, Jazz")
+    follow = ask_on_page(pg, "Rock or jazz?")
+    assert sorted(follow.locator("ol.ranking li .term").all_text_contents()) == ["Jazz", "Rock"]
+    pg.select_option("#mode", "")
+
+
 def test_page_is_keyboard_usable_and_fits_a_phone(page):
     pg = page
     pg.set_viewport_size({"width": 380, "height": 800})
