@@ -66,3 +66,21 @@ def test_bench_library_tiny(tmp_path):
     assert "| today: --tags (free-text JSON) |" in proc.stdout and "30,000 songs" in proc.stdout
     tags = [json.loads(line) for line in (tmp_path / "work" / "run-1.jsonl").read_text().splitlines()]
     assert len(tags) == 2 and all(t["error"] is None and "genre_score" in t["parsed"] for t in tags)
+
+
+def test_bench_rank_tiny(tmp_path, tiny_q4):
+    """Its trie row counts are what LLM.score_continuations feeds: the rows it reports equal them."""
+    out = tmp_path / "rank.json"
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_rank.py"), "--model", str(tiny_q4), "--seconds", "20",
+                           "--work", str(tmp_path / "work"), "--json", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stages = json.loads(out.read_text())["stages"]
+    assert 300 < stages[0]["rows"] < 500  # one window's 300 audio rows and the ~100-token prompt around them
+    genre = stages[1]
+    assert genre["stage"].startswith("rank genre: 15 terms")
+    fed = int(genre["stage"].split(", ")[1].split()[0])
+    assert genre["rows"] == fed  # the first ranking's question was read with the song
+    assert [s["stage"].split(":")[0] for s in stages[1:]] == ["rank genre", "rank mood", "rank instruments",
+                                                             "rank tempo_feel", "rank vocals"]
+    assert "costs" in proc.stdout and "x the song's prefill" in proc.stdout

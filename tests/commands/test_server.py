@@ -117,6 +117,8 @@ def test_rank_extension_equals_model_rank(server, tiny_q4, audio_dir):
         assert got["probability"] == pytest.approx(p, abs=2e-6)
     assert choice["message"]["content"] == expected[0][0] and choice["finish_reason"] == "stop"
     assert "usage" not in body  # nothing was generated
+    r = client(server).chat.completions.create(model="x", messages=messages, extra_body={"rank": terms})
+    assert r.choices[0].model_extra["ranking"] == choice["ranking"]  # what docs/cli.md shows openai users
 
     req = urllib.request.Request(server + "/v1/chat/completions", method="POST",
                                  data=json.dumps({"messages": messages, "rank": "genre", "stream": True}).encode(),
