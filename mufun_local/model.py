@@ -175,15 +175,12 @@ class Model:
         return [prompt_mod.answer_ids(t, pipe.template, pipe.tokenizer.tokenize) for t in terms]
 
     def _ranked(self, items, question: str | prompt_mod.Prompt, terms: list[str], ids: list[list[int]],
-                request: Request, layout=None) -> list[tuple[str, float]]:
+                request: Request) -> list[tuple[str, float]]:
         """`terms` (tokenized as `ids`) with their probabilities, most likely first."""
         pipe = self._pipe
         prm = question if isinstance(question, prompt_mod.Prompt) else prompt_mod.build(question, len(items),
                                                                                         pipe.template)
-        logp = pipe.score(prm, items, ids, request, layout=layout)
-        p = np.exp(logp - logp.max())
-        p /= p.sum()
-        return [(terms[i], float(p[i])) for i in np.argsort(-p, kind="stable")]
+        return _by_probability(terms, pipe.score(prm, items, ids, request))
 
     def tags(self, audio: Audio, *, segs=None, vocabulary: dict[str, list[str]] | None = None, top: int = 5,
              max_tokens: int = 512) -> dict:
@@ -193,7 +190,8 @@ class Model:
         file's or tags.builtin_vocabulary()), each of its fields is answered by ranking its terms
         (rank): `field` is the most likely term, `field_score` its probability, `field_top` and
         `field_top_scores` the first `top`; the fields it lacks are asked as JSON as before.
-        All of it reads the song once. A MufunError (one line) when the audio cannot be read or
+        All of it reads the song once, and every field's question and terms are scored side by
+        side (Pipeline.score_many). A MufunError (one line) when the audio cannot be read or
         a JSON answer is cut off or breaks the schema."""
         if not vocabulary:
             return self.ask(audio, TAGS_QUESTION, segs=segs, request=self.tags_request(max_tokens)).json()
@@ -204,12 +202,13 @@ class Model:
         vocab = {f: _distinct(terms) for f, terms in vocabulary.items()}
         if not all(vocab.values()):
             raise MufunError(f"no terms for {', '.join(f for f, t in vocab.items() if not t)}")
-        ids = {f: self._answer_ids(terms) for f, terms in vocab.items()}
+        prms = [prompt_mod.build(field_question(f), len(items), pipe.template) for f in vocab]
+        ids = [self._answer_ids(terms) for terms in vocab.values()]
         request = self.tags_request(max_tokens, free_schema(free) if free else TAGS_SCHEMA)
-        layout = score_layout(list(ids.values()), room=max_tokens if free else 0)  # one context for all
+        layout = score_layout(room=max_tokens if free else 0)  # one context for all of it
         out: dict = {}
-        for field, terms in vocab.items():
-            ranked = self._ranked(items, field_question(field), terms, ids[field], request, layout)[:max(1, top)]
+        for (field, terms), logp in zip(vocab.items(), pipe.score_many(prms, items, ids, request, layout)):
+            ranked = _by_probability(terms, logp)[:max(1, top)]
             out[field], out[f"{field}_score"] = ranked[0][0], round(ranked[0][1], 4)
             out[f"{field}_top"] = [t for t, _ in ranked]
             out[f"{field}_top_scores"] = [round(p, 4) for _, p in ranked]
@@ -256,6 +255,13 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({str(self.path)!r})"
+
+
+def _by_probability(terms: list[str], logp: np.ndarray) -> list[tuple[str, float]]:
+    """Terms with their log-probabilities normalised over the terms, most likely first."""
+    p = np.exp(logp - logp.max())
+    p /= p.sum()
+    return [(terms[i], float(p[i])) for i in np.argsort(-p, kind="stable")]
 
 
 def _distinct(terms) -> list[str]:

@@ -104,13 +104,16 @@ class Answer:
         return finished_json(self.text(), self._request.max_tokens, self._request.schema)
 
 
-def score_layout(vocabularies: list[list[list[int]]], per_round: int = 32, room: int = 0) -> Layout:
-    """One layout that scores each of these token vocabularies (up to `per_round` terms a
-    round; a round's trie holds at most its longest terms' tokens) and keeps `room` positions.
-    It always has per_round + 1 sequences (free in a unified cache), so rankings of vocabularies
-    of other sizes find the context they need open and keep the song's prefix."""
-    cells = max(sum(sorted(map(len, v))[-per_round:]) for v in vocabularies)
-    return Layout(n_seq=max(1, per_round) + 1, unified=True, room=max(cells, room))
+PER_ROUND = 128   # continuations scored side by side, each in its own sequence (llama.cpp allows 256)
+SCORE_ROOM = 1024  # KV cells kept free for them: the built-in vocabulary's 5 questions and 121 terms take ~510
+
+
+def score_layout(room: int = 0) -> Layout:
+    """The layout scoring continuations (Pipeline.score_many) takes, keeping `room` positions
+    for what is asked after. The same whatever the vocabulary (rounds fit its cells and
+    sequences), so rankings of vocabularies of other sizes find the context open and keep the
+    song's prefix."""
+    return Layout(n_seq=PER_ROUND + 1, unified=True, room=max(SCORE_ROOM, room))
 
 
 class Pipeline:
@@ -210,18 +213,44 @@ class Pipeline:
         return np.stack(out)
 
     def score(self, prm: prompt_mod.Prompt, audios: list[AudioInput], continuations: list[list[int]],
-              request: Request, per_round: int = 32, layout: Layout | None = None) -> np.ndarray:
-        """The log-probability of each continuation (token ids, teacher-forced) of the prompt:
-        the prompt is read like any question's (kept, restored or computed), then the
-        continuations are scored side by side as one token trie, up to `per_round` at a time
-        (LLM.score_continuations), in a context whose KV cells all sequences share (`layout`,
-        default: score_layout's). request.progress hears ("rank", terms done, terms) after each round."""
-        if not continuations:
-            return np.zeros(0)
-        layout = layout or score_layout([continuations], per_round)
-        llm = self._read_prompt(prm, audios, request, Result(), layout)
-        return llm.score_continuations(continuations, on_batch=lambda done: request.show("rank", done,
-                                                                                      len(continuations)))
+              request: Request, layout: Layout | None = None) -> np.ndarray:
+        """The log-probability of each continuation (token ids, teacher-forced) of the prompt
+        (score_many for one prompt)."""
+        return self.score_many([prm], audios, [continuations], request, layout)[0]
+
+    def score_many(self, prms: list[prompt_mod.Prompt], audios: list[AudioInput],
+                   continuations: list[list[list[int]]], request: Request,
+                   layout: Layout | None = None) -> list[np.ndarray]:
+        """The log-probability of each continuation (token ids, teacher-forced) of each prompt.
+        The prompts differ only in their last text (one question each about the same audios,
+        as Model.tags asks): their head is read once (kept, restored or computed), and each
+        one's last text is fed as the common start of its continuations, unscored, so every
+        question and every term is one token trie, scored side by side in few large batches
+        (LLM.score_continuations) in a context whose KV cells all sequences share (`layout`,
+        default score_layout's). request.progress hears ("rank", continuations done, all of
+        them) after each round."""
+        res = Result()
+        plans, counts = [], []
+        keys = [self.audio.cache_key(a) for a in audios]
+        for p in prms:
+            plans.append(self._plan(p, audios, res, keys))
+            counts.append(res.prompt_tokens)
+        if any(p[-1].is_audio or p[:-1] != plans[0][:-1] for p in plans):
+            raise MufunError("prompts scored together must differ only in their last text")
+        tails = [list(p[-1].ids) for p in plans]
+        flat = [tail + list(c) for tail, conts in zip(tails, continuations) for c in conts]
+        if not flat:
+            return [np.zeros(0) for _ in prms]
+        res.prompt_tokens = max(counts)
+        longest = plans[counts.index(res.prompt_tokens)]
+        timer = Timer(res.timings, res.peaks)
+        llm, embeddings, held = self._hold_head(longest, audios, request, res, timer, layout or score_layout())
+        self.session.prefill(longest, embeddings, timer, request.progress, start=held,
+                             save=held < len(longest) - 1, head_only=True)
+        logp = llm.score_continuations(flat, [len(t) for t, conts in zip(tails, continuations) for _ in conts],
+                                       on_batch=lambda done: request.show("rank", done, len(flat)))
+        bounds = np.cumsum([0] + [len(c) for c in continuations])
+        return [logp[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def extend(self, prm: prompt_mod.Prompt, audios: list[AudioInput], request: Request) -> Answer:
         """A later turn of the conversation the open context holds (chat): only `prm` and its

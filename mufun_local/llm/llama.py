@@ -19,6 +19,7 @@ where repacking measured faster (format.weights, `repack`).
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -341,30 +342,50 @@ class LLM(Vocab):
                 L.llama_memory_seq_rm(mem, s, -1, -1)
             L.llama_memory_seq_rm(mem, 0, base, -1)
 
-    def score_continuations(self, continuations: list[list[int]], on_batch=None) -> np.ndarray:
+    def score_continuations(self, continuations: list[list[int]], scored_from: list[int] | None = None,
+                            on_batch=None) -> np.ndarray:
         """The log-probability of each continuation (a token list) of what sequence 0 holds,
-        teacher-forced: the sum over its tokens of log p(token | prefix, the tokens before it).
-        Needs a unified context (open_context(unified=True)) whose sequence 0 ends with the
-        prefix's logits (evaluated with logits_at_end).
+        teacher-forced: the sum over its tokens from `scored_from[c]` on (default 0) of
+        log p(token | prefix, the tokens before it). The tokens before that are context fed in
+        the continuation's own sequence (a question, the same for many terms). Needs a unified
+        context (open_context(unified=True)); one whose sequence 0 ends with the prefix's
+        logits (logits_at_end) when some continuation is scored from its first token.
 
         The continuations are scored as one token trie: a token shared by several of them
         (their common start) is evaluated once, in a cell that belongs to each of their
         sequences, after sequence 0's prefix cells were tagged with them (seq_cp shares cells in
-        a unified cache: the prefix is never copied). A round holds up to n_seq - 1 of them;
-        its cells are freed after it; `on_batch(continuations done)` after each round. Only
-        tokens that others follow are evaluated: a continuation's last token is scored by the
-        logits before it and never fed in. Sequence 0 is left as it was."""
+        a unified cache: the prefix is never copied). A round holds, in order, as many as the
+        context's free cells and its n_seq - 1 spare sequences take; its cells (trie_cells) are
+        freed after it; `on_batch(continuations done)` after each round. Only tokens that
+        others follow are evaluated: a continuation's last token is scored by the logits before
+        it and never fed in. Sequence 0 is left as it was."""
         if not self.settings.get("unified") or self.n_seq < 2:
             raise MufunError("scoring continuations needs a unified context of at least 2 sequences")
-        first = _log_softmax(self.logits())
+        skip = list(scored_from) if scored_from is not None else [0] * len(continuations)
+        if len(skip) != len(continuations) or not all(0 <= k < len(c) for k, c in zip(skip, continuations)):
+            raise MufunError("each continuation needs a token to score")
+        first = self.logits() if 0 in skip else None
         out: list[float] = []
-        for r in range(0, len(continuations), self.n_seq - 1):
-            out += self._score_round(continuations[r:r + self.n_seq - 1], first)
+        for a, b in self._rounds(continuations):
+            out += self._score_round(continuations[a:b], skip[a:b], first)
             if on_batch is not None:
                 on_batch(len(out))
         return np.array(out)
 
-    def _score_round(self, group: list[list[int]], first: np.ndarray) -> list[float]:
+    def _rounds(self, continuations: list[list[int]]) -> list[tuple[int, int]]:
+        """[start, end) of each round: consecutive continuations whose trie fits the free cells
+        and the spare sequences (a continuation too long alone is a round of its own, refused)."""
+        free, rounds, start, cells = self.n_ctx - self.n_past, [], 0, set()
+        for c, toks in enumerate(continuations):
+            new = {tuple(toks[:d]) for d in range(1, len(toks))} - cells
+            if c > start and (c - start == self.n_seq - 1 or len(cells) + len(new) > free):
+                rounds.append((start, c))
+                start, cells = c, {tuple(toks[:d]) for d in range(1, len(toks))}
+            else:
+                cells |= new
+        return rounds + [(start, len(continuations))] if continuations else rounds
+
+    def _score_round(self, group: list[list[int]], skip: list[int], first: np.ndarray | None) -> list[float]:
         """score_continuations for at most n_seq - 1 continuations, continuation c in sequence c + 1."""
         L = self._L
         mem = L.llama_get_memory(self.ctx)
@@ -375,8 +396,6 @@ class LLM(Vocab):
         index: dict[tuple[int, int], int] = {}
         paths: list[list[int]] = []
         for c, toks in enumerate(group):
-            if not toks:
-                raise MufunError("an empty continuation cannot be scored")
             parent, path = -1, []
             for d, t in enumerate(toks):
                 if not 0 <= t < self.n_vocab:
@@ -392,38 +411,43 @@ class LLM(Vocab):
         children: dict[int, list[int]] = {}
         for i, (_, _, p) in enumerate(nodes):
             children.setdefault(p, []).append(i)
-        logp = {i: float(first[nodes[i][0]]) for i in children[-1]}  # node -> log p(its token | before)
+        scored = {n for path, k in zip(paths, skip) for n in path[k:]}
+        logp: dict[int, float] = {}  # scored node -> log p(its token | the tokens before it)
+        if first is not None:
+            logp.update(_picked_logps(first, [(ch, nodes[ch][0]) for ch in children[-1] if ch in scored]))
         # what is fed in: the nodes with children (a leaf's token only needs its parent's logits),
         # parents before children (a batch may hold both: positions order them)
         order = sorted((i for i in range(len(nodes)) if i in children), key=lambda i: nodes[i][1])
         if base + len(order) > self.n_ctx:
             raise ContextOverflow(f"the context holds {self.n_ctx} tokens; {base + len(order)} would be needed")
-        batch = L.llama_batch_init(self.n_batch, 0, len(group) + 1)
+        step = min(self.n_batch, SCORE_BATCH)
+        batch = L.llama_batch_init(step, 0, len(group) + 1)
         try:
             for s in range(1, len(group) + 1):
                 L.llama_memory_seq_rm(mem, s, -1, -1)
                 L.llama_memory_seq_cp(mem, 0, s, -1, -1)
-            for b0 in range(0, len(order), self.n_batch):
-                part = order[b0:b0 + self.n_batch]
+            for b0 in range(0, len(order), step):
+                part = order[b0:b0 + step]
+                wanted = [[(ch, nodes[ch][0]) for ch in children[i] if ch in scored] for i in part]
                 for j, i in enumerate(part):
                     batch.token[j], batch.pos[j], batch.n_seq_id[j] = nodes[i][0], base + nodes[i][1], len(seqs[i])
                     for m, sq in enumerate(seqs[i]):
                         batch.seq_id[j][m] = sq
-                    batch.logits[j] = 1
+                    batch.logits[j] = int(bool(wanted[j]))
                 batch.n_tokens = len(part)
                 rc = L.llama_decode(self.ctx, batch)
                 if rc != 0:
                     raise MufunError(f"llama_decode failed (code {rc}) scoring continuations at position {base}")
                 self.n_decoded += len(part)
-                for j, i in enumerate(part):
-                    row = _log_softmax(np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, j),
-                                                             shape=(self.n_vocab,)))
-                    logp.update((ch, float(row[nodes[ch][0]])) for ch in children[i])
+                for j, picks in enumerate(wanted):
+                    if picks:
+                        row = np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, j), shape=(self.n_vocab,))
+                        logp.update(_picked_logps(row, picks))
         finally:
             L.llama_batch_free(batch)
             for s in range(1, len(group) + 1):
                 L.llama_memory_seq_rm(mem, s, -1, -1)
-        return [sum(logp[n] for n in path) for path in paths]
+        return [sum(logp[n] for n in path[k:]) for path, k in zip(paths, skip)]
 
     def eval_tokens(self, tokens: list[int], logits_at_end: bool = True, on_batch=None) -> None:
         """Evaluate tokens at the next positions of sequence 0; `on_batch(rows done)` after each batch."""
@@ -540,7 +564,17 @@ def load_llm(model, threads: int = 0, n_gpu_layers: int = -1, n_ctx: int | None 
     return LLM(model.llm_file, threads, off.n_gpu_layers, verbose=verbose, quant=model.manifest["llm"]["quant"])
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    m = x.max()
-    return x - (m + np.log(np.exp(x - m).sum()))
+SCORE_BATCH = 256  # rows a scoring decode holds: near full speed (128+ rows), logits buffer 256 x vocab
+
+
+def trie_cells(continuations: list[list[int]]) -> int:
+    """The KV cells scoring these continuations in one round takes: their distinct proper
+    prefixes (the trie's nodes that other tokens follow; score_continuations feeds only those)."""
+    return len({tuple(c[:d]) for c in continuations for d in range(1, len(c))})
+
+
+def _picked_logps(logits: np.ndarray, picks: list[tuple[int, int]]) -> dict[int, float]:
+    """{key: log-softmax(logits)[token]} for (key, token) picks: one log-sum-exp, no full row."""
+    m = float(logits.max())
+    lse = m + math.log(float(np.exp(logits - m).sum(dtype=np.float64)))
+    return {key: float(logits[tok]) - lse for key, tok in picks}

@@ -230,7 +230,7 @@ class _Api:
         finally:
             if not streaming:
                 job.cancel.set()  # done, failed, or the client went away while waiting
-        return self.answer_stream(job, base, bool(stream_options.get("include_usage")))
+        return self.answer_stream(job, first, base, bool(stream_options.get("include_usage")))
 
     async def answer_json(self, job: Job, request, base: dict):
         from starlette.responses import JSONResponse
@@ -246,16 +246,21 @@ class _Api:
             **_ranking(d)}], **_usage(d)})
 
     @staticmethod
-    def answer_stream(job: Job, base: dict, include_usage: bool):
+    def answer_stream(job: Job, first: tuple, base: dict, include_usage: bool):
+        """Server-sent events from the job's first event (already taken from its queue) on."""
         from starlette.responses import StreamingResponse
+
+        async def events():
+            yield first
+            while True:
+                yield await job.events.get()
 
         async def sse():
             chunk = {**base, "object": "chat.completion.chunk"}
             try:
                 yield _sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                   "finish_reason": None}]})
-                while True:
-                    ev = await job.events.get()
+                async for ev in events():
                     if ev[0] == "progress":
                         yield f": progress {ev[1]} {ev[2]}/{ev[3]}\n\n"
                     elif ev[0] == "delta":

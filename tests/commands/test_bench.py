@@ -69,18 +69,20 @@ def test_bench_library_tiny(tmp_path):
 
 
 def test_bench_rank_tiny(tmp_path, tiny_q4):
-    """Its trie row counts are what LLM.score_continuations feeds: the rows it reports equal them."""
+    """Its trie row counts are what LLM.score_continuations feeds (the rows it reports equal
+    them), and ranking all five fields together reads no audio again."""
     out = tmp_path / "rank.json"
     proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_rank.py"), "--model", str(tiny_q4), "--seconds", "20",
                            "--work", str(tmp_path / "work"), "--json", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stages = json.loads(out.read_text())["stages"]
-    assert 300 < stages[0]["rows"] < 500  # one window's 300 audio rows and the ~100-token prompt around them
-    genre = stages[1]
-    assert genre["stage"].startswith("rank genre: 15 terms")
-    fed = int(genre["stage"].split(", ")[1].split()[0])
-    assert genre["rows"] == fed  # the first ranking's question was read with the song
-    assert [s["stage"].split(":")[0] for s in stages[1:]] == ["rank genre", "rank mood", "rank instruments",
-                                                             "rank tempo_feel", "rank vocals"]
-    assert "costs" in proc.stdout and "x the song's prefill" in proc.stdout
+    assert 300 < stages[1]["rows"] < 500  # one window's 300 audio rows and the ~100-token prompt before them
+    ranked = stages[2:]
+    assert [s["stage"].split(" (")[0] for s in ranked] == [
+        "rank genre alone: 15 terms", "rank mood alone: 56 terms", "rank instruments alone: 40 terms",
+        "rank tempo_feel alone: 5 terms", "rank vocals alone: 5 terms", "rank all five together"]
+    for s in ranked:
+        assert s["rows"] == int(s["stage"].split(" (")[1].split()[0]), s
+    assert ranked[-1]["rows"] < sum(s["rows"] for s in ranked[:-1])  # the questions' shared starts, once
+    assert "x the song's prefill" in proc.stdout
