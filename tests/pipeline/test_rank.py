@@ -108,3 +108,18 @@ def test_rankings_of_vocabularies_of_other_sizes_keep_the_prefix(tiny_q4, audio_
         before = model.pipeline.llm.n_decoded
         model.rank(song, QUESTION, TERMS)           # more terms: the same context, the audio kept
         assert model.pipeline.llm.n_decoded - before < 300
+
+
+def test_rounds_fit_the_free_cells_and_the_spare_sequences():
+    """A round takes consecutive continuations while their trie's fed nodes fit the context's
+    free cells and its sequences; each continuation lands in exactly one round, in order."""
+    from types import SimpleNamespace
+
+    from mufun_local.llm.llama import LLM, trie_cells
+    conts = [[1, 2, 3], [1, 2, 4], [1, 5, 6], [7, 8], [7, 9, 9, 9], [10]]
+    ctx = SimpleNamespace(n_ctx=10, n_past=6, n_seq=129)   # 4 free cells
+    rounds = LLM._rounds(ctx, conts)
+    assert rounds == [(0, 4), (4, 6)]   # {1, 1-2, 1-5, 7}: 4 cells, then {7, 7-9, 7-9-9} ([10] feeds none)
+    assert all(trie_cells(conts[a:b]) <= 4 for a, b in rounds)
+    assert LLM._rounds(SimpleNamespace(n_ctx=100, n_past=0, n_seq=3), conts) == [(0, 2), (2, 4), (4, 6)]
+    assert LLM._rounds(ctx, []) == []
