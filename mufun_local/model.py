@@ -27,7 +27,7 @@ from .format.model_dir import ModelDir
 from .llm import prompt as prompt_mod
 from .options import Options, Request, request as make_request
 from .pipeline import Answer, Pipeline, Result
-from .tags import FIELDS, TAGS_QUESTION, TAGS_SCHEMA
+from .tags import FIELDS, TAGS_QUESTION, TAGS_SCHEMA, distinct_terms
 
 _OPTION_NAMES = {f.name for f in fields(Options)}
 
@@ -164,7 +164,7 @@ class Model:
         normalised over the terms, most likely first. The prompt is read once; the terms are
         scored side by side as one token trie. `question` may be a full prompt (a conversation,
         as `complete` takes: what the server ranks after)."""
-        terms = _distinct(terms)
+        terms = list(distinct_terms(terms))
         if not terms:
             raise MufunError("no terms to rank")
         return self._ranked(audio_inputs(audio, segs), question, terms, self._answer_ids(terms),
@@ -199,7 +199,7 @@ class Model:
         from .tags import field_question, free_question, free_schema
         pipe, items = self._pipe, audio_inputs(audio, segs)
         free = [f for f in FIELDS if f not in vocabulary]
-        vocab = {f: _distinct(terms) for f, terms in vocabulary.items()}
+        vocab = {f: list(distinct_terms(terms)) for f, terms in vocabulary.items()}
         if not all(vocab.values()):
             raise MufunError(f"no terms for {', '.join(f for f, t in vocab.items() if not t)}")
         prms = [prompt_mod.build(field_question(f), len(items), pipe.template) for f in vocab]
@@ -262,8 +262,3 @@ def _by_probability(terms: list[str], logp: np.ndarray) -> list[tuple[str, float
     p = np.exp(logp - logp.max())
     p /= p.sum()
     return [(terms[i], float(p[i])) for i in np.argsort(-p, kind="stable")]
-
-
-def _distinct(terms) -> list[str]:
-    """Terms trimmed, the empty ones left out, each once, in order."""
-    return list(dict.fromkeys(str(t).strip() for t in terms if str(t).strip()))

@@ -116,6 +116,11 @@ def score_layout(room: int = 0) -> Layout:
     return Layout(n_seq=PER_ROUND + 1, unified=True, room=max(SCORE_ROOM, room))
 
 
+def _share_head(plans: list[list[Segment]]) -> bool:
+    """Whether the plans differ only in their last segment, a text (questions about the same audios)."""
+    return not any(p[-1].is_audio or p[:-1] != plans[0][:-1] for p in plans)
+
+
 class Pipeline:
     def __init__(self, model: ModelDir, options: Options | None = None, cache=None, prefix_cache=None):
         self.model = model
@@ -230,23 +235,15 @@ class Pipeline:
         default score_layout's). request.progress hears ("rank", continuations done, all of
         them) after each round."""
         res = Result()
-        plans, counts = [], []
-        keys = [self.audio.cache_key(a) for a in audios]
-        for p in prms:
-            plans.append(self._plan(p, audios, res, keys))
-            counts.append(res.prompt_tokens)
-        if any(p[-1].is_audio or p[:-1] != plans[0][:-1] for p in plans):
+        plans, counts = self._plans(prms, audios)
+        if not _share_head(plans):
             raise MufunError("prompts scored together must differ only in their last text")
         tails = [list(p[-1].ids) for p in plans]
         flat = [tail + list(c) for tail, conts in zip(tails, continuations) for c in conts]
         if not flat:
             return [np.zeros(0) for _ in prms]
-        res.prompt_tokens = max(counts)
-        longest = plans[counts.index(res.prompt_tokens)]
         timer = Timer(res.timings, res.peaks)
-        llm, embeddings, held = self._hold_head(longest, audios, request, res, timer, layout or score_layout())
-        self.session.prefill(longest, embeddings, timer, request.progress, start=held,
-                             save=held < len(longest) - 1, head_only=True)
+        llm = self._read_head(plans, counts, audios, request, res, timer, layout or score_layout())
         logp = llm.score_continuations(flat, [len(t) for t, conts in zip(tails, continuations) for _ in conts],
                                        on_batch=lambda done: request.show("rank", done, len(flat)))
         bounds = np.cumsum([0] + [len(c) for c in continuations])
@@ -278,6 +275,28 @@ class Pipeline:
         res.prompt_tokens = sum(map(len, chunks))
         keys = keys if keys is not None else [self.audio.cache_key(a) for a in audios]
         return plan_segments(chunks, keys)
+
+    def _plans(self, prms: list[prompt_mod.Prompt], audios: list[AudioInput]) -> tuple[list[list[Segment]], list[int]]:
+        """Each prompt's plan and its prompt tokens (the audios' cache keys worked out once)."""
+        keys = [self.audio.cache_key(a) for a in audios]
+        plans, counts = [], []
+        for p in prms:
+            r = Result()
+            plans.append(self._plan(p, audios, r, keys))
+            counts.append(r.prompt_tokens)
+        return plans, counts
+
+    def _read_head(self, plans: list[list[Segment]], counts: list[int], audios, req: Request, res: Result,
+                   timer: Timer, layout: Layout) -> LLM:
+        """Hold and evaluate the head that plans sharing one (_share_head) have, in a context
+        sized for the longest of them (res.prompt_tokens); their last segments are left to the
+        caller. The LLM."""
+        res.prompt_tokens = max(counts)
+        longest = plans[counts.index(res.prompt_tokens)]
+        llm, embeddings, held = self._hold_head(longest, audios, req, res, timer, layout)
+        self.session.prefill(longest, embeddings, timer, req.progress, start=held, save=held < len(longest) - 1,
+                             head_only=True)
+        return llm
 
     def _hold_head(self, plan: list[Segment], audios, req: Request, res: Result, timer: Timer,
                    layout: Layout = Layout()):
@@ -321,19 +340,10 @@ class Pipeline:
         """ask_many for at most opt.parallel prompts; one after another when their heads differ."""
         shared = Result()
         timer = Timer(shared.timings, shared.peaks)
-        keys = [self.audio.cache_key(a) for a in audios]
-        counts, plans = [], []
-        for p in prms:
-            r = Result()
-            plans.append(self._plan(p, audios, r, keys))
-            counts.append(r.prompt_tokens)
-        if len(prms) == 1 or any(p[:-1] != plans[0][:-1] or p[-1].is_audio for p in plans):
+        plans, counts = self._plans(prms, audios)
+        if len(prms) == 1 or not _share_head(plans):
             return [self.complete(p, audios, req).result() for p in prms]  # no common head
-        shared.prompt_tokens = max(counts)
-        longest = plans[counts.index(shared.prompt_tokens)]
-        llm, embeddings, held = self._hold_head(longest, audios, req, shared, timer, Layout(n_seq=len(prms)))
-        self.session.prefill(longest, embeddings, timer, req.progress, start=held, save=held < len(longest) - 1,
-                             head_only=True)
+        llm = self._read_head(plans, counts, audios, req, shared, timer, Layout(n_seq=len(prms)))
         t0 = time.perf_counter()
         tails_done = []
         req.show("answer", 0, req.max_tokens)

@@ -130,13 +130,28 @@ def load_vocabulary(path: str) -> dict[str, tuple[str, ...]]:
             raise MufunError(f"{path}: {field!r} is not a field a vocabulary can answer")
         if not isinstance(terms, list) or not all(isinstance(t, (str, int, float)) for t in terms):
             raise MufunError(f"{path}: {field}: give a list of terms")
-        kept = tuple(dict.fromkeys(str(t).strip() for t in terms if str(t).strip()))
-        if not kept:
-            raise MufunError(f"{path}: {field}: no terms")
-        if len(kept) > MAX_TERMS or max(map(len, kept)) > MAX_TERM_CHARS:
-            raise MufunError(f"{path}: {field}: at most {MAX_TERMS} terms of at most {MAX_TERM_CHARS} characters")
-        out[field] = kept
+        try:
+            out[field] = checked_terms(terms)
+        except MufunError as exc:
+            raise MufunError(f"{path}: {field}: {exc}") from None
     return out
+
+
+def distinct_terms(terms) -> tuple[str, ...]:
+    """Terms trimmed, the empty ones left out, each once, in order."""
+    return tuple(dict.fromkeys(str(t).strip() for t in terms if str(t).strip()))
+
+
+def checked_terms(terms) -> tuple[str, ...]:
+    """distinct_terms, refused (MufunError) when none are left or there are too many or too long
+    ones: what a vocabulary from outside (a file, a request) may hold."""
+    from .errors import MufunError
+    kept = distinct_terms(terms)
+    if not kept:
+        raise MufunError("no terms")
+    if len(kept) > MAX_TERMS or max(map(len, kept)) > MAX_TERM_CHARS:
+        raise MufunError(f"at most {MAX_TERMS} terms of at most {MAX_TERM_CHARS} characters")
+    return kept
 
 
 # ------------------------------------------------------------------ where tags land

@@ -377,12 +377,12 @@ class LLM(Vocab):
         and the spare sequences (a continuation too long alone is a round of its own, refused)."""
         free, rounds, start, cells = self.n_ctx - self.n_past, [], 0, set()
         for c, toks in enumerate(continuations):
-            new = {tuple(toks[:d]) for d in range(1, len(toks))} - cells
-            if c > start and (c - start == self.n_seq - 1 or len(cells) + len(new) > free):
+            fed = _fed_prefixes(toks)
+            if c > start and (c - start == self.n_seq - 1 or len(cells | fed) > free):
                 rounds.append((start, c))
-                start, cells = c, {tuple(toks[:d]) for d in range(1, len(toks))}
+                start, cells = c, fed
             else:
-                cells |= new
+                cells |= fed
         return rounds + [(start, len(continuations))] if continuations else rounds
 
     def _score_round(self, group: list[list[int]], skip: list[int], first: np.ndarray | None) -> list[float]:
@@ -570,7 +570,12 @@ SCORE_BATCH = 256  # rows a scoring decode holds: near full speed (128+ rows), l
 def trie_cells(continuations: list[list[int]]) -> int:
     """The KV cells scoring these continuations in one round takes: their distinct proper
     prefixes (the trie's nodes that other tokens follow; score_continuations feeds only those)."""
-    return len({tuple(c[:d]) for c in continuations for d in range(1, len(c))})
+    return len(set().union(*map(_fed_prefixes, continuations)))
+
+
+def _fed_prefixes(tokens: list[int]) -> set[tuple[int, ...]]:
+    """A continuation's proper prefixes: the trie nodes on its path that are fed (all but its last)."""
+    return {tuple(tokens[:d]) for d in range(1, len(tokens))}
 
 
 def _picked_logps(logits: np.ndarray, picks: list[tuple[int, int]]) -> dict[int, float]:

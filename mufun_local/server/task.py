@@ -185,7 +185,7 @@ def rank_terms(body: dict) -> tuple[str, ...] | None:
     """The `rank` extension: the answer is these terms ranked by their probability as the whole
     answer (`Model.rank`), not generated text. A list of terms, or the name of a built-in
     vocabulary (genre, mood, instruments, tempo_feel, vocals). None when the body has none."""
-    from ..tags import MAX_TERM_CHARS, MAX_TERMS, builtin_vocabulary
+    from ..tags import builtin_vocabulary, checked_terms
     value = body.get("rank")
     if value is None:
         return None
@@ -197,11 +197,10 @@ def rank_terms(body: dict) -> tuple[str, ...] | None:
         return tuple(vocab[value])
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise RequestError(400, "rank must be a list of terms (strings) or a built-in vocabulary's name", "rank")
-    terms = tuple(dict.fromkeys(t.strip() for t in value if t.strip()))
-    if not terms:
-        raise RequestError(400, "rank: no terms", "rank")
-    if len(terms) > MAX_TERMS or max(map(len, terms)) > MAX_TERM_CHARS:
-        raise RequestError(400, f"rank: at most {MAX_TERMS} terms of at most {MAX_TERM_CHARS} characters", "rank")
+    try:
+        terms = checked_terms(value)
+    except MufunError as exc:
+        raise RequestError(400, f"rank: {exc}", "rank") from None
     if body.get("response_format") is not None:
         raise RequestError(400, "rank answers with one of its terms; it takes no response_format", "rank")
     return terms
